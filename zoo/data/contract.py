@@ -1,0 +1,312 @@
+"""The event-log contract: one folder, two tables (`events`, `items`), CSV or Parquet.
+
+Everything downstream (labels, examples, the simulator's oracle) reads logs through
+`read_contract`, so a malformed log fails here once, with the file, the line and the
+column named, instead of deep inside TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+EVENT_TYPES = ("search", "impression", "click", "cart", "purchase")
+EVENT_INDEX = {name: i for i, name in enumerate(EVENT_TYPES)}
+# Events that make up the behaviour sequence: engagement with an item. Searches carry
+# no item, and impressions are what the shop did, not what the user wanted.
+HISTORY_EVENTS = ("click", "cart", "purchase")
+
+EVENTS_REQUIRED = ("event_id", "user_id", "session_id", "timestamp", "event", "query", "item_id")
+EVENTS_OPTIONAL = ("position", "quantity")
+ITEMS_REQUIRED = ("item_id", "title", "category", "brand", "price")
+
+SECONDS_PER_DAY = 86400
+
+# Label and split defaults (the issue's): K price buckets, H / D day windows, eval share.
+DEFAULT_NUM_PRICE_BUCKETS = 5
+DEFAULT_PRICE_HORIZON_DAYS = 7
+DEFAULT_DEMAND_HORIZON_DAYS = 7
+DEFAULT_EVAL_FRACTION = 0.2
+DEFAULT_HISTORY_LENGTH = 50
+
+
+class ContractError(ValueError):
+    """A contract folder that does not hold to the contract; the message says where."""
+
+
+@dataclasses.dataclass
+class Tables:
+    """Validated, typed columns. Strings stay pyarrow/numpy object arrays; rows keep file order."""
+
+    events: dict  # name -> numpy array
+    items: dict
+    events_path: str
+    items_path: str
+
+    @property
+    def num_events(self) -> int:
+        return len(self.events["event_id"])
+
+
+def _find_table(folder: str, name: str) -> str:
+    found = [os.path.join(folder, name + ext) for ext in (".parquet", ".csv")
+             if os.path.exists(os.path.join(folder, name + ext))]
+    if not found:
+        raise ContractError(
+            f"{folder}: missing table '{name}': expected {name}.parquet or {name}.csv")
+    if len(found) > 1:
+        raise ContractError(f"{folder}: both {found[0]} and {found[1]} exist; keep one")
+    return found[0]
+
+
+def _read_table(path: str, required, optional) -> pa.Table:
+    wanted = list(required) + list(optional)
+    if path.endswith(".parquet"):
+        schema_names = pq.read_schema(path).names
+        columns = [c for c in wanted if c in schema_names]
+        _check_columns(path, schema_names, required)
+        table = pq.read_table(path, columns=columns)
+    else:
+        with open(path, "rb") as f:
+            header = f.readline().decode("utf-8", "replace").rstrip("\r\n").split(",")
+        header = [h.strip().strip('"') for h in header]
+        _check_columns(path, header, required)
+        columns = [c for c in wanted if c in header]
+        # Read everything as text and type it ourselves: the errors then name the line.
+        table = pacsv.read_csv(
+            path,
+            convert_options=pacsv.ConvertOptions(
+                include_columns=columns,
+                column_types={c: pa.string() for c in columns},
+                strings_can_be_null=False,
+            ),
+        )
+    if table.num_rows == 0:
+        raise ContractError(f"{path}: the table is empty; expected at least one data row")
+    return table
+
+
+def _check_columns(path, present, required):
+    missing = [c for c in required if c not in present]
+    if missing:
+        raise ContractError(
+            f"{path}: missing column(s) {missing}; expected at least {list(required)}")
+
+
+def _line(path: str, row: int) -> str:
+    # CSV line numbers count the header as line 1; Parquet has rows, not lines.
+    return f"line {row + 2}" if path.endswith(".csv") else f"row {row}"
+
+
+def _bad(path, rows, column, expected, values):
+    row = int(rows[0])
+    more = f" (and {len(rows) - 1} more rows)" if len(rows) > 1 else ""
+    raise ContractError(
+        f"{path}: {_line(path, row)}, column '{column}': got {values[row]!r}, "
+        f"expected {expected}{more}")
+
+
+def _strings(path, table, column) -> np.ndarray:
+    col = table.column(column)
+    if not pa.types.is_string(col.type) and not pa.types.is_large_string(col.type):
+        col = pc.cast(col, pa.string())
+    col = pc.fill_null(col, "")
+    return col.to_numpy(zero_copy_only=False).astype(object)
+
+
+def _numbers(path, table, column, dtype, expected, default=None) -> np.ndarray:
+    if column not in table.column_names:
+        return np.full(table.num_rows, default, dtype=dtype)
+    col = table.column(column)
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        text = pc.utf8_trim_whitespace(pc.fill_null(col, ""))
+        empty = pc.equal(text, "").to_numpy(zero_copy_only=False)
+        if default is not None:
+            text = pc.if_else(pc.equal(text, ""), str(default), text)
+        try:
+            col = pc.cast(text, pa.float64())
+        except pa.ArrowInvalid:
+            raw = text.to_numpy(zero_copy_only=False)
+            ok = np.array([_is_number(v) for v in raw])
+            _bad(path, np.flatnonzero(~ok), column, expected, raw)
+        if default is None and empty.any():
+            _bad(path, np.flatnonzero(empty), column, expected, np.full(len(empty), ""))
+    values = pc.fill_null(pc.cast(col, pa.float64()), np.nan if default is None else default)
+    values = values.to_numpy(zero_copy_only=False)
+    if default is None and np.isnan(values).any():
+        _bad(path, np.flatnonzero(np.isnan(values)), column, expected, values)
+    if np.issubdtype(dtype, np.integer):
+        frac = values != np.floor(values)
+        if frac.any():
+            _bad(path, np.flatnonzero(frac), column, expected, values)
+    return values.astype(dtype)
+
+
+def _is_number(v) -> bool:
+    try:
+        float(v)
+        return True
+    except ValueError:
+        return False
+
+
+def _timestamps(path, table) -> np.ndarray:
+    """Integer Unix seconds or ISO-8601 text, mixed freely, to int64 seconds."""
+    col = table.column("timestamp")
+    if pa.types.is_integer(col.type):
+        return col.to_numpy(zero_copy_only=False).astype(np.int64)
+    if pa.types.is_timestamp(col.type):
+        return pc.cast(pc.cast(col, pa.timestamp("s")), pa.int64()).to_numpy(
+            zero_copy_only=False)
+    text = pc.utf8_trim_whitespace(pc.fill_null(pc.cast(col, pa.string()), ""))
+    raw = text.to_numpy(zero_copy_only=False)
+    is_int = pc.match_substring_regex(text, r"^-?\d+$").to_numpy(zero_copy_only=False)
+    out = np.zeros(len(raw), dtype=np.int64)
+    if is_int.any():
+        out[is_int] = raw[is_int].astype(np.int64)
+    iso = ~is_int
+    if iso.any():
+        iso_text = raw[iso].astype(str)
+        # numpy parses ISO-8601 without zone; accept a trailing 'Z' / '+00:00' (UTC).
+        cleaned = np.char.replace(np.char.replace(iso_text, "Z", ""), "+00:00", "")
+        parsed = np.empty(len(cleaned), dtype=np.int64)
+        bad = np.zeros(len(cleaned), dtype=bool)
+        for start in range(0, len(cleaned), 1_000_000):
+            chunk = cleaned[start:start + 1_000_000]
+            try:
+                parsed[start:start + len(chunk)] = chunk.astype("datetime64[s]").astype(np.int64)
+            except ValueError:
+                for j, v in enumerate(chunk):
+                    try:
+                        parsed[start + j] = np.datetime64(v, "s").astype(np.int64)
+                    except ValueError:
+                        bad[start + j] = True
+        if bad.any():
+            rows = np.flatnonzero(iso)[bad]
+            _bad(path, rows, "timestamp", "integer Unix seconds or an ISO-8601 date-time", raw)
+        out[iso] = parsed
+    return out
+
+
+def read_contract(folder: str) -> Tables:
+    """Reads and validates a contract folder; raises ContractError naming file, line, column."""
+    if not os.path.isdir(folder):
+        raise ContractError(f"{folder}: not a directory; expected a contract folder with "
+                            "events.(csv|parquet) and items.(csv|parquet)")
+    events_path = _find_table(folder, "events")
+    items_path = _find_table(folder, "items")
+    ev = _read_table(events_path, EVENTS_REQUIRED, EVENTS_OPTIONAL)
+    it = _read_table(items_path, ITEMS_REQUIRED, ())
+
+    items = {c: _strings(items_path, it, c) for c in ("item_id", "title", "category", "brand")}
+    price = _numbers(items_path, it, "price", np.float64, "a price > 0")
+    bad = ~(price > 0)
+    if bad.any():
+        _bad(items_path, np.flatnonzero(bad), "price", "a price > 0", price)
+    items["price"] = price
+    empty_id = items["item_id"] == ""
+    if empty_id.any():
+        _bad(items_path, np.flatnonzero(empty_id), "item_id", "a non-empty item id",
+             items["item_id"])
+    _check_unique(items_path, "item_id", items["item_id"])
+
+    events = {c: _strings(events_path, ev, c)
+              for c in ("event_id", "user_id", "session_id", "event", "query", "item_id")}
+    events["timestamp"] = _timestamps(events_path, ev)
+    events["position"] = _numbers(events_path, ev, "position", np.int64,
+                                  "an integer rank >= 0 or empty", default=-1)
+    events["quantity"] = _numbers(events_path, ev, "quantity", np.int64,
+                                  "an integer quantity >= 1 or empty", default=1)
+
+    for column in ("event_id", "user_id", "session_id"):
+        empty = events[column] == ""
+        if empty.any():
+            _bad(events_path, np.flatnonzero(empty), column, f"a non-empty {column}",
+                 events[column])
+    kind = np.full(len(events["event"]), -1, dtype=np.int8)
+    for name, idx in EVENT_INDEX.items():
+        kind[events["event"] == name] = idx
+    if (kind < 0).any():
+        _bad(events_path, np.flatnonzero(kind < 0), "event", f"one of {list(EVENT_TYPES)}",
+             events["event"])
+    events["event_type"] = kind
+    _check_unique(events_path, "event_id", events["event_id"])
+
+    needs_item = kind != EVENT_INDEX["search"]
+    no_item = needs_item & (events["item_id"] == "")
+    if no_item.any():
+        _bad(events_path, np.flatnonzero(no_item), "item_id",
+             "an item id on every non-search event", events["item_id"])
+    known = np.isin(events["item_id"], items["item_id"])
+    unknown = needs_item & ~known
+    if unknown.any():
+        _bad(events_path, np.flatnonzero(unknown), "item_id",
+             f"an item_id listed in {os.path.basename(items_path)}", events["item_id"])
+    bad_q = events["quantity"] < 1
+    if bad_q.any():
+        _bad(events_path, np.flatnonzero(bad_q), "quantity", "an integer quantity >= 1",
+             events["quantity"])
+    bad_p = events["position"] < -1
+    if bad_p.any():
+        _bad(events_path, np.flatnonzero(bad_p), "position", "an integer rank >= 0",
+             events["position"])
+    return Tables(events=events, items=items, events_path=events_path, items_path=items_path)
+
+
+def _check_unique(path, column, values):
+    uniq, first, counts = np.unique(values, return_index=True, return_counts=True)
+    if (counts > 1).any():
+        dup = uniq[counts > 1][0]
+        rows = np.flatnonzero(values == dup)
+        raise ContractError(
+            f"{path}: {_line(path, int(rows[1]))}, column '{column}': duplicate value "
+            f"{dup!r} (first at {_line(path, int(rows[0]))}); expected unique values")
+
+
+# ---- Definitions shared by the example builder and the simulator's oracle. ----
+
+def split_time(timestamps: np.ndarray, eval_fraction: float) -> int:
+    """First second of the eval split: the last `eval_fraction` of whole days of the log.
+
+    Splitting on day boundaries (UTC) keeps a day's sessions on one side; at least one day
+    stays on each side whenever the log spans two days or more.
+    """
+    if not 0.0 <= eval_fraction < 1.0:
+        raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
+    first_day = int(timestamps.min()) // SECONDS_PER_DAY
+    last_day = int(timestamps.max()) // SECONDS_PER_DAY
+    num_days = last_day - first_day + 1
+    if eval_fraction == 0.0:
+        return (last_day + 1) * SECONDS_PER_DAY
+    eval_days = max(1, int(round(num_days * eval_fraction)))
+    eval_days = min(eval_days, max(num_days - 1, 1))
+    return (last_day + 1 - eval_days) * SECONDS_PER_DAY
+
+
+def price_edges(train_item_prices: np.ndarray, num_buckets: int) -> np.ndarray:
+    """K-1 inner edges at the price quantiles of the training period's (distinct) items."""
+    if num_buckets < 2:
+        raise ValueError(f"num_buckets must be >= 2, got {num_buckets}")
+    qs = np.arange(1, num_buckets) / num_buckets
+    return np.quantile(np.asarray(train_item_prices, np.float64), qs).astype(np.float64)
+
+
+def price_bucket(prices: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Bucket b holds edges[b-1] <= price < edges[b]."""
+    return np.searchsorted(edges, prices, side="right").astype(np.int64)
+
+
+def training_price_edges(tables: Tables, cut: int, num_buckets: int) -> np.ndarray:
+    """Edges from the distinct items that appear in any event before the split time `cut`."""
+    ev = tables.events
+    seen = np.unique(ev["item_id"][(ev["timestamp"] < cut) & (ev["item_id"] != "")])
+    if len(seen) == 0:
+        seen = tables.items["item_id"]
+    prices = tables.items["price"][np.isin(tables.items["item_id"], seen)]
+    return price_edges(prices, num_buckets)
