@@ -44,7 +44,7 @@ class ContractError(ValueError):
 class Tables:
     """Validated, typed columns. Strings stay pyarrow/numpy object arrays; rows keep file order."""
 
-    events: dict  # name -> numpy array
+    events: dict  # name -> numpy array (numbers, codes) or pyarrow array (text)
     items: dict
     events_path: str
     items_path: str
@@ -106,18 +106,25 @@ def _line(path: str, row: int) -> str:
 
 def _bad(path, rows, column, expected, values):
     row = int(rows[0])
+    value = values[row]
+    if isinstance(value, pa.Scalar):
+        value = value.as_py()
     more = f" (and {len(rows) - 1} more rows)" if len(rows) > 1 else ""
     raise ContractError(
-        f"{path}: {_line(path, row)}, column '{column}': got {values[row]!r}, "
+        f"{path}: {_line(path, row)}, column '{column}': got {value!r}, "
         f"expected {expected}{more}")
 
 
-def _strings(path, table, column) -> np.ndarray:
+def _strings(path, table, column) -> pa.Array:
+    """Text columns stay Arrow arrays: 10M Python strings would cost gigabytes."""
     col = table.column(column)
     if not pa.types.is_string(col.type) and not pa.types.is_large_string(col.type):
         col = pc.cast(col, pa.string())
-    col = pc.fill_null(col, "")
-    return col.to_numpy(zero_copy_only=False).astype(object)
+    return pc.fill_null(col, "").combine_chunks()
+
+
+def _empty(arr: pa.Array) -> np.ndarray:
+    return pc.equal(arr, "").to_numpy(zero_copy_only=False)
 
 
 def _numbers(path, table, column, dtype, expected, default=None) -> np.ndarray:
@@ -210,7 +217,7 @@ def read_contract(folder: str) -> Tables:
     if bad.any():
         _bad(items_path, np.flatnonzero(bad), "price", "a price > 0", price)
     items["price"] = price
-    empty_id = items["item_id"] == ""
+    empty_id = _empty(items["item_id"])
     if empty_id.any():
         _bad(items_path, np.flatnonzero(empty_id), "item_id", "a non-empty item id",
              items["item_id"])
@@ -225,13 +232,12 @@ def read_contract(folder: str) -> Tables:
                                   "an integer quantity >= 1 or empty", default=1)
 
     for column in ("event_id", "user_id", "session_id"):
-        empty = events[column] == ""
+        empty = _empty(events[column])
         if empty.any():
             _bad(events_path, np.flatnonzero(empty), column, f"a non-empty {column}",
                  events[column])
-    kind = np.full(len(events["event"]), -1, dtype=np.int8)
-    for name, idx in EVENT_INDEX.items():
-        kind[events["event"] == name] = idx
+    kind = pc.index_in(events["event"], value_set=pa.array(EVENT_TYPES))
+    kind = pc.fill_null(kind, -1).to_numpy(zero_copy_only=False).astype(np.int8)
     if (kind < 0).any():
         _bad(events_path, np.flatnonzero(kind < 0), "event", f"one of {list(EVENT_TYPES)}",
              events["event"])
@@ -239,12 +245,13 @@ def read_contract(folder: str) -> Tables:
     _check_unique(events_path, "event_id", events["event_id"])
 
     needs_item = kind != EVENT_INDEX["search"]
-    no_item = needs_item & (events["item_id"] == "")
+    no_item = needs_item & _empty(events["item_id"])
     if no_item.any():
         _bad(events_path, np.flatnonzero(no_item), "item_id",
              "an item id on every non-search event", events["item_id"])
-    known = np.isin(events["item_id"], items["item_id"])
-    unknown = needs_item & ~known
+    item_code = pc.fill_null(pc.index_in(events["item_id"], value_set=items["item_id"]), -1)
+    events["item_code"] = item_code.to_numpy(zero_copy_only=False).astype(np.int64)
+    unknown = needs_item & (events["item_code"] < 0)
     if unknown.any():
         _bad(events_path, np.flatnonzero(unknown), "item_id",
              f"an item_id listed in {os.path.basename(items_path)}", events["item_id"])
@@ -259,14 +266,18 @@ def read_contract(folder: str) -> Tables:
     return Tables(events=events, items=items, events_path=events_path, items_path=items_path)
 
 
-def _check_unique(path, column, values):
-    uniq, first, counts = np.unique(values, return_index=True, return_counts=True)
-    if (counts > 1).any():
-        dup = uniq[counts > 1][0]
-        rows = np.flatnonzero(values == dup)
-        raise ContractError(
-            f"{path}: {_line(path, int(rows[1]))}, column '{column}': duplicate value "
-            f"{dup!r} (first at {_line(path, int(rows[0]))}); expected unique values")
+def _check_unique(path, column, values: pa.Array):
+    codes = pc.dictionary_encode(values).indices.to_numpy(zero_copy_only=False)
+    if len(np.unique(codes)) == len(codes):
+        return
+    seen = np.zeros(int(codes.max()) + 1, dtype=np.int64)
+    np.add.at(seen, codes, 1)
+    dup_code = np.flatnonzero(seen > 1)[0]
+    rows = np.flatnonzero(codes == dup_code)
+    raise ContractError(
+        f"{path}: {_line(path, int(rows[1]))}, column '{column}': duplicate value "
+        f"{values[int(rows[1])].as_py()!r} (first at {_line(path, int(rows[0]))}); "
+        "expected unique values")
 
 
 # ---- Definitions shared by the example builder and the simulator's oracle. ----
@@ -305,8 +316,6 @@ def price_bucket(prices: np.ndarray, edges: np.ndarray) -> np.ndarray:
 def training_price_edges(tables: Tables, cut: int, num_buckets: int) -> np.ndarray:
     """Edges from the distinct items that appear in any event before the split time `cut`."""
     ev = tables.events
-    seen = np.unique(ev["item_id"][(ev["timestamp"] < cut) & (ev["item_id"] != "")])
-    if len(seen) == 0:
-        seen = tables.items["item_id"]
-    prices = tables.items["price"][np.isin(tables.items["item_id"], seen)]
-    return price_edges(prices, num_buckets)
+    codes = ev["item_code"][(ev["timestamp"] < cut) & (ev["item_code"] >= 0)]
+    seen = np.unique(codes) if len(codes) else np.arange(len(tables.items["price"]))
+    return price_edges(tables.items["price"][seen], num_buckets)

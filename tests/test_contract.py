@@ -1,0 +1,117 @@
+"""Bad contract folders: one clear error naming file, line and column; nothing left behind."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import fixtures
+from zoo.data import contract
+
+E = fixtures.EVENTS
+
+
+def replace(rows, event_id, index, value):
+    out = []
+    for row in rows:
+        row = list(row)
+        if row[0] == event_id:
+            row[index] = value
+        out.append(tuple(row))
+    return out
+
+
+BAD_CASES = {
+    # name: (events, items, drop_file, error fragments)
+    "unknown_event": (replace(E, "e4", 4, "like"), fixtures.ITEMS, None,
+                      ["events.csv", "line 5", "'event'", "'like'", "one of"]),
+    "bad_timestamp": (replace(E, "e6", 3, "yesterday"), fixtures.ITEMS, None,
+                      ["events.csv", "line 7", "'timestamp'", "'yesterday'", "ISO-8601"]),
+    "bad_iso_timestamp": (replace(E, "e6", 3, "2026-13-45T00:00:00"), fixtures.ITEMS, None,
+                          ["events.csv", "line 7", "'timestamp'"]),
+    "nonpositive_price": (E, [*fixtures.ITEMS[:2], ("C", "x", "outdoor", "acme", 0.0),
+                              *fixtures.ITEMS[3:]], None,
+                          ["items.csv", "line 4", "'price'", "a price > 0"]),
+    "nan_price": (E, [*fixtures.ITEMS[:4], ("E", "x", "e", "peak", "nan")], None,
+                  ["items.csv", "line 6", "'price'", "a price > 0"]),
+    "text_price": (E, [("A", "x", "shoes", "acme", "ten"), *fixtures.ITEMS[1:]], None,
+                   ["items.csv", "line 2", "'price'", "'ten'"]),
+    "unknown_item": (replace(E, "e7", 6, "ZZ"), fixtures.ITEMS, None,
+                     ["events.csv", "line 8", "'item_id'", "'ZZ'", "items.csv"]),
+    "impression_without_item": (replace(E, "e7", 6, ""), fixtures.ITEMS, None,
+                                ["events.csv", "line 8", "'item_id'"]),
+    "duplicate_event_id": (replace(E, "e5", 0, "e4"), fixtures.ITEMS, None,
+                           ["events.csv", "line 6", "'event_id'", "duplicate", "'e4'", "line 5"]),
+    "duplicate_item_id": (E, [*fixtures.ITEMS, ("A", "again", "shoes", "acme", 3.0)], None,
+                          ["items.csv", "line 7", "'item_id'", "duplicate"]),
+    "bad_quantity": (replace(E, "e6", 8, 0), fixtures.ITEMS, None,
+                     ["events.csv", "line 7", "'quantity'"]),
+    "bad_position": (replace(E, "e2", 7, "first"), fixtures.ITEMS, None,
+                     ["events.csv", "line 3", "'position'", "'first'"]),
+    "empty_events": ([], fixtures.ITEMS, None, ["events.csv", "empty"]),
+    "empty_items": (E, [], None, ["items.csv", "empty"]),
+    "missing_items_table": (E, fixtures.ITEMS, "items.csv", ["missing table 'items'"]),
+    "missing_events_table": (E, fixtures.ITEMS, "events.csv", ["missing table 'events'"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_bad_input_names_the_place(tmp_path, case):
+    events, items, drop, fragments = BAD_CASES[case]
+    folder = fixtures.write_csv(str(tmp_path), events=events, items=items)
+    if drop:
+        os.remove(os.path.join(folder, drop))
+    with pytest.raises(contract.ContractError) as err:
+        contract.read_contract(folder)
+    for fragment in fragments:
+        assert fragment in str(err.value), (fragment, str(err.value))
+
+
+def test_missing_column_names_it(tmp_path):
+    folder = fixtures.write_csv(str(tmp_path))
+    path = os.path.join(folder, "items.csv")
+    lines = open(path).read().splitlines()
+    with open(path, "w") as f:  # drop the brand column
+        for line in lines:
+            f.write(",".join(line.split(",")[:3] + line.split(",")[4:]) + "\n")
+    with pytest.raises(contract.ContractError, match=r"items.csv: missing column\(s\) \['brand'\]"):
+        contract.read_contract(folder)
+
+
+def test_parquet_errors_name_rows(tmp_path):
+    folder = fixtures.write_parquet(str(tmp_path), events=replace(E, "e4", 4, "like"))
+    with pytest.raises(contract.ContractError, match=r"events.parquet: row 3, column 'event'"):
+        contract.read_contract(folder)
+
+
+def test_extra_columns_ignored_and_optional_columns_default(tmp_path):
+    folder = fixtures.write_csv(str(tmp_path))
+    path = os.path.join(folder, "events.csv")
+    lines = open(path).read().splitlines()
+    with open(path, "w") as f:  # drop position and quantity, add a column of noise
+        for i, line in enumerate(lines):
+            f.write(",".join(line.split(",")[:7] + ["device" if i == 0 else "phone"]) + "\n")
+    tables = contract.read_contract(folder)
+    assert set(tables.events["position"]) == {-1}
+    assert set(tables.events["quantity"]) == {1}
+
+
+def test_csv_iso_and_integer_timestamps_agree(tmp_path):
+    a = contract.read_contract(fixtures.write_csv(str(tmp_path / "a")))
+    b = contract.read_contract(fixtures.write_csv(
+        str(tmp_path / "b"), iso_rows=[r[0] for r in E]))
+    assert list(a.events["timestamp"]) == list(b.events["timestamp"])
+
+
+def test_prepare_command_fails_cleanly(tmp_path):
+    folder = fixtures.write_csv(str(tmp_path / "log"), events=replace(E, "e4", 4, "like"))
+    out = tmp_path / "tfds"
+    proc = subprocess.run(
+        [sys.executable, "-m", "zoo.data.prepare", "--data_dir", folder, "--tfds_dir", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "events.csv: line 5, column 'event'" in proc.stderr
+    leftovers = [os.path.join(r, f) for r, _, fs in os.walk(out) for f in fs] if out.exists() else []
+    assert leftovers == []
+    assert not out.exists() or not any(out.iterdir())

@@ -1,0 +1,137 @@
+"""Labels and features of the hand-written log in fixtures.py, against hand-computed values."""
+
+import numpy as np
+import pytest
+
+import fixtures
+from zoo.data import contract, examples, labels
+
+CFG = labels.LabelConfig(num_price_buckets=2)  # edge at the median of A..D = 25
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    folder = fixtures.write_csv(str(tmp_path_factory.mktemp("log")), iso_rows=("e9", "e12"))
+    return examples.ExampleSource(contract.read_contract(folder), CFG)
+
+
+def by_id(source):
+    lab = source.labels
+    return {e: {k: lab[k][i] for k in lab} for i, e in enumerate(lab["event_id"])}
+
+
+def test_every_impression_is_one_example(source):
+    assert sorted(source.labels["event_id"]) == sorted(
+        ["e2", "e3", "e7", "e8", "e11", "e13", "e16"])
+
+
+@pytest.mark.parametrize("event_id,click,purchase,price_range,mask,demand", [
+    # e2: A clicked (e4) and bought x2 (e6) later in s1; demand of A in (t, t+7d]: e6(2)+e12(1);
+    # e15 lands 1 s after the window closes.
+    ("e2", 1, 1, 0, 1.0, 3.0),
+    # e3: B clicked in s1 at the same second as e7 (e17), after e3; the s2 click is another session.
+    ("e3", 1, 0, 0, 1.0, 0.0),
+    # e7: nothing on C; u1's next purchase is D (40 > 25 -> bucket 1) a day later.
+    ("e7", 0, 0, 1, 1.0, 0.0),
+    ("e8", 1, 0, 1, 1.0, 0.0),
+    # e11: u2 buys A without clicking; demand of A: e6(2)+e12(1)+e15(1, inside this window).
+    ("e11", 0, 1, 0, 1.0, 4.0),
+    # e16: u2 buys nothing afterwards -> price range missing and masked.
+    ("e16", 0, 0, -1, 0.0, 0.0),
+    # e13: eval day; E (50) bought one second later.
+    ("e13", 0, 1, 1, 1.0, 1.0),
+])
+def test_labels_by_hand(source, event_id, click, purchase, price_range, mask, demand):
+    got = by_id(source)[event_id]
+    assert got["click"] == click
+    assert got["purchase"] == purchase
+    assert got["price_range"] == price_range
+    assert got["price_range_mask"] == mask
+    assert got["demand"] == pytest.approx(demand)
+
+
+def test_price_edges_from_training_items_only(source):
+    # E (50) appears only in the eval days, so the median is over A..D.
+    np.testing.assert_allclose(source.prep.edges, [25.0])
+
+
+def test_time_split_last_days_are_eval(source):
+    # 10 days of log, eval_fraction 0.2 -> the last 2 days (day 8 onwards).
+    assert source.prep.cut == fixtures.T0 + 8 * fixtures.DAY
+    lab = by_id(source)
+    assert [e for e, v in lab.items() if v["is_eval"]] == ["e13"]
+    assert source.num_examples("train") == 6 and source.num_examples("eval") == 1
+
+
+def test_horizon_flag_changes_price_label(tmp_path):
+    folder = fixtures.write_csv(str(tmp_path))
+    short = labels.LabelConfig(num_price_buckets=2, price_horizon_days=0.5)
+    lab = labels.compute_labels(contract.read_contract(folder), short)
+    got = dict(zip(lab["event_id"], lab["price_range"]))
+    assert got["e7"] == -1  # the D purchase is a day later: outside 12 hours
+    assert got["e2"] == 0
+
+
+def history(source, split="train"):
+    out = {}
+    for cols in source.chunks(split):
+        for i, e in enumerate(cols["event_id"]):
+            n = cols["hist_length"][i]
+            out[e] = {k: list(cols[k][i][:n]) for k in examples.SEQUENCE_FEATURES}
+            out[e]["padding"] = {k: list(cols[k][i][n:]) for k in examples.SEQUENCE_FEATURES}
+    return out
+
+
+def test_history_most_recent_first_strictly_before(source):
+    h = history(source)
+    assert h["e2"]["hist_item_id"] == []  # nothing before the first impression
+    # e7 shares its second with the e17 click: not in its history (strictly before only).
+    assert h["e7"]["hist_item_id"] == ["A", "A", "A"]
+    assert h["e7"]["hist_event"] == ["purchase", "cart", "click"]
+    assert h["e7"]["hist_gap"] == [10.0, 20.0, 30.0]
+    # e8 (next day) sees e17 first.
+    assert h["e8"]["hist_item_id"] == ["B", "A", "A", "A"]
+    assert h["e8"]["hist_gap"][0] == fixtures.DAY - 50
+    assert h["e8"]["hist_price"] == [20.0, 10.0, 10.0, 10.0]
+    assert h["e8"]["hist_price_bucket"] == [0, 0, 0, 0]
+    assert h["e8"]["hist_category"] == ["shoes"] * 4
+    # Padding is empty / zero.
+    assert set(h["e8"]["padding"]["hist_item_id"]) == {""}
+    assert set(h["e8"]["padding"]["hist_gap"]) == {0.0}
+    # Another user's events never leak in.
+    assert h["e16"]["hist_item_id"] == ["A", "A"]  # u2's own purchases e15, e12
+
+
+def test_no_feature_from_the_future(source):
+    """Every history event of every example is strictly older than the impression."""
+    ev = source.tables.events
+    ts_of = dict(zip(ev["event_id"].to_pylist(), ev["timestamp"]))
+    for split in ("train", "eval"):
+        for cols in source.chunks(split):
+            for i, e in enumerate(cols["event_id"]):
+                n = cols["hist_length"][i]
+                assert np.all(cols["hist_gap"][i][:n] > 0), e
+                assert cols["timestamp"][i] == ts_of[e]
+
+
+def test_history_truncated_to_length(tmp_path):
+    folder = fixtures.write_csv(str(tmp_path))
+    src = examples.ExampleSource(contract.read_contract(folder),
+                                 labels.LabelConfig(num_price_buckets=2, history_length=2))
+    h = history(src, "eval")
+    assert h["e13"]["hist_item_id"] == ["D", "B"]  # the two latest of u1's six
+
+
+def test_feature_change_in_the_future_changes_nothing(tmp_path):
+    """Appending events after an impression never changes its features."""
+    base = examples.ExampleSource(
+        contract.read_contract(fixtures.write_csv(str(tmp_path / "a"))), CFG)
+    extra = fixtures.EVENTS + [
+        ("x1", "u1", "s1", fixtures.T0 + 11, "click", "", "C", "", ""),
+        ("x2", "u1", "s1", fixtures.T0 + 10, "cart", "", "C", "", ""),  # same second as e2
+    ]
+    more = examples.ExampleSource(
+        contract.read_contract(fixtures.write_csv(str(tmp_path / "b"), events=extra)), CFG)
+    a, b = history(base), history(more)
+    assert a["e2"] == b["e2"] and a["e3"] == b["e3"]
+    assert b["e7"]["hist_item_id"] == ["A", "A", "A", "C", "C"]

@@ -1,0 +1,111 @@
+"""Impression examples: features from the past, labels from the future, in column chunks.
+
+`ExampleSource` is the one place that turns a contract folder into examples; the
+TFDS builder and the benchmarks consume it. Chunks bound memory: only `chunk_size`
+impressions x `history_length` history slots are materialised at a time.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from zoo.data import contract, labels as labels_lib
+
+# Feature names and dtypes of one example (the history features are lists of length <= L,
+# most recent event first). The parser in `zoo.data.pipeline` pads them to L.
+SCALAR_FEATURES = {
+    "event_id": np.bytes_, "user_id": np.bytes_, "query": np.bytes_,
+    "item_id": np.bytes_, "item_category": np.bytes_, "item_brand": np.bytes_,
+    "item_title": np.bytes_, "item_price": np.float32, "position": np.int64,
+    "timestamp": np.int64,
+}
+SEQUENCE_FEATURES = {
+    "hist_item_id": np.bytes_, "hist_category": np.bytes_, "hist_brand": np.bytes_,
+    "hist_event": np.bytes_, "hist_price": np.float32, "hist_price_bucket": np.int64,
+    "hist_gap": np.float32,
+}
+LABEL_FEATURES = {
+    "click": np.int64, "purchase": np.int64, "price_range": np.int64,
+    "price_range_mask": np.float32, "demand": np.float32,
+}
+LABELS = ("click", "purchase", "price_range", "demand")
+
+
+def _take(arr: pa.Array, idx: np.ndarray) -> np.ndarray:
+    return arr.take(pa.array(idx.ravel())).to_numpy(zero_copy_only=False).reshape(idx.shape)
+
+
+class ExampleSource:
+    """Labels and history index of one log, computed once; chunks gathered per split."""
+
+    def __init__(self, tables: contract.Tables, config: labels_lib.LabelConfig | None = None):
+        self.config = config or labels_lib.LabelConfig()
+        self.tables = tables
+        self.prep = labels_lib.Prepared(tables, self.config)
+        self.labels = labels_lib.compute_labels(tables, self.config, prepared=self.prep)
+        self.history = labels_lib.HistoryIndex(self.prep)
+
+    def num_examples(self, split: str) -> int:
+        is_eval = self.labels["is_eval"]
+        return int(is_eval.sum() if split == "eval" else (~is_eval).sum())
+
+    def chunks(self, split: str, chunk_size: int = 100_000) -> Iterator[dict]:
+        """Columns of the split's examples in time order, `chunk_size` at a time.
+
+        Sequence features come as [n, L] arrays plus `hist_length` [n]; slots past the
+        length are padding.
+        """
+        if split not in ("train", "eval"):
+            raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+        lab, prep, config = self.labels, self.prep, self.config
+        ev, items = self.tables.events, self.tables.items
+        event_names = np.array(contract.EVENT_TYPES, dtype=object)
+        picked = np.flatnonzero(lab["is_eval"] if split == "eval" else ~lab["is_eval"])
+        for start in range(0, len(picked), chunk_size):
+            sel = picked[start:start + chunk_size]
+            imp = lab["row"][sel]
+            item = prep.item[imp]
+            cols = {
+                "event_id": _take(ev["event_id"], imp),
+                "user_id": _take(ev["user_id"], imp),
+                "query": _take(ev["query"], imp),
+                "item_id": _take(items["item_id"], item),
+                "item_category": _take(items["category"], item),
+                "item_brand": _take(items["brand"], item),
+                "item_title": _take(items["title"], item),
+                "item_price": items["price"][item].astype(np.float32),
+                "position": ev["position"][imp],
+                "timestamp": prep.ts[imp],
+            }
+            rows, valid = self.history.gather(imp, config.history_length)
+            h_item = prep.item[rows]
+            cols["hist_length"] = valid.sum(axis=1).astype(np.int64)
+            cols["hist_item_id"] = _take(items["item_id"], h_item)
+            cols["hist_category"] = _take(items["category"], h_item)
+            cols["hist_brand"] = _take(items["brand"], h_item)
+            cols["hist_event"] = event_names[prep.kind[rows]]
+            cols["hist_price"] = items["price"][h_item].astype(np.float32)
+            cols["hist_price_bucket"] = prep.item_bucket[h_item]
+            cols["hist_gap"] = (prep.ts[imp][:, None] - prep.ts[rows]).astype(np.float32)
+            for name in SEQUENCE_FEATURES:
+                pad = "" if cols[name].dtype == object else 0
+                cols[name] = np.where(valid, cols[name], pad)
+            for name in LABEL_FEATURES:
+                cols[name] = lab[name][sel]
+            yield cols
+
+
+def chunk_to_examples(cols: dict) -> Iterator[tuple[str, dict]]:
+    """Per-example dicts (history trimmed to its length) keyed by event_id, for TFDS."""
+    n = len(cols["event_id"])
+    lengths = cols["hist_length"]
+    scalars = list(SCALAR_FEATURES) + list(LABEL_FEATURES)
+    for i in range(n):
+        length = lengths[i]
+        example = {name: cols[name][i] for name in scalars}
+        for name in SEQUENCE_FEATURES:
+            example[name] = cols[name][i, :length]
+        yield cols["event_id"][i], example

@@ -1,0 +1,178 @@
+"""Labels and behaviour histories for every impression, vectorised.
+
+Events are put into one total order: timestamp, then file row. "Later" in a label means
+after the impression in that order; features use only events with a timestamp strictly
+before the impression's. Every step is a sort, a `searchsorted` or a gather over whole
+columns, so 10 million events cost seconds, not a Python loop per event.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pyarrow.compute as pc
+
+from zoo.data import contract
+from zoo.data.contract import EVENT_INDEX, SECONDS_PER_DAY
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelConfig:
+    num_price_buckets: int = contract.DEFAULT_NUM_PRICE_BUCKETS
+    price_horizon_days: float = contract.DEFAULT_PRICE_HORIZON_DAYS
+    demand_horizon_days: float = contract.DEFAULT_DEMAND_HORIZON_DAYS
+    eval_fraction: float = contract.DEFAULT_EVAL_FRACTION
+    history_length: int = contract.DEFAULT_HISTORY_LENGTH
+
+
+def _codes(*columns) -> np.ndarray:
+    """Dense int64 codes of the tuple of text columns (a hash-based group id)."""
+    code = np.zeros(len(columns[0]), dtype=np.int64)
+    for col in columns:
+        inv = pc.dictionary_encode(col).indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        code = code * (int(inv.max()) + 1 if len(inv) else 1) + inv
+        _, code = np.unique(code, return_inverse=True)
+    return code.astype(np.int64)
+
+
+class Prepared:
+    """A validated log put in total order, with the lookups every label needs."""
+
+    def __init__(self, tables: contract.Tables, config: LabelConfig):
+        ev = tables.events
+        self.tables = tables
+        self.config = config
+        n = tables.num_events
+        # Total order: timestamp, then row in the file (stable sort).
+        order = np.argsort(ev["timestamp"], kind="stable")
+        self.order = order
+        rank = np.empty(n, dtype=np.int64)
+        rank[order] = np.arange(n, dtype=np.int64)
+        self.rank = rank  # position of each row in the total order
+        self.ts = ev["timestamp"]
+        self.kind = ev["event_type"]
+        self.user = _codes(ev["user_id"])
+        self.session = _codes(ev["user_id"], ev["session_id"])
+        self.item = ev["item_code"]  # row in the items table; -1 on search rows
+        self.cut = contract.split_time(self.ts, config.eval_fraction)
+        self.edges = contract.training_price_edges(tables, self.cut, config.num_price_buckets)
+        self.item_bucket = contract.price_bucket(tables.items["price"], self.edges)
+        self.impressions = np.flatnonzero(self.kind == EVENT_INDEX["impression"])
+        # Impressions in total order, so chunks of examples come out time-sorted.
+        self.impressions = self.impressions[np.argsort(rank[self.impressions], kind="stable")]
+
+
+def _later_same_key(prep: Prepared, imp: np.ndarray, event: str) -> np.ndarray:
+    """1 where an `event` row with the same (session, item) comes after the impression."""
+    rows = np.flatnonzero(prep.kind == EVENT_INDEX[event])
+    if len(rows) == 0:
+        return np.zeros(len(imp), dtype=np.int64)
+    num_items = int(prep.item.max()) + 2
+    key_rows = prep.session[rows] * num_items + prep.item[rows]
+    # Latest occurrence per key: sort by key then rank; take the last of each key.
+    order = np.lexsort((prep.rank[rows], key_rows))
+    keys = key_rows[order]
+    last_rank = prep.rank[rows][order]
+    is_last = np.r_[keys[1:] != keys[:-1], True]
+    keys, last_rank = keys[is_last], last_rank[is_last]
+    key_imp = prep.session[imp] * num_items + prep.item[imp]
+    at = np.clip(np.searchsorted(keys, key_imp), 0, len(keys) - 1)
+    hit = (keys[at] == key_imp) & (last_rank[at] > prep.rank[imp])
+    return hit.astype(np.int64)
+
+
+def _next_purchase_bucket(prep: Prepared, imp: np.ndarray) -> np.ndarray:
+    """Price bucket of the user's first purchase after the impression within H days; -1 if none."""
+    rows = np.flatnonzero(prep.kind == EVENT_INDEX["purchase"])
+    out = np.full(len(imp), -1, dtype=np.int64)
+    if len(rows) == 0:
+        return out
+    shift = np.int64(np.ceil(np.log2(len(prep.rank) + 1)))
+    key_rows = (prep.user[rows] << shift) | prep.rank[rows]
+    order = np.argsort(key_rows)
+    keys, rows = key_rows[order], rows[order]
+    key_imp = (prep.user[imp] << shift) | prep.rank[imp]
+    at = np.searchsorted(keys, key_imp, side="right")
+    valid = at < len(keys)
+    at = np.minimum(at, len(keys) - 1)
+    nxt = rows[at]
+    horizon = np.int64(round(prep.config.price_horizon_days * SECONDS_PER_DAY))
+    valid &= (prep.user[nxt] == prep.user[imp]) & (prep.ts[nxt] <= prep.ts[imp] + horizon)
+    out[valid] = prep.item_bucket[prep.item[nxt[valid]]]
+    return out
+
+
+def _future_item_demand(prep: Prepared, imp: np.ndarray) -> np.ndarray:
+    """Quantity of the impressed item bought by anyone in (t, t + D days]."""
+    rows = np.flatnonzero(prep.kind == EVENT_INDEX["purchase"])
+    if len(rows) == 0:
+        return np.zeros(len(imp), dtype=np.float32)
+    qty = prep.tables.events["quantity"]
+    t0 = int(prep.ts.min())
+    span = np.int64(int(prep.ts.max()) - t0 + 2 + int(prep.config.demand_horizon_days * SECONDS_PER_DAY) + 1)
+    key_rows = prep.item[rows] * span + (prep.ts[rows] - t0)
+    order = np.argsort(key_rows, kind="stable")
+    keys = key_rows[order]
+    cum = np.r_[0, np.cumsum(qty[rows][order])]
+    horizon = np.int64(round(prep.config.demand_horizon_days * SECONDS_PER_DAY))
+    base = prep.item[imp] * span + (prep.ts[imp] - t0)
+    lo = np.searchsorted(keys, base, side="right")
+    hi = np.searchsorted(keys, base + horizon, side="right")
+    return (cum[hi] - cum[lo]).astype(np.float32)
+
+
+def compute_labels(tables: contract.Tables, config: LabelConfig | None = None,
+                   prepared: Prepared | None = None) -> dict:
+    """The four labels (and the price-range mask) for every impression, in time order."""
+    config = config or LabelConfig()
+    prep = prepared or Prepared(tables, config)
+    imp = prep.impressions
+    bucket = _next_purchase_bucket(prep, imp)
+    return {
+        "row": imp,
+        "event_id": tables.events["event_id"].take(imp).to_numpy(zero_copy_only=False),
+        "timestamp": prep.ts[imp],
+        "is_eval": prep.ts[imp] >= prep.cut,
+        "click": _later_same_key(prep, imp, "click"),
+        "purchase": _later_same_key(prep, imp, "purchase"),
+        "price_range": bucket,
+        "price_range_mask": (bucket >= 0).astype(np.float32),
+        "demand": _future_item_demand(prep, imp),
+    }
+
+
+class HistoryIndex:
+    """Each user's behaviour events (click/cart/purchase) sorted by time, for gathers."""
+
+    def __init__(self, prep: Prepared):
+        kinds = [EVENT_INDEX[e] for e in contract.HISTORY_EVENTS]
+        rows = np.flatnonzero(np.isin(prep.kind, kinds))
+        shift = np.int64(34)  # timestamps are < 2**34 s (year 2514)
+        key = (prep.user[rows] << shift) | prep.ts[rows]
+        order = np.lexsort((prep.rank[rows], key))
+        self.rows = rows[order]
+        self.keys = key[order]
+        self.shift = shift
+        self.prep = prep
+        # First index of each user's block.
+        users = prep.user[self.rows]
+        self.user_start = np.full(int(prep.user.max()) + 1, len(self.rows), dtype=np.int64)
+        if len(users):
+            first = np.r_[True, users[1:] != users[:-1]]
+            self.user_start[users[first]] = np.flatnonzero(first)
+
+    def gather(self, imp: np.ndarray, length: int):
+        """Rows of the last `length` history events strictly before each impression.
+
+        Returns (rows [n, length] most recent first, valid mask [n, length]).
+        """
+        prep = self.prep
+        key = (prep.user[imp] << self.shift) | prep.ts[imp]
+        end = np.searchsorted(self.keys, key, side="left")  # strictly earlier timestamps
+        start = self.user_start[prep.user[imp]]
+        idx = end[:, None] - 1 - np.arange(length)[None, :]
+        valid = idx >= start[:, None]
+        idx = np.where(valid, idx, 0)
+        rows = self.rows[idx] if len(self.rows) else np.zeros_like(idx)
+        return rows, valid

@@ -1,0 +1,92 @@
+"""The tf.data input function every trainer uses: TFRecord shards → parsed, padded batches.
+
+It reads the TFDS builder's shards directly (interleaved), batches serialized records
+first and parses whole batches with one `tf.io.parse_example` (much cheaper than parsing
+one example at a time), pads history lists to a fixed length, and prefetches. The same
+parse function backs the `tf.Example` serving signature, so both read examples alike.
+"""
+
+from __future__ import annotations
+
+import os
+
+import tensorflow as tf
+
+from zoo.data import contract, examples as examples_lib
+
+_TF = {"bytes_": tf.string, "float32": tf.float32, "int64": tf.int64}
+
+
+def _tf_dtype(np_dtype) -> tf.DType:
+    return _TF[np_dtype.__name__]
+
+
+def feature_spec(with_labels: bool = True) -> dict:
+    """`tf.io.parse_example` spec of one example (scalars fixed, history lists ragged)."""
+    spec = {}
+    for name, dtype in examples_lib.SCALAR_FEATURES.items():
+        default = "" if dtype is examples_lib.np.bytes_ else (-1 if name == "position" else 0)
+        spec[name] = tf.io.FixedLenFeature([], _tf_dtype(dtype), default_value=default)
+    for name, dtype in examples_lib.SEQUENCE_FEATURES.items():
+        spec[name] = tf.io.RaggedFeature(_tf_dtype(dtype), row_splits_dtype=tf.int64)
+    if with_labels:
+        for name, dtype in examples_lib.LABEL_FEATURES.items():
+            spec[name] = tf.io.FixedLenFeature([], _tf_dtype(dtype))
+    return spec
+
+
+def parse_batch(serialized: tf.Tensor, history_length: int = contract.DEFAULT_HISTORY_LENGTH,
+                with_labels: bool = True) -> dict:
+    """Serialized tf.Examples [B] → dict of dense tensors; history padded/truncated to L."""
+    parsed = tf.io.parse_example(serialized, feature_spec(with_labels))
+    out = {}
+    for name, value in parsed.items():
+        if isinstance(value, tf.RaggedTensor):
+            pad = "" if value.dtype == tf.string else 0
+            # Most recent first: truncating keeps the latest L events.
+            value = value[:, :history_length].to_tensor(
+                default_value=pad, shape=[None, history_length])
+        out[name] = value
+    return out
+
+
+def split_files(builder, split: str) -> list[str]:
+    return [os.path.join(builder.data_path, f) for f in builder.info.splits[split].filenames]
+
+
+def make_dataset(files, *, batch_size: int, history_length: int = contract.DEFAULT_HISTORY_LENGTH,
+                 shuffle: bool = False, repeat: bool = False, seed: int | None = None,
+                 cache: bool = False, drop_remainder: bool = False, with_labels: bool = True,
+                 shuffle_buffer: int = 50_000,
+                 input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+    """Parsed batches of examples from TFRecord files.
+
+    `input_context` (from `strategy.distribute_datasets_from_function`) shards the files
+    (or, with fewer files than pipelines, the records) so each worker reads its own part.
+    `cache` keeps the serialized records in memory after the first pass: use it when the
+    split fits in RAM.
+    """
+    files = list(files)
+    if not files:
+        raise ValueError("make_dataset: no input files")
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    shard_records = False
+    if input_context and input_context.num_input_pipelines > 1:
+        if len(files) >= input_context.num_input_pipelines:
+            ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        else:
+            shard_records = True
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)),
+                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if shard_records:
+        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    if cache:
+        ds = ds.cache()
+    if shuffle:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = ds.map(lambda s: parse_batch(s, history_length, with_labels),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
