@@ -117,3 +117,17 @@ def test_input_context_shards_records(built):
         seen.append(sorted(e.decode() for b in ds for e in b["event_id"].numpy()))
     assert not set(seen[0]) & set(seen[1])
     assert len(seen[0]) + len(seen[1]) == 6
+
+
+def test_tfds_as_dataset_reads_the_shards(built):
+    """The shards are TFDS's own format: its reader decodes what our parser decodes."""
+    builder = built[0]
+    ours = read_split(builder, "train")
+    theirs = {ex["event_id"].numpy().decode(): ex for ex in builder.as_dataset(split="train")}
+    assert sorted(ours) == sorted(theirs)
+    for e, ex in theirs.items():
+        n = int(ours[e]["hist_length"]) if "hist_length" in ours[e] else len(ex["hist_item_id"])
+        np.testing.assert_array_equal(ex["hist_item_id"].numpy(), ours[e]["hist_item_id"][:n])
+        np.testing.assert_allclose(ex["hist_gap"].numpy(), ours[e]["hist_gap"][:n])
+        for name in ("click", "purchase", "price_range", "demand", "item_price", "query"):
+            assert ex[name].numpy() == ours[e][name], (e, name)

@@ -52,50 +52,66 @@ class ExampleSource:
         is_eval = self.labels["is_eval"]
         return int(is_eval.sum() if split == "eval" else (~is_eval).sum())
 
-    def chunks(self, split: str, chunk_size: int = 100_000) -> Iterator[dict]:
+    def chunks(self, split: str, chunk_size: int = 100_000, text: bool = True) -> Iterator[dict]:
         """Columns of the split's examples in time order, `chunk_size` at a time.
 
         Sequence features come as [n, L] arrays plus `hist_length` [n]; slots past the
-        length are padding.
+        length are padding. With `text=False` the item and event-type strings stay codes
+        (`item`, `hist_item`: rows of the items table; `hist_kind`: event type index; -1 on
+        padding), which is what the batched serialiser wants: no Python string per value.
         """
         if split not in ("train", "eval"):
             raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
-        lab, prep, config = self.labels, self.prep, self.config
-        ev, items = self.tables.events, self.tables.items
-        event_names = np.array(contract.EVENT_TYPES, dtype=object)
+        lab = self.labels
         picked = np.flatnonzero(lab["is_eval"] if split == "eval" else ~lab["is_eval"])
         for start in range(0, len(picked), chunk_size):
-            sel = picked[start:start + chunk_size]
-            imp = lab["row"][sel]
-            item = prep.item[imp]
-            cols = {
-                "event_id": _take(ev["event_id"], imp),
-                "user_id": _take(ev["user_id"], imp),
-                "query": _take(ev["query"], imp),
-                "item_id": _take(items["item_id"], item),
-                "item_category": _take(items["category"], item),
-                "item_brand": _take(items["brand"], item),
-                "item_title": _take(items["title"], item),
-                "item_price": items["price"][item].astype(np.float32),
-                "position": ev["position"][imp],
-                "timestamp": prep.ts[imp],
-            }
-            rows, valid = self.history.gather(imp, config.history_length)
-            h_item = prep.item[rows]
-            cols["hist_length"] = valid.sum(axis=1).astype(np.int64)
-            cols["hist_item_id"] = _take(items["item_id"], h_item)
-            cols["hist_category"] = _take(items["category"], h_item)
-            cols["hist_brand"] = _take(items["brand"], h_item)
-            cols["hist_event"] = event_names[prep.kind[rows]]
-            cols["hist_price"] = items["price"][h_item].astype(np.float32)
-            cols["hist_price_bucket"] = prep.item_bucket[h_item]
-            cols["hist_gap"] = (prep.ts[imp][:, None] - prep.ts[rows]).astype(np.float32)
-            for name in SEQUENCE_FEATURES:
-                pad = "" if cols[name].dtype == object else 0
-                cols[name] = np.where(valid, cols[name], pad)
-            for name in LABEL_FEATURES:
-                cols[name] = lab[name][sel]
-            yield cols
+            coded = self._coded(picked[start:start + chunk_size])
+            yield self.to_text(coded) if text else coded
+
+    def _coded(self, sel: np.ndarray) -> dict:
+        lab, prep, ev, items = self.labels, self.prep, self.tables.events, self.tables.items
+        imp = lab["row"][sel]
+        item = prep.item[imp]
+        rows, valid = self.history.gather(imp, self.config.history_length)
+        h_item = np.where(valid, prep.item[rows], -1)
+        cols = {
+            "event_id": _take(ev["event_id"], imp),
+            "user_id": _take(ev["user_id"], imp),
+            "query": _take(ev["query"], imp),
+            "item": item,
+            "item_price": items["price"][item].astype(np.float32),
+            "position": ev["position"][imp],
+            "timestamp": prep.ts[imp],
+            "hist_length": valid.sum(axis=1).astype(np.int64),
+            "hist_item": h_item,
+            "hist_kind": np.where(valid, prep.kind[rows], -1).astype(np.int64),
+            "hist_price": np.where(valid, items["price"][h_item], 0).astype(np.float32),
+            "hist_price_bucket": np.where(valid, prep.item_bucket[h_item], 0),
+            "hist_gap": np.where(valid, prep.ts[imp][:, None] - prep.ts[rows], 0).astype(
+                np.float32),
+        }
+        for name in LABEL_FEATURES:
+            cols[name] = lab[name][sel]
+        return cols
+
+    def to_text(self, coded: dict) -> dict:
+        """Coded chunk → the feature columns by name, strings as numpy object arrays."""
+        items = self.tables.items
+        cols = {k: v for k, v in coded.items() if k not in ("item", "hist_item", "hist_kind")}
+        for name, column in ITEM_TEXT.items():
+            cols[name] = _take(items[column], coded["item"])
+        for name, column in HIST_TEXT.items():
+            values = _take(items[column], np.maximum(coded["hist_item"], 0))
+            cols[name] = np.where(coded["hist_item"] >= 0, values, "")
+        names = np.array(contract.EVENT_TYPES + ("",), dtype=object)
+        cols["hist_event"] = names[coded["hist_kind"]]
+        return cols
+
+
+# Text features taken from the items table: example feature -> items column.
+ITEM_TEXT = {"item_id": "item_id", "item_category": "category", "item_brand": "brand",
+             "item_title": "title"}
+HIST_TEXT = {"hist_item_id": "item_id", "hist_category": "category", "hist_brand": "brand"}
 
 
 def chunk_to_examples(cols: dict) -> Iterator[tuple[str, dict]]:

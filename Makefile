@@ -1,0 +1,24 @@
+# Two entry points (see README): `make demo` and `make test`. Both create .venv if missing.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-ecom-zoo
+
+.PHONY: demo test setup clean-cache
+
+setup: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m zoo.data.prepare
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean-cache:
+	rm -rf $${ECOM_ZOO_CACHE:-$$HOME/.cache/ecom_zoo}
