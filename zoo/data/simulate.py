@@ -1,8 +1,8 @@
 r"""A behaviour simulator for a small web shop, with the true label probabilities (the oracle).
 
-    python -m zoo.data.simulate --output_dir DIR [--num_users 2000 --num_items 3000 --days 28
+    python -m zoo.data.simulate --output_dir DIR [--num_users 1400 --num_items 3000 --days 28
         --seed 0 --format parquet|csv --eval_fraction 0.2 --num_price_buckets 5
-        --price_horizon_days 7 --demand_horizon_days 7 --oracle_replays 8 --demand_replays 2]
+        --price_horizon_days 7 --demand_horizon_days 7 --oracle_replays 6 --demand_replays 2]
 
 writes a contract folder (see `zoo/data/contract.py`) plus the oracle:
 
@@ -48,11 +48,13 @@ The oracle (each is conditional on the simulator's full state at the impression)
   P(cart | click) * P(buy | cart), as drawn by the simulator.
 * p_price_range_k: Monte Carlo over `oracle_replays` replays of the user's future from the
   state at the list (the list's responses, the rest of the session, later sessions, the taste
-  drift all redrawn with an independent stream), Rao-Blackwellised: on every replayed page
-  while no purchase has happened yet, the exact probability that the first purchase is the
-  page's item j (= prod_{i<j}(1-q_i) q_j) is added to item j's price bucket, when that
-  purchase falls within H days (and before the end of the log, since the label cannot see
-  past it). Unbiased; sums to P(any purchase within H days) = p_price_range_any.
+  drift all redrawn with an independent stream), Rao-Blackwellised within the page: on the
+  replayed page that holds the replay's first purchase, its item is not taken as drawn but
+  spread over the page's items by P(first purchase is item j | a purchase on this page) =
+  prod_{i<j}(1-q_i) q_j / (1 - prod_i (1-q_i)), counted when that purchase falls within H
+  days (and before the end of the log, since the label cannot see past it either). Unbiased,
+  each replay adds at most 1, so the K columns sum to P(any purchase within H days) =
+  p_price_range_any <= 1, which moves in steps of about 1/oracle_replays.
 * demand: E[quantity of the item bought in (t, t+D]] = own part + others' part. Own part: the
   same replays add, on every replayed page, P(purchase) * E[quantity] for the list's items.
   Others' part: `demand_replays` replays of the whole user base from the start of the
@@ -92,7 +94,7 @@ DEFAULTS = dict(num_users=1400, num_items=3000, num_brands=80, days=28, seed=0,
                 num_price_buckets=contract.DEFAULT_NUM_PRICE_BUCKETS,
                 price_horizon_days=contract.DEFAULT_PRICE_HORIZON_DAYS,
                 demand_horizon_days=contract.DEFAULT_DEMAND_HORIZON_DAYS,
-                oracle_replays=8, demand_replays=2, sessions_per_day=0.25)
+                oracle_replays=6, demand_replays=2, sessions_per_day=0.25)
 
 # name, [noun, synonyms...], 8 attribute words, median price
 CATEGORIES = [
@@ -681,7 +683,12 @@ class ListRecorder:
         tb = base + 2
         surv = np.cumprod(np.concatenate([np.ones((len(a), 1)), 1 - q[:, :-1]], 1), 1)
         inside = (tb > self.t_imp[a][:, None]) & (tb <= self.h_stop[a][:, None])
-        mass = self.alive[a][:, None] * surv * q * inside
+        # Given that this page holds the replay's first purchase, which item it was:
+        # P(first is j | some purchase on the page) = surv_j q_j / sum_i surv_i q_i.
+        first = surv * q
+        p_any = first.sum(1, keepdims=True)
+        hit = (self.alive[a] & bought.any(1))[:, None]
+        mass = np.where(hit, first / np.maximum(p_any, 1e-300), 0.0) * inside
         r, c = np.nonzero(mass > 0)
         self.parts.append((lst[r], G["items"][r, c], mass[r, c]))
         died = self.alive[a] & bought.any(1)
@@ -774,7 +781,7 @@ def _others_demand(records, n_rep, user, item, t, D, t_end):
     NI = max(NI, np.int64(ri.max() + 1))
     total = window_sum(ri, item)
     own = window_sum(ru * NI + ri, user * NI + item)
-    return (total - own) / n_rep
+    return np.maximum(total - own, 0.0) / n_rep
 
 
 # ----------------------------------------------------------------------------- writing
@@ -899,8 +906,6 @@ def _simulate_into(out, num_users, num_items, num_brands, days, seed, fmt, eval_
     query_text = {}
     counters = dict(events=0)
     type_counts = np.zeros(len(contract.EVENT_TYPES), np.int64)
-    seen_item = np.zeros(world.num_items, bool)
-    cut_day = None
     oracle_parts = []      # per day dict
     list_masses = []
     ts_all_min, ts_all_max = None, None
