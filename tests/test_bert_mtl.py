@@ -1,0 +1,237 @@
+"""bert_mtl: vocabulary, preprocessor, backbone under XLA, heads, losses."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import zoo
+from zoo.models import losses
+from zoo.models.bert_mtl import end_to_end, fit_vocabulary
+from zoo.models.testing import random_raw_batch, split_labels
+
+K = 5
+
+
+def _np(x):
+    return np.asarray(tf.convert_to_tensor(x))
+
+
+@pytest.fixture(scope="module")
+def vocab():
+    train, _ = split_labels(random_raw_batch(batch_size=128, history_length=50, seed=0))
+    return fit_vocabulary(train, "tiny")
+
+
+@pytest.fixture(scope="module")
+def model(vocab):
+    return zoo.get("bert_mtl", "tiny", vocabulary=vocab)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return split_labels(random_raw_batch(batch_size=32, history_length=50, seed=7))
+
+
+def test_fit_vocabulary_is_json_and_frequency_ordered():
+    features = {
+        "query": np.array(["red shoes", "", "red phone"], dtype=object),
+        "item_title": np.array([b"Red Shoes", b"blue case", b""], dtype=object),
+        "item_id": np.array(["b", "a", "b"], dtype=object),
+        "hist_item_id": np.array([["c", "b", ""], ["a", "", ""], ["", "", ""]], dtype=object),
+        "item_category": np.array(["x", "x", "y"]),
+        "item_brand": np.array(["p", "q", "r"]),
+        "item_price": np.array([1.0, 10.0, 100.0], np.float32),
+        "hist_price": np.array([[5.0, 0.0, 0.0], [20.0, 0.0, 0.0], [50.0, 0.0, 0.0]], np.float32),
+    }
+    config = zoo.get_config("bert_mtl", "tiny", item_vocab_size=2, num_price_buckets=4)
+    vocab = fit_vocabulary(features, config)
+    assert json.loads(json.dumps(vocab)) == vocab
+    assert vocab["item_id"] == ["b", "a"]  # b: 3, a: 2, c: 1 (capped at 2); "" never
+    assert vocab["category"] == ["x", "y"]
+    assert vocab["wordpiece"][:5] == ["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"]
+    assert "r" in vocab["wordpiece"] and "R" not in vocab["wordpiece"]  # lowercase
+    # Frequent words become whole tokens (the learner has a count threshold).
+    texts = {"query": np.array(["red shoes", "Red Phone", ""] * 20, dtype=object)}
+    wordpiece = fit_vocabulary(texts, config)["wordpiece"]
+    assert "red" in wordpiece and "Red" not in wordpiece
+    edges = vocab["price_edges"]
+    assert len(edges) == 3 and all(a < b for a, b in zip(edges, edges[1:]))
+
+
+def test_outputs_shapes_and_ranges(model, batch):
+    features, _ = batch
+    out = {k: _np(v) for k, v in model(model.preprocessor(features)).items()}
+    B = len(features["query"])
+    assert out["click"].shape == (B,) and out["purchase"].shape == (B,)
+    assert out["price_range"].shape == (B, K) and out["demand"].shape == (B,)
+    assert np.all((out["click"] > 0) & (out["click"] < 1))
+    assert np.all(out["purchase"] >= 0)
+    np.testing.assert_allclose(out["price_range"].sum(-1), 1.0, rtol=1e-5)
+    assert np.all(out["demand"] > 0) and np.all(np.isfinite(out["demand"]))
+
+
+def test_esmm_purchase_never_exceeds_click(vocab, batch):
+    features, _ = batch
+    model = zoo.get("bert_mtl", "tiny", vocabulary=vocab)
+    # Push the towers to extremes: the invariant must still hold exactly.
+    for w in model.weights:
+        if "logits" in w.path and w.path.endswith("bias"):
+            w.assign(np.full(w.shape, 8.0 if "conversion" in w.path else -3.0, np.float32))
+    for seed in range(3):
+        f, _ = split_labels(random_raw_batch(batch_size=64, history_length=50, seed=seed))
+        out = model(model.preprocessor(f), training=True)
+        click, purchase = _np(out["click"]), _np(out["purchase"])
+        assert np.all(purchase <= click), (purchase - click).max()
+    assert purchase.mean() > 0.9 * click.mean()  # the biases did take effect
+
+
+def test_masked_price_range_label_contributes_nothing():
+    probs = tf.constant([[0.1, 0.2, 0.3, 0.2, 0.2], [0.5, 0.1, 0.1, 0.2, 0.1]])
+    outputs = {"price_range": probs}
+
+    def loss(labels, mask):
+        return _np(losses.per_example_losses(
+            {"price_range": tf.constant(labels, tf.int64),
+             "price_range_mask": tf.constant(mask, tf.float32)}, outputs)["price_range"])
+
+    base = loss([-1, 0], [0.0, 1.0])
+    assert base[0] == 0.0
+    np.testing.assert_allclose(base[1], -np.log(0.5), rtol=1e-6)
+    # Changing a masked label (even from the -1 placeholder) changes nothing ...
+    np.testing.assert_array_equal(loss([3, 0], [0.0, 1.0]), base)
+    np.testing.assert_array_equal(loss([4, 0], [0.0, 1.0]), base)
+    # ... while changing an unmasked one does.
+    changed = loss([-1, 2], [0.0, 1.0])
+    assert changed[0] == 0.0 and abs(changed[1] - base[1]) > 0.1
+
+
+def test_poisson_loss_against_hand_computed_value():
+    outputs = {"demand": tf.constant([2.0, 0.5, 3.0])}
+    labels = {"demand": tf.constant([3.0, 0.0, 1.0])}
+    got = _np(losses.per_example_losses(labels, outputs)["demand"])
+    # rate - y * log(rate)
+    np.testing.assert_allclose(got, [2.0 - 3.0 * np.log(2.0), 0.5, 3.0 - np.log(3.0)],
+                               rtol=1e-5)
+    np.testing.assert_allclose(got[0], -0.0794415, atol=1e-5)
+
+
+def test_bce_losses_and_combine():
+    outputs = {"click": tf.constant([0.8, 0.2]), "purchase": tf.constant([0.4, 0.1])}
+    labels = {"click": tf.constant([1, 0], tf.int64), "purchase": tf.constant([0, 0], tf.int64)}
+    per = losses.per_example_losses(labels, outputs)
+    np.testing.assert_allclose(_np(per["click"]), [-np.log(0.8), -np.log(0.8)], rtol=1e-5)
+    np.testing.assert_allclose(_np(per["purchase"]), [-np.log(0.6), -np.log(0.9)], rtol=1e-5)
+    total = _np(losses.combine(per, {"click": 2.0, "purchase": 0.5}))
+    np.testing.assert_allclose(total, 2 * _np(per["click"]) + 0.5 * _np(per["purchase"]),
+                               rtol=1e-6)
+    assert total.shape == (2,)
+    with pytest.raises(ValueError, match="demand"):
+        losses.combine(per, {"demand": 1.0})
+
+
+def test_losses_on_model_outputs_are_per_example_and_finite(model, batch):
+    features, labels = batch
+    out = model(model.preprocessor(features), training=True)
+    per = losses.per_example_losses({k: tf.constant(v) for k, v in labels.items()}, out)
+    assert set(per) == {"click", "purchase", "price_range", "demand"}
+    B = len(features["query"])
+    for task, value in per.items():
+        assert _np(value).shape == (B,) and np.all(np.isfinite(_np(value))), task
+    missing = labels["price_range_mask"] == 0
+    assert missing.any() and np.all(_np(per["price_range"])[missing] == 0.0)
+
+
+def test_preprocessor_handles_oov_empty_queries_and_history_lengths(model):
+    pre = model.preprocessor
+    n_oov = pre.num_oov_indices
+    raw, _ = split_labels(random_raw_batch(batch_size=4, history_length=5, seed=2,
+                                           oov_fraction=0.0))
+    known = model.vocabulary["item_id"][0]
+    raw["item_id"] = np.array(["never-seen-1", "never-seen-2", known, ""], dtype=object)
+    raw["query"] = np.array(["", "", "red shoes", "zzqx unknownword"], dtype=object)
+    raw["hist_item_id"][0] = ["unseen-a", "unseen-b", known, "", ""]
+    raw["hist_event"][0] = ["click", "cart", "purchase", "", ""]
+    out = {k: _np(v) for k, v in pre(raw).items()}
+
+    assert np.all((out["item_index"][:2] >= 1) & (out["item_index"][:2] <= n_oov))  # OOV
+    assert out["item_index"][2] == n_oov + 1  # the most frequent id comes first
+    assert out["item_index"][3] == 0  # "" is padding
+    q = out["query_tokens"]
+    assert q.shape == (4, pre.max_query_tokens)
+    assert np.all(q[:2] == 0) and np.all(q[2:, 0] > 0)  # empty queries are all [PAD]
+    assert 3 in q[3]  # [UNK] for characters the vocabulary lacks
+    H = pre.max_history
+    assert out["hist_mask"].shape == (4, H)  # 5 columns padded to max_history
+    np.testing.assert_array_equal(out["hist_mask"][0], [1, 1, 1] + [0] * (H - 3))
+    hist_items = out["hist_item_index"][0]
+    assert np.all((hist_items[:2] >= 1) & (hist_items[:2] <= n_oov))
+    assert out["hist_item_index"][0, 2] == n_oov + 1
+    assert np.all(out["hist_item_index"][0, 3:] == 0)
+    events = out["hist_event_index"][0]
+    assert len(set(events[:3])) == 3 and np.all(events[3:] == 0)
+    for key in ("hist_price_bucket", "hist_gap_bucket", "hist_category_index"):
+        assert np.all(out[key][out["hist_mask"] == 0] == 0), key
+        assert np.all(out[key][out["hist_mask"] == 1] > 0), key
+    # The model runs on it.
+    res = model(pre(raw))
+    assert np.all(np.isfinite(_np(res["click"])))
+
+
+def test_history_is_truncated_to_the_most_recent_events(model):
+    pre = model.preprocessor
+    raw, _ = split_labels(random_raw_batch(batch_size=2, history_length=50, seed=4,
+                                           oov_fraction=0.0))
+    known = model.vocabulary["item_id"]
+    raw["hist_item_id"][0] = [known[i % len(known)] for i in range(50)]
+    out = _np(pre(raw)["hist_item_index"])
+    assert out.shape == (2, pre.max_history)
+    expected = [pre.num_oov_indices + 1 + (i % len(known)) for i in range(pre.max_history)]
+    np.testing.assert_array_equal(out[0], expected)
+
+
+def test_preprocessor_in_tf_data_matches_eager(model, batch):
+    features, _ = batch
+    eager = {k: _np(v) for k, v in model.preprocessor(features).items()}
+    ds = tf.data.Dataset.from_tensor_slices(features).batch(32).map(model.preprocessor)
+    mapped = next(iter(ds))
+    for key, value in eager.items():
+        np.testing.assert_array_equal(mapped[key].numpy(), value, err_msg=key)
+
+
+def test_backbone_and_train_step_run_under_xla(model, batch):
+    features, labels = batch
+    x = {k: tf.constant(v) for k, v in model.preprocessor(features).items()}
+    y = {k: tf.constant(v) for k, v in labels.items()}
+
+    @tf.function(jit_compile=True)
+    def encode(x):
+        return model.backbone(x, training=False)["cls_output"]
+
+    np.testing.assert_allclose(_np(encode(x)),
+                               _np(model.backbone(x, training=False)["cls_output"]),
+                               rtol=1e-4, atol=1e-4)
+
+    @tf.function(jit_compile=True)
+    def grads(x, y):
+        with tf.GradientTape() as tape:
+            out = model(x, training=True)
+            loss = tf.nn.compute_average_loss(
+                losses.combine(losses.per_example_losses(y, out)), global_batch_size=32)
+        return loss, tape.gradient(loss, model.trainable_variables)
+
+    loss, g = grads(x, y)
+    assert np.isfinite(_np(loss))
+    assert all(v is not None for v in g)
+    assert all(np.all(np.isfinite(_np(tf.convert_to_tensor(v)))) for v in g)
+
+
+def test_end_to_end_model_matches_two_step_call(model, batch):
+    features, _ = batch
+    serving = end_to_end(model)
+    assert set(serving.input) == set(zoo.models.features.RAW_FEATURES)
+    direct = model(model.preprocessor(features))
+    served = serving(features)
+    for key in direct:
+        np.testing.assert_allclose(_np(served[key]), _np(direct[key]), rtol=1e-6, atol=1e-7)

@@ -1,0 +1,382 @@
+"""`python -m trainers.multitask`: train a zoo model on click, purchase, price range, demand.
+
+Flags are parsed once in `main`; `run(TrainConfig)` and the functions it calls are plain
+functions that tests call directly. With no flags it trains `bert_mtl/small` on the
+simulator's default data set and prints the metrics table beside the oracle's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+
+from absl import app, flags, logging
+
+from zoo.data import contract, labels as labels_lib, prepare as prepare_lib
+
+DEFAULT_TASK_WEIGHTS = "click=1,purchase=1,price_range=0.5,demand=0.5"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    data_dir: str | None = None
+    tfds_dir: str | None = None
+    label_config: labels_lib.LabelConfig = dataclasses.field(
+        default_factory=labels_lib.LabelConfig)
+    model: str = "bert_mtl"
+    preset: str = "small"
+    model_overrides: dict = dataclasses.field(default_factory=dict)
+    model_dir: str | None = None
+    epochs: float = 1.0
+    steps: int = 0  # > 0 overrides epochs
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    task_weights: str = DEFAULT_TASK_WEIGHTS
+    strategy: str = "one_device"
+    jit_compile: bool = True
+    seed: int = 42
+    steps_per_loop: int = 50
+    checkpoint_every: int = 500
+    eval_every: int = 0
+    eval_batch_size: int = 1024
+    vocabulary_examples: int = 200_000
+    cache_dataset: bool = True
+    verbose: bool = True
+
+
+def parse_task_weights(text: str) -> dict:
+    """'click=1,purchase=1,price_range=0.5,demand=0.5' -> dict; names checked."""
+    from zoo.models.features import TASKS
+
+    weights = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep:
+            raise ValueError(f"--task_weights: {part!r} is not task=weight")
+        if name not in TASKS:
+            raise ValueError(f"--task_weights: unknown task {name!r}; tasks: {list(TASKS)}")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--task_weights: weight of {name!r} is {value!r}, expected a "
+                             "number") from None
+        if weights[name] < 0 or not math.isfinite(weights[name]):
+            raise ValueError(f"--task_weights: weight of {name!r} must be >= 0")
+    return weights
+
+
+def default_model_dir(config: TrainConfig) -> str:
+    return os.path.join("runs", f"{config.model}_{config.preset}")
+
+
+def read_oracle(contract_dir: str):
+    """The simulator's oracle table (event_id -> true probabilities), if the folder has one."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    for name, reader in (("oracle.parquet", pq.read_table), ("oracle.csv", pacsv.read_csv)):
+        path = os.path.join(contract_dir, name)
+        if os.path.exists(path):
+            return reader(path)
+    return None
+
+
+def oracle_predictions(oracle, event_ids, num_buckets: int) -> dict | None:
+    """Oracle columns aligned to `event_ids` (bytes or str) in the model's output layout."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    cols = oracle.column_names
+    bucket_cols = [f"p_price_range_{k}" for k in range(num_buckets)]
+    if not all(c in cols for c in ["event_id", "p_click", "p_purchase", "demand", *bucket_cols]):
+        logging.warning("oracle table lacks columns for K=%d price buckets; skipped", num_buckets)
+        return None
+    ids = pa.array([e.decode() if isinstance(e, bytes) else e for e in event_ids], pa.string())
+    idx = pc.index_in(ids, value_set=pc.cast(oracle.column("event_id"), pa.string()))
+    idx = idx.to_numpy(zero_copy_only=False)
+    if np.isnan(idx.astype(float)).any():
+        logging.warning("oracle table misses some eval impressions; skipped")
+        return None
+    idx = idx.astype(np.int64)
+
+    def col(name):
+        return oracle.column(name).to_numpy()[idx].astype(np.float64)
+
+    return {"click": col("p_click"), "purchase": col("p_purchase"),
+            "price_range": np.stack([col(c) for c in bucket_cols], axis=1),
+            "demand": col("demand")}
+
+
+def _fit_vocabulary(config: TrainConfig, model_config: dict, train_files) -> dict:
+    """The model family's vocabulary from (a prefix of) the training split."""
+    import numpy as np
+    import zoo
+    from zoo.data import pipeline
+
+    ds = pipeline.make_dataset(train_files, batch_size=8192,
+                               history_length=config.label_config.history_length)
+    parts: dict[str, list] = {}
+    seen = 0
+    for batch in ds:
+        for k, v in batch.items():
+            parts.setdefault(k, []).append(v.numpy())
+        seen += int(batch["event_id"].shape[0])
+        if seen >= config.vocabulary_examples:
+            break
+    features = {k: np.concatenate(v) for k, v in parts.items()}
+    return zoo.fit_vocabulary(config.model, features, model_config)
+
+
+def _learning_rate(config: TrainConfig, total_steps: int):
+    import keras
+
+    decay = keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=max(1, total_steps - config.warmup_steps), alpha=0.05,
+        warmup_target=config.learning_rate, warmup_steps=min(config.warmup_steps,
+                                                             total_steps // 2))
+    return decay
+
+
+def run(config: TrainConfig) -> dict:
+    """Prepares data, builds or restores the model, trains, evaluates; returns the metrics."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    import zoo
+    from trainers import distribute, loop, metrics as metrics_lib
+    from zoo.data import pipeline
+
+    model_dir = config.model_dir or default_model_dir(config)
+    task_weights = parse_task_weights(config.task_weights)
+    strategy = distribute.make_strategy(config.strategy)
+    chief = distribute.is_chief(strategy)
+    write_dir = distribute.write_dir(model_dir, strategy)
+    os.makedirs(write_dir, exist_ok=True)
+    keras.utils.set_random_seed(config.seed)
+
+    builder = prepare_lib.prepare(config.data_dir, config.tfds_dir, config.label_config)
+    meta = builder.info.metadata
+    train_files = pipeline.split_files(builder, "train")
+    num_train = builder.info.splits["train"].num_examples
+    has_eval = "eval" in builder.info.splits
+    global_batch = config.batch_size
+    steps = config.steps or max(1, math.ceil(config.epochs * num_train / global_batch))
+
+    # Vocabulary: fitted once per model_dir, then reused so checkpoints stay compatible.
+    model_config = zoo.get_config(config.model, config.preset,
+                                  num_price_ranges=config.label_config.num_price_buckets,
+                                  **config.model_overrides)
+    vocab_path = os.path.join(model_dir, "vocabulary.json")
+    if os.path.exists(vocab_path):
+        with open(vocab_path, encoding="utf-8") as f:
+            vocabulary = json.load(f)
+    else:
+        vocabulary = _fit_vocabulary(config, model_config, train_files)
+        _write_json(os.path.join(write_dir, "vocabulary.json"), vocabulary)
+
+    with strategy.scope():
+        model = zoo.get(config.model, config.preset, vocabulary=vocabulary,
+                        num_price_ranges=config.label_config.num_price_buckets,
+                        **config.model_overrides)
+        optimizer = keras.optimizers.AdamW(learning_rate=_learning_rate(config, steps),
+                                           weight_decay=config.weight_decay, clipnorm=None,
+                                           global_clipnorm=1.0)
+        # Build weights and optimizer slots now, so a restore can match every object.
+        sample = next(iter(pipeline.make_dataset(train_files, batch_size=2, history_length=
+                                                 config.label_config.history_length)))
+        model(model.preprocessor(_raw(sample)))
+        optimizer.build(model.trainable_variables)
+    preprocessor = model.preprocessor
+
+    def train_input(ctx: tf.distribute.InputContext):
+        per_replica = ctx.get_per_replica_batch_size(global_batch)
+        ds = pipeline.make_dataset(
+            train_files, batch_size=per_replica, shuffle=True, repeat=True,
+            seed=config.seed, cache=config.cache_dataset, drop_remainder=True,
+            history_length=config.label_config.history_length, input_context=ctx)
+        return ds.map(lambda b: (preprocessor(_raw(b)), _labels(b)),
+                      num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+    dist_ds = strategy.distribute_datasets_from_function(train_input)
+    loop_config = loop.LoopConfig(
+        total_steps=steps, global_batch_size=global_batch, task_weights=task_weights,
+        steps_per_loop=config.steps_per_loop, checkpoint_every=config.checkpoint_every,
+        jit_compile=config.jit_compile, eval_every=config.eval_every)
+    trainer = loop.Trainer(strategy, model, optimizer, loop_config,
+                           checkpoint_dir=os.path.join(write_dir, "checkpoints"),
+                           summary_dir=os.path.join(write_dir, "train"))
+    start_step = trainer.restore()
+    eval_ds = (_eval_dataset(builder, "eval", preprocessor, config) if has_eval else None)
+
+    def evaluate(step):
+        preds, extras = loop.predict_dataset(model, eval_ds)
+        return metrics_lib.multitask_metrics(extras, preds, extras["user_id"])
+
+    if config.verbose:
+        print(f"training {config.model}/{config.preset} ({model.count_params():,} parameters) "
+              f"under {config.strategy} for {steps} steps of {global_batch} "
+              f"({num_train:,} train examples), from step {start_step}; model_dir={model_dir}")
+    t0 = time.time()
+    trainer.train(dist_ds, evaluate=evaluate if eval_ds is not None else None,
+                  verbose=config.verbose)
+    train_seconds = time.time() - t0
+    result = {"step": trainer.step, "train_seconds": train_seconds,
+              "examples_per_second": (trainer.step - start_step) * global_batch
+              / max(train_seconds, 1e-9)}
+
+    if eval_ds is not None:
+        preds, extras = loop.predict_dataset(model, eval_ds)
+        model_metrics = metrics_lib.multitask_metrics(extras, preds, extras["user_id"])
+        rows = {"model": model_metrics}
+        oracle = read_oracle(meta["contract_dir"])
+        if oracle is not None:
+            o = oracle_predictions(oracle, extras["event_id"],
+                                   config.label_config.num_price_buckets)
+            if o is not None:
+                rows["oracle"] = metrics_lib.multitask_metrics(extras, o, extras["user_id"])
+        result["metrics"] = model_metrics
+        if "oracle" in rows:
+            result["oracle"] = rows["oracle"]
+        table = metrics_lib.format_table(rows, ("model", "oracle") if "oracle" in rows else None)
+        if config.verbose:
+            print(f"\nevaluation on {len(preds['click']):,} eval impressions "
+                  f"(step {trainer.step}):\n{table}")
+        with trainer.summary.as_default(step=trainer.step):
+            for k, v in model_metrics.items():
+                tf.summary.scalar(f"eval/{k}", v)
+        trainer.summary.flush()
+
+    if chief:
+        tmp = os.path.join(model_dir, "model.tmp.keras")  # Keras wants the suffix
+        model.save(tmp)
+        os.replace(tmp, os.path.join(model_dir, "model.keras"))
+        _write_json(os.path.join(model_dir, "train_config.json"), {
+            **_jsonable(dataclasses.asdict(config)), "model_dir": model_dir,
+            "total_steps": steps, "price_edges": meta["price_edges"]})
+        _write_json(os.path.join(model_dir, "metrics.json"), result)
+    else:
+        loop.cleanup_worker_dir(write_dir, model_dir)
+    return result
+
+
+def _raw(batch: dict) -> dict:
+    from zoo.models.features import RAW_FEATURES
+
+    return {k: batch[k] for k in RAW_FEATURES}
+
+
+def _labels(batch: dict) -> dict:
+    from zoo.models.features import LABELS
+
+    return {k: batch[k] for k in LABELS}
+
+
+def _eval_dataset(builder, split, preprocessor, config: TrainConfig):
+    import tensorflow as tf
+    from zoo.data import pipeline
+    from zoo.models.features import LABELS
+
+    ds = pipeline.make_dataset(pipeline.split_files(builder, split),
+                               batch_size=config.eval_batch_size,
+                               history_length=config.label_config.history_length)
+    keep = ("event_id", "user_id", *LABELS)
+    return ds.map(lambda b: (preprocessor(_raw(b)), {k: b[k] for k in keep}),
+                  num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def _jsonable(d):
+    return json.loads(json.dumps(d, default=lambda o: dataclasses.asdict(o)
+                                 if dataclasses.is_dataclass(o) else str(o)))
+
+
+def _write_json(path: str, obj) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(_jsonable(obj), f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+# --- flags -------------------------------------------------------------------------------
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    prepare_lib.define_data_flags()
+    flags.DEFINE_string("model", "bert_mtl", "Registered model name (python -m zoo list).")
+    flags.DEFINE_string("preset", "small", "Preset of the model.")
+    flags.DEFINE_string("model_dir", None, "Checkpoints, summaries, metrics, the saved model "
+                        "(default runs/<model>_<preset>). Re-running resumes from it.")
+    flags.DEFINE_float("epochs", 1.0, "Passes over the training split (ignored if --steps).")
+    flags.DEFINE_integer("steps", 0, "Total training steps (> 0 overrides --epochs).")
+    flags.DEFINE_integer("batch_size", 256, "Global batch size (split across replicas).")
+    flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate (warmup, then cosine).")
+    flags.DEFINE_integer("warmup_steps", 100, "Linear warmup steps.")
+    flags.DEFINE_string("task_weights", DEFAULT_TASK_WEIGHTS, "Loss weight per task.")
+    flags.DEFINE_enum("strategy", "one_device", ["one_device", "mirrored",
+                                                 "multi_worker_mirrored"],
+                      "tf.distribute strategy (multi_worker_mirrored reads TF_CONFIG).")
+    flags.DEFINE_integer("cpu_devices", 1, "Split the CPU into this many logical devices "
+                         "(lets --strategy=mirrored run on a CPU-only machine).")
+    flags.DEFINE_bool("jit_compile", True, "XLA-compile the forward/backward pass.")
+    flags.DEFINE_integer("seed", 42, "Seed of weights, dropout and data order.")
+    flags.DEFINE_integer("steps_per_loop", 50, "Steps per tf.function call (progress updates).")
+    flags.DEFINE_integer("checkpoint_every", 500, "Checkpoint every N steps (and at the end).")
+    flags.DEFINE_integer("eval_every", 0, "Also evaluate every N steps (0: at the end only).")
+    flags.DEFINE_multi_string("model_override", [], "key=value overriding a preset's config "
+                              "(python -m zoo describe NAME lists the keys).")
+
+
+def _parse_overrides(items) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--model_override: {item!r} is not key=value")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def config_from_flags() -> TrainConfig:
+    return TrainConfig(
+        data_dir=FLAGS.data_dir, tfds_dir=FLAGS.tfds_dir,
+        label_config=prepare_lib.label_config_from_flags(),
+        model=FLAGS.model, preset=FLAGS.preset,
+        model_overrides=_parse_overrides(FLAGS.model_override), model_dir=FLAGS.model_dir,
+        epochs=FLAGS.epochs, steps=FLAGS.steps, batch_size=FLAGS.batch_size,
+        learning_rate=FLAGS.learning_rate, warmup_steps=FLAGS.warmup_steps,
+        task_weights=FLAGS.task_weights, strategy=FLAGS.strategy,
+        jit_compile=FLAGS.jit_compile, seed=FLAGS.seed, steps_per_loop=FLAGS.steps_per_loop,
+        checkpoint_every=FLAGS.checkpoint_every, eval_every=FLAGS.eval_every)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from trainers import distribute
+
+    distribute.configure_cpu_devices(FLAGS.cpu_devices)
+    try:
+        config = config_from_flags()
+        parse_task_weights(config.task_weights)
+        run(config)
+    except (contract.ContractError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

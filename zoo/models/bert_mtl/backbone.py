@@ -1,0 +1,231 @@
+"""`BertMtlBackbone`: a BERT-style encoder over query, behaviour events and candidate.
+
+Input sequence (S = 1 + Q + 1 + H + 1 + 1 tokens):
+
+    [CLS] q_1 .. q_Q [SEP] e_1 .. e_H [SEP] candidate
+    segment 0 ........... | segment 1 ........ | segment 2
+
+  * query tokens: WordPiece embeddings (shared with [CLS] / [SEP] and the title tokens)
+  * each behaviour event e_j (most recent first): item + category + brand + event type +
+    price bucket + time-gap bucket embeddings
+  * the candidate: item + category + brand + price bucket + impression-position
+    embeddings (+ the masked mean of its title's WordPiece embeddings when T > 0)
+plus learned positions (`keras_hub.layers.PositionEmbedding`) and segment embeddings,
+LayerNorm, dropout, then `num_layers` x `keras_hub.layers.TransformerEncoder` with the
+padding mask (query [PAD]s and history padding are masked out).
+
+Numeric only (int32 in, float out): XLA-compilable (`jit_compile=True`).
+Outputs: {"sequence_output": [B, S, D], "cls_output": [B, D], "candidate_output": [B, D]}.
+"""
+
+from __future__ import annotations
+
+import keras
+import keras_hub
+from keras import ops
+
+from zoo.models.bert_mtl.preprocessor import HISTORY_OUTPUTS, SCALAR_OUTPUTS
+
+SEGMENT_QUERY, SEGMENT_HISTORY, SEGMENT_CANDIDATE = 0, 1, 2
+
+
+def sequence_length(max_query_tokens: int, max_history: int) -> int:
+    return max_query_tokens + max_history + 4
+
+
+@keras.saving.register_keras_serializable(package="ecom_zoo")
+class EventSequenceEmbedding(keras.layers.Layer):
+    """Preprocessed inputs -> (token embeddings [B, S, D], padding mask [B, S] bool)."""
+
+    def __init__(self, vocabulary_sizes, hidden_dim, max_query_tokens, max_title_tokens,
+                 max_history, cls_id=1, sep_id=2, dropout=0.0, layer_norm_epsilon=1e-12,
+                 initializer_range=0.02, **kwargs):
+        super().__init__(**kwargs)
+        self.vocabulary_sizes = dict(vocabulary_sizes)
+        self.hidden_dim = int(hidden_dim)
+        self.max_query_tokens = int(max_query_tokens)
+        self.max_title_tokens = int(max_title_tokens)
+        self.max_history = int(max_history)
+        self.cls_id = int(cls_id)
+        self.sep_id = int(sep_id)
+        self.dropout = float(dropout)
+        self.layer_norm_epsilon = float(layer_norm_epsilon)
+        self.initializer_range = float(initializer_range)
+        init = keras.initializers.TruncatedNormal(stddev=self.initializer_range)
+        sizes = self.vocabulary_sizes
+
+        def emb(name, key):
+            return keras.layers.Embedding(sizes[key], self.hidden_dim,
+                                          embeddings_initializer=init, name=name)
+
+        self.word_embedding = emb("word_embedding", "wordpiece")
+        self.item_embedding = emb("item_embedding", "item")
+        self.category_embedding = emb("category_embedding", "category")
+        self.brand_embedding = emb("brand_embedding", "brand")
+        self.event_embedding = emb("event_embedding", "event")
+        self.price_embedding = emb("price_embedding", "price")
+        self.gap_embedding = emb("gap_embedding", "gap")
+        self.position_bucket_embedding = emb("impression_position_embedding", "position")
+        self.segment_embedding = keras.layers.Embedding(
+            3, self.hidden_dim, embeddings_initializer=init, name="segment_embedding")
+        self.position_embedding = keras_hub.layers.PositionEmbedding(
+            sequence_length=sequence_length(self.max_query_tokens, self.max_history),
+            initializer=init, name="position_embedding")
+        self.layer_norm = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, name="embeddings_layer_norm")
+        self.dropout_layer = keras.layers.Dropout(self.dropout, name="embeddings_dropout")
+        seq = sequence_length(self.max_query_tokens, self.max_history)
+        Q, H = self.max_query_tokens, self.max_history
+        self._segments = ([SEGMENT_QUERY] * (Q + 2) + [SEGMENT_HISTORY] * (H + 1)
+                          + [SEGMENT_CANDIDATE])
+        assert len(self._segments) == seq
+
+    def build(self, input_shape=None):
+        seq = sequence_length(self.max_query_tokens, self.max_history)
+        for layer in (self.word_embedding, self.item_embedding, self.category_embedding,
+                      self.brand_embedding, self.event_embedding, self.price_embedding,
+                      self.gap_embedding, self.position_bucket_embedding,
+                      self.segment_embedding):
+            layer.build((None,))
+        self.position_embedding.build((None, seq, self.hidden_dim))
+        self.layer_norm.build((None, seq, self.hidden_dim))
+        self.built = True
+
+    def call(self, inputs, training=None):
+        q = ops.cast(inputs["query_tokens"], "int32")  # [B, Q]
+        ones = ops.ones_like(q[:, :1])  # [B, 1]
+        words = ops.concatenate([ones * self.cls_id, q, ones * self.sep_id], axis=1)
+        query_part = self.word_embedding(words)  # [B, Q + 2, D]
+
+        history = (self.item_embedding(inputs["hist_item_index"])
+                   + self.category_embedding(inputs["hist_category_index"])
+                   + self.brand_embedding(inputs["hist_brand_index"])
+                   + self.event_embedding(inputs["hist_event_index"])
+                   + self.price_embedding(inputs["hist_price_bucket"])
+                   + self.gap_embedding(inputs["hist_gap_bucket"]))  # [B, H, D]
+        sep = self.word_embedding(ones * self.sep_id)  # [B, 1, D]
+
+        candidate = (self.item_embedding(inputs["item_index"])
+                     + self.category_embedding(inputs["category_index"])
+                     + self.brand_embedding(inputs["brand_index"])
+                     + self.price_embedding(inputs["price_bucket"])
+                     + self.position_bucket_embedding(inputs["position_bucket"]))  # [B, D]
+        if self.max_title_tokens > 0:
+            title = inputs["title_tokens"]
+            title_mask = ops.expand_dims(ops.cast(ops.not_equal(title, 0), self.compute_dtype), -1)
+            title_sum = ops.sum(self.word_embedding(title) * title_mask, axis=1)
+            candidate = candidate + title_sum / ops.maximum(ops.sum(title_mask, axis=1), 1.0)
+        candidate = ops.expand_dims(candidate, 1)  # [B, 1, D]
+
+        x = ops.concatenate([query_part, history, sep, candidate], axis=1)  # [B, S, D]
+        segments = ops.convert_to_tensor(self._segments, dtype="int32")
+        x = x + ops.expand_dims(self.segment_embedding(segments), 0)
+        x = x + self.position_embedding(x)
+        x = self.dropout_layer(self.layer_norm(x), training=training)
+
+        mask = ops.concatenate([
+            ones, ops.cast(ops.not_equal(q, 0), "int32"), ones,
+            ops.cast(inputs["hist_mask"], "int32"), ones, ones], axis=1)
+        return x, ops.cast(mask, "bool")
+
+    def compute_output_spec(self, inputs, training=None):
+        batch = inputs["query_tokens"].shape[0]
+        seq = sequence_length(self.max_query_tokens, self.max_history)
+        return (keras.KerasTensor((batch, seq, self.hidden_dim), dtype=self.compute_dtype),
+                keras.KerasTensor((batch, seq), dtype="bool"))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "vocabulary_sizes": self.vocabulary_sizes,
+            "hidden_dim": self.hidden_dim,
+            "max_query_tokens": self.max_query_tokens,
+            "max_title_tokens": self.max_title_tokens,
+            "max_history": self.max_history,
+            "cls_id": self.cls_id,
+            "sep_id": self.sep_id,
+            "dropout": self.dropout,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "initializer_range": self.initializer_range,
+        })
+        return config
+
+
+@keras.saving.register_keras_serializable(package="ecom_zoo")
+class BertMtlBackbone(keras_hub.models.Backbone):
+    """The encoder. A functional model over the preprocessor's integer outputs.
+
+    Args:
+      vocabulary_sizes: `BertMtlPreprocessor.vocabulary_sizes()` (embedding input dims).
+      hidden_dim, num_layers, num_heads, intermediate_dim, dropout, layer_norm_epsilon,
+      initializer_range: transformer sizes (see the presets).
+      max_query_tokens, max_title_tokens, max_history: the preprocessor's lengths.
+      cls_id, sep_id: WordPiece ids of [CLS] / [SEP].
+    """
+
+    def __init__(self, vocabulary_sizes, hidden_dim=128, num_layers=2, num_heads=4,
+                 intermediate_dim=512, max_query_tokens=12, max_title_tokens=12,
+                 max_history=30, cls_id=1, sep_id=2, dropout=0.1, layer_norm_epsilon=1e-12,
+                 initializer_range=0.02, dtype=None, **kwargs):
+        Q, T, H = int(max_query_tokens), int(max_title_tokens), int(max_history)
+        # === Layers ===
+        self.embeddings = EventSequenceEmbedding(
+            vocabulary_sizes, hidden_dim, Q, T, H, cls_id=cls_id, sep_id=sep_id,
+            dropout=dropout, layer_norm_epsilon=layer_norm_epsilon,
+            initializer_range=initializer_range, dtype=dtype, name="embeddings")
+        self.transformer_layers = [
+            keras_hub.layers.TransformerEncoder(
+                num_heads=num_heads, intermediate_dim=intermediate_dim, activation="gelu",
+                dropout=dropout, layer_norm_epsilon=layer_norm_epsilon,
+                kernel_initializer=keras.initializers.TruncatedNormal(stddev=initializer_range),
+                dtype=dtype, name=f"transformer_layer_{i}")
+            for i in range(int(num_layers))]
+
+        # === Functional model ===
+        inputs = {"query_tokens": keras.Input((Q,), dtype="int32", name="query_tokens")}
+        if T > 0:
+            inputs["title_tokens"] = keras.Input((T,), dtype="int32", name="title_tokens")
+        for name in SCALAR_OUTPUTS:
+            inputs[name] = keras.Input((), dtype="int32", name=name)
+        for name in HISTORY_OUTPUTS:
+            inputs[name] = keras.Input((H,), dtype="int32", name=name)
+        x, padding_mask = self.embeddings(inputs)
+        for layer in self.transformer_layers:
+            x = layer(x, padding_mask=padding_mask)
+        outputs = {"sequence_output": x, "cls_output": x[:, 0, :],
+                   "candidate_output": x[:, -1, :]}
+        super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
+
+        # === Config ===
+        self.vocabulary_sizes = dict(vocabulary_sizes)
+        self.hidden_dim = int(hidden_dim)
+        self.num_layers = int(num_layers)
+        self.num_heads = int(num_heads)
+        self.intermediate_dim = int(intermediate_dim)
+        self.max_query_tokens = Q
+        self.max_title_tokens = T
+        self.max_history = H
+        self.cls_id = int(cls_id)
+        self.sep_id = int(sep_id)
+        self.dropout = float(dropout)
+        self.layer_norm_epsilon = float(layer_norm_epsilon)
+        self.initializer_range = float(initializer_range)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "vocabulary_sizes": self.vocabulary_sizes,
+            "hidden_dim": self.hidden_dim,
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "intermediate_dim": self.intermediate_dim,
+            "max_query_tokens": self.max_query_tokens,
+            "max_title_tokens": self.max_title_tokens,
+            "max_history": self.max_history,
+            "cls_id": self.cls_id,
+            "sep_id": self.sep_id,
+            "dropout": self.dropout,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "initializer_range": self.initializer_range,
+        })
+        return config

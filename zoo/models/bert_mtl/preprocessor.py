@@ -1,0 +1,183 @@
+"""`BertMtlPreprocessor`: raw feature dict -> integer tensors for `BertMtlBackbone`.
+
+All string ops of the model live here (WordPiece, id lookups, bucketing), so the same
+layer runs inside `tf.data.map` during training and inside the serving graph: training and
+serving cannot disagree. Works on BATCHED dicts (rank-1 / rank-2 tensors, see
+`zoo.models.features.RAW_FEATURES`); keys it does not use are ignored.
+
+Outputs (int32; B = batch, Q = max_query_tokens, T = max_title_tokens, H = max_history):
+  query_tokens [B, Q]     WordPiece ids, 0 = [PAD]; an empty query is all [PAD]
+  title_tokens [B, T]     WordPiece ids of the candidate's title (only when T > 0)
+  item_index, category_index, brand_index [B]      0 = "" / padding, 1..n_oov = OOV buckets
+  price_bucket [B]        1 + bucket of item_price (0 is padding only)
+  position_bucket [B]     0 = unknown (-1), else 1 + min(position, max_position - 1)
+  hist_item_index, hist_category_index, hist_brand_index, hist_event_index [B, H]
+  hist_price_bucket, hist_gap_bucket [B, H]          0 on padding
+  hist_mask [B, H]        1 = real event, 0 = padding (history shorter than H is padded)
+"""
+
+from __future__ import annotations
+
+import keras
+import keras_hub
+import numpy as np
+import tensorflow as tf
+# keras-hub's own decorator of `Preprocessor.call`: tf tensors in, no conversion of the
+# inner (ragged) tokenizer outputs to Python lists in eager mode, string ops on the CPU.
+from keras_hub.src.utils.tensor_utils import preprocessing_function
+
+from zoo.models.bert_mtl import vocabulary as vocab_lib
+from zoo.models.features import HISTORY_EVENT_TYPES
+
+# Largest time gap with its own bucket: about a year, in seconds.
+MAX_GAP_SECONDS = 3.2e7
+
+SCALAR_OUTPUTS = ("item_index", "category_index", "brand_index", "price_bucket",
+                  "position_bucket")
+HISTORY_OUTPUTS = ("hist_item_index", "hist_category_index", "hist_brand_index",
+                   "hist_event_index", "hist_price_bucket", "hist_gap_bucket", "hist_mask")
+
+
+def gap_edges(num_gap_buckets: int) -> list[float]:
+    """Log-spaced inner edges (seconds) of the time-gap buckets: 1 s .. ~1 year."""
+    return [float(x) for x in np.geomspace(1.0, MAX_GAP_SECONDS, max(num_gap_buckets - 1, 1))]
+
+
+@keras.saving.register_keras_serializable(package="ecom_zoo")
+class BertMtlPreprocessor(keras_hub.models.Preprocessor):
+    """Raw features -> backbone inputs. `call(x, y=None, sample_weight=None)`.
+
+    Args:
+      vocabulary: a dict from `fit_vocabulary` / `placeholder_vocabulary` (travels in the
+        layer config, hence inside the model's `.keras` file).
+      max_query_tokens, max_title_tokens, max_history, max_position, num_oov_indices,
+      num_gap_buckets: see the presets.
+    """
+
+    def __init__(self, vocabulary, max_query_tokens=12, max_title_tokens=12, max_history=30,
+                 max_position=64, num_oov_indices=1, num_gap_buckets=24, **kwargs):
+        super().__init__(**kwargs)
+        # Plain attribute (not Keras-tracked: tracking walks every string of the lists).
+        object.__setattr__(self, "vocabulary", vocab_lib.validate(vocabulary))
+        self.max_query_tokens = int(max_query_tokens)
+        self.max_title_tokens = int(max_title_tokens)
+        self.max_history = int(max_history)
+        self.max_position = int(max_position)
+        self.num_oov_indices = int(num_oov_indices)
+        self.num_gap_buckets = int(num_gap_buckets)
+        v = self.vocabulary
+        self.tokenizer = keras_hub.tokenizers.WordPieceTokenizer(
+            vocabulary=v["wordpiece"], lowercase=True, strip_accents=True,
+            oov_token=vocab_lib.UNK, dtype="int32", _allow_python_workflow=False,
+            name="wordpiece")
+
+        def lookup(values, name):
+            return keras.layers.StringLookup(
+                vocabulary=np.asarray(list(values), dtype=str), mask_token="", oov_token="[UNK]",
+                num_oov_indices=self.num_oov_indices, name=name)
+
+        self.item_lookup = lookup(v["item_id"], "item_lookup")
+        self.category_lookup = lookup(v["category"], "category_lookup")
+        self.brand_lookup = lookup(v["brand"], "brand_lookup")
+        self.event_lookup = lookup(HISTORY_EVENT_TYPES, "event_lookup")
+        self.price_discretization = keras.layers.Discretization(
+            bin_boundaries=v["price_edges"], name="price_buckets")
+        self.gap_discretization = keras.layers.Discretization(
+            bin_boundaries=gap_edges(self.num_gap_buckets), name="gap_buckets")
+        self.built = True
+
+    # ---- sizes the backbone needs (embedding input dims, padding index 0 included) ----
+    def vocabulary_sizes(self) -> dict:
+        lookup_extra = 1 + self.num_oov_indices  # mask "" + OOV buckets
+        return {
+            "wordpiece": len(self.vocabulary["wordpiece"]),
+            "item": len(self.vocabulary["item_id"]) + lookup_extra,
+            "category": len(self.vocabulary["category"]) + lookup_extra,
+            "brand": len(self.vocabulary["brand"]) + lookup_extra,
+            "event": len(HISTORY_EVENT_TYPES) + lookup_extra,
+            "price": len(self.vocabulary["price_edges"]) + 2,
+            "gap": len(gap_edges(self.num_gap_buckets)) + 2,
+            "position": self.max_position + 1,
+        }
+
+    def token_id(self, token: str) -> int:
+        return self.vocabulary["wordpiece"].index(token)
+
+    # ---- the transform ----
+    def _tokens(self, text, length):
+        tokens = self.tokenizer(tf.reshape(text, [-1]))
+        if isinstance(tokens, tf.RaggedTensor):
+            tokens = tokens.to_tensor(default_value=0, shape=[None, length])
+        return tf.cast(tokens, tf.int32)
+
+    def _history(self, x, pad_value):
+        x = x[:, : self.max_history]
+        pad = self.max_history - tf.shape(x)[1]
+        x = tf.pad(x, [[0, 0], [0, pad]], constant_values=pad_value)
+        return tf.reshape(x, [-1, self.max_history])
+
+    @staticmethod
+    def _index(layer, x):
+        return tf.cast(layer(x), tf.int32)
+
+    @preprocessing_function
+    def call(self, x, y=None, sample_weight=None):
+        f = {k: tf.convert_to_tensor(v) for k, v in x.items()}
+        out = {"query_tokens": self._tokens(f["query"], self.max_query_tokens)}
+        if self.max_title_tokens > 0:
+            out["title_tokens"] = self._tokens(f["item_title"], self.max_title_tokens)
+        out["item_index"] = self._index(self.item_lookup, f["item_id"])
+        out["category_index"] = self._index(self.category_lookup, f["item_category"])
+        out["brand_index"] = self._index(self.brand_lookup, f["item_brand"])
+        price = tf.cast(f["item_price"], tf.float32)
+        out["price_bucket"] = self._index(self.price_discretization, price) + 1
+        position = tf.cast(f["position"], tf.int32)
+        out["position_bucket"] = tf.where(
+            position < 0, 0, tf.minimum(position, self.max_position - 1) + 1)
+
+        hist_item = self._history(f["hist_item_id"], "")
+        mask = tf.cast(tf.not_equal(hist_item, ""), tf.int32)
+        out["hist_item_index"] = self._index(self.item_lookup, hist_item) * mask
+        out["hist_category_index"] = self._index(
+            self.category_lookup, self._history(f["hist_category"], "")) * mask
+        out["hist_brand_index"] = self._index(
+            self.brand_lookup, self._history(f["hist_brand"], "")) * mask
+        out["hist_event_index"] = self._index(
+            self.event_lookup, self._history(f["hist_event"], "")) * mask
+        hist_price = self._history(tf.cast(f["hist_price"], tf.float32), 0.0)
+        out["hist_price_bucket"] = (self._index(self.price_discretization, hist_price) + 1) * mask
+        hist_gap = self._history(tf.cast(f["hist_gap"], tf.float32), 0.0)
+        out["hist_gap_bucket"] = (self._index(self.gap_discretization, hist_gap) + 1) * mask
+        out["hist_mask"] = mask
+        return keras.utils.pack_x_y_sample_weight(out, y, sample_weight)
+
+    def output_shapes(self, batch_size=None) -> dict:
+        shapes = {"query_tokens": (batch_size, self.max_query_tokens)}
+        if self.max_title_tokens > 0:
+            shapes["title_tokens"] = (batch_size, self.max_title_tokens)
+        shapes.update({k: (batch_size,) for k in SCALAR_OUTPUTS})
+        shapes.update({k: (batch_size, self.max_history) for k in HISTORY_OUTPUTS})
+        return shapes
+
+    def compute_output_spec(self, x, y=None, sample_weight=None):
+        batch = x["query"].shape[0] if hasattr(x["query"], "shape") else None
+        out = {k: keras.KerasTensor(s, dtype="int32")
+               for k, s in self.output_shapes(batch).items()}
+        return keras.utils.pack_x_y_sample_weight(out, y, sample_weight)
+
+    def get_config(self):
+        config = keras.layers.Layer.get_config(self)
+        config.update({
+            "vocabulary": self.vocabulary,
+            "max_query_tokens": self.max_query_tokens,
+            "max_title_tokens": self.max_title_tokens,
+            "max_history": self.max_history,
+            "max_position": self.max_position,
+            "num_oov_indices": self.num_oov_indices,
+            "num_gap_buckets": self.num_gap_buckets,
+        })
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

@@ -1,0 +1,180 @@
+"""Vocabularies of `bert_mtl`, learned from TRAINING examples only.
+
+The vocabulary is a JSON-serialisable dict (the trainer saves it next to the run; the
+model also carries it inside its `.keras` file, in the preprocessor's config):
+
+    {"format": "bert_mtl.vocabulary/1",
+     "wordpiece": [...],          # reserved tokens first: [PAD] [CLS] [SEP] [UNK] [MASK]
+     "item_id": [...], "category": [...], "brand": [...],   # most frequent first
+     "price_edges": [...]}        # increasing inner edges of the price feature buckets
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+FORMAT = "bert_mtl.vocabulary/1"
+RESERVED_TOKENS = ("[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]")
+PAD, CLS, SEP, UNK, MASK = RESERVED_TOKENS
+KEYS = ("wordpiece", "item_id", "category", "brand", "price_edges")
+
+
+def _config(config) -> dict:
+    if isinstance(config, str):
+        from zoo.registry import get_config
+
+        return get_config("bert_mtl", config)
+    return dict(config)
+
+
+def _as_str(values) -> np.ndarray:
+    """A flat numpy unicode array from str / bytes / object arrays (tf.string via numpy)."""
+    arr = np.asarray(values).ravel()
+    if arr.size == 0:
+        return np.zeros((0,), dtype="U1")
+    if arr.dtype.kind == "S":
+        return np.char.decode(arr, "utf-8")
+    if arr.dtype.kind == "O":
+        if any(isinstance(v, bytes) for v in arr[: min(arr.size, 1000)]):
+            try:  # tf.string tensors come back as object arrays of bytes
+                return np.char.decode(arr.astype("S"), "utf-8")
+            except (UnicodeEncodeError, TypeError, ValueError):
+                return np.array([v.decode("utf-8") if isinstance(v, bytes) else str(v)
+                                 for v in arr], dtype=str)
+        return arr.astype(str)
+    return arr.astype(str)
+
+
+def _arrow_strings(values):
+    """A pyarrow string array from str / bytes / object arrays (no Python-level loop)."""
+    import pyarrow as pa
+
+    arr = np.asarray(values).ravel()
+    if arr.dtype.kind == "O" and any(isinstance(v, bytes) for v in arr[: min(arr.size, 1000)]):
+        return pa.array(arr, type=pa.binary()).cast(pa.string())
+    if arr.dtype.kind == "S":
+        return pa.array(arr.astype(object), type=pa.binary()).cast(pa.string())
+    return pa.array(arr.astype(object) if arr.dtype.kind != "O" else arr, type=pa.string())
+
+
+def most_frequent(*arrays, max_size: int) -> list[str]:
+    """Distinct non-empty strings, most frequent first (ties: alphabetical), at most max_size."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not arrays:
+        return []
+    column = pa.chunked_array([_arrow_strings(a) for a in arrays], type=pa.string())
+    counts = pc.value_counts(column)
+    values = counts.field("values").to_numpy(zero_copy_only=False).astype(object)
+    freq = counts.field("counts").to_numpy()
+    keep = values != ""
+    values, freq = values[keep], freq[keep]
+    if values.size == 0:
+        return []
+    order = np.lexsort((values.astype(str), -freq))
+    return [str(v) for v in values[order][:max_size]]
+
+
+def quantile_edges(prices, num_buckets: int) -> list[float]:
+    """Strictly increasing inner edges at the quantiles of the positive prices."""
+    prices = np.asarray(prices, np.float64).ravel()
+    prices = prices[np.isfinite(prices) & (prices > 0)]
+    if prices.size == 0:
+        return [float(x) for x in np.geomspace(1.0, 1000.0, max(num_buckets - 1, 1))]
+    qs = np.arange(1, num_buckets) / num_buckets
+    edges = np.unique(np.quantile(prices, qs))
+    return [float(x) for x in edges] or [float(prices[0])]
+
+
+def wordpiece_vocabulary(texts, vocabulary_size: int, max_texts: int | None = None,
+                         seed: int = 0) -> list[str]:
+    """A lowercase WordPiece vocabulary (keras_hub) from the non-empty `texts`."""
+    texts = _as_str(texts)
+    texts = texts[texts != ""]
+    if max_texts is not None and texts.size > max_texts:
+        texts = np.random.default_rng(seed).choice(texts, size=max_texts, replace=False)
+    if texts.size == 0:
+        return _fallback_wordpiece()
+    import keras_hub
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices(texts.astype(object)).batch(4096)
+    vocab = keras_hub.tokenizers.compute_word_piece_vocabulary(
+        ds, vocabulary_size=vocabulary_size, lowercase=True, strip_accents=True,
+        reserved_tokens=list(RESERVED_TOKENS))
+    return [str(t) for t in vocab]
+
+
+def _fallback_wordpiece() -> list[str]:
+    chars = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)]
+    return list(RESERVED_TOKENS) + chars + ["##" + c for c in chars]
+
+
+def fit_vocabulary(features: dict, config) -> dict:
+    """Learns the vocabulary from a dict of TRAINING feature arrays.
+
+    features: numpy arrays keyed like the raw features (`query`, `item_title`, `item_id`,
+      `item_category`, `item_brand`, `item_price`, `hist_item_id`, `hist_category`,
+      `hist_brand`, `hist_price`); str, bytes or object arrays. Missing keys are skipped.
+    config: a `bert_mtl` config dict (e.g. `zoo.get_config("bert_mtl", "small")`) or a
+      preset name. Uses the `*_vocab_size` caps, `num_price_buckets`, `wordpiece_max_texts`.
+    """
+    config = _config(config)
+
+    def cols(*names):
+        return [features[n] for n in names if n in features]
+
+    texts = np.concatenate([_as_str(a) for a in cols("query", "item_title")] or
+                           [np.zeros(0, "U1")])
+    prices = [np.asarray(a, np.float64).ravel() for a in cols("item_price", "hist_price")]
+    return {
+        "format": FORMAT,
+        "wordpiece": wordpiece_vocabulary(texts, int(config["wordpiece_vocab_size"]),
+                                          config.get("wordpiece_max_texts")),
+        "item_id": most_frequent(*cols("item_id", "hist_item_id"),
+                                 max_size=int(config["item_vocab_size"])),
+        "category": most_frequent(*cols("item_category", "hist_category"),
+                                  max_size=int(config["category_vocab_size"])),
+        "brand": most_frequent(*cols("item_brand", "hist_brand"),
+                               max_size=int(config["brand_vocab_size"])),
+        "price_edges": quantile_edges(np.concatenate(prices) if prices else [],
+                                      int(config["num_price_buckets"])),
+    }
+
+
+def placeholder_vocabulary(config) -> dict:
+    """A vocabulary of the config's nominal sizes (for parameter counts and smoke tests)."""
+    config = _config(config)
+    wp = _fallback_wordpiece()
+    wp += [f"tok{i}" for i in range(max(int(config["wordpiece_vocab_size"]) - len(wp), 0))]
+    return {
+        "format": FORMAT,
+        "wordpiece": wp,
+        "item_id": [f"item_{i}" for i in range(int(config["item_vocab_size"]))],
+        "category": [f"category_{i}" for i in range(int(config["category_vocab_size"]))],
+        "brand": [f"brand_{i}" for i in range(int(config["brand_vocab_size"]))],
+        "price_edges": [float(x) for x in
+                        np.geomspace(1.0, 1000.0, max(int(config["num_price_buckets"]) - 1, 1))],
+    }
+
+
+def validate(vocabulary: dict) -> dict:
+    """Checks a vocabulary dict (e.g. read back from JSON); returns it with lists/floats."""
+    missing = [k for k in KEYS if k not in vocabulary]
+    if missing:
+        raise ValueError(f"bert_mtl vocabulary lacks key(s) {missing}; expected {list(KEYS)}")
+    wp = [str(t) for t in vocabulary["wordpiece"]]
+    if tuple(wp[: len(RESERVED_TOKENS)]) != RESERVED_TOKENS:
+        raise ValueError(f"the wordpiece vocabulary must start with {list(RESERVED_TOKENS)}")
+    out = {"format": vocabulary.get("format", FORMAT), "wordpiece": wp}
+    for key in ("item_id", "category", "brand"):
+        values = [str(v) for v in vocabulary[key]]
+        if "" in values or len(set(values)) != len(values):
+            raise ValueError(f"vocabulary[{key!r}] must hold distinct non-empty strings")
+        out[key] = values
+    edges = [float(x) for x in vocabulary["price_edges"]]
+    if not edges or any(b <= a for a, b in zip(edges, edges[1:])):
+        raise ValueError("vocabulary['price_edges'] must be non-empty and strictly increasing")
+    out["price_edges"] = edges
+    return out

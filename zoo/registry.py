@@ -1,0 +1,205 @@
+"""The model registry: name -> (builder, presets, description).
+
+In the style of TF Model Garden's `official/core/registry.py` and keras-hub's
+`register_presets`: every model family registers itself explicitly, in ONE place
+(`_register_builtin_families` below calls each family's `register(registry)`); nothing is
+registered as a side effect of importing a module. Presets are plain dicts of config.
+
+    import zoo
+    zoo.list()                         # {"bert_mtl": ("tiny", "small", "base")}
+    model = zoo.get("bert_mtl", "tiny", vocabulary=vocab, dropout=0.0)
+    config = zoo.get_config("bert_mtl", "tiny", dropout=0.0)
+
+Building a model imports TensorFlow; listing and describing do not.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import threading
+from typing import Any, Callable, Mapping
+
+
+class UnknownModelError(KeyError, ValueError):
+    """An unknown model name; the message lists the registered ones."""
+
+    def __str__(self):  # KeyError would repr() the message.
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownPresetError(UnknownModelError):
+    """An unknown preset of a known model; the message lists its presets."""
+
+
+class UnknownConfigKeyError(UnknownModelError):
+    """An override that is not a config key of the preset; the message lists the keys."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A registered model family.
+
+    builder: `builder(config: dict, **build_args) -> keras.Model`; `config` is a fresh copy
+      of the preset dict with the overrides applied.
+    presets: preset name -> plain dict of config (JSON-serialisable values).
+    build_args: keyword arguments of `zoo.get` that go to the builder instead of the config
+      (e.g. `vocabulary`).
+    """
+
+    name: str
+    builder: Callable[..., Any]
+    presets: Mapping[str, dict]
+    description: str
+    default_preset: str = "small"
+    build_args: tuple[str, ...] = ()
+    # `fit_vocabulary(features: dict[str, np.ndarray], config: dict) -> JSON-able dict`,
+    # for families that learn vocabularies from training data; None = nothing to fit.
+    fit_vocabulary: Callable[..., Any] | None = None
+
+
+class Registry:
+    """A name -> ModelSpec mapping with clear errors."""
+
+    def __init__(self):
+        self._specs: dict[str, ModelSpec] = {}
+
+    def register(self, spec: ModelSpec) -> ModelSpec:
+        if spec.name in self._specs:
+            raise ValueError(f"model {spec.name!r} is already registered")
+        if not spec.presets:
+            raise ValueError(f"model {spec.name!r} has no presets")
+        if spec.default_preset not in spec.presets:
+            raise ValueError(f"model {spec.name!r}: default preset {spec.default_preset!r} "
+                             f"is not one of {sorted(spec.presets)}")
+        self._specs[spec.name] = spec
+        return spec
+
+    def names(self) -> list[str]:
+        return sorted(self._specs)
+
+    def spec(self, name: str) -> ModelSpec:
+        if name not in self._specs:
+            raise UnknownModelError(
+                f"unknown model {name!r}; known models: {', '.join(self.names()) or '(none)'}")
+        return self._specs[name]
+
+    def config(self, name: str, preset: str | None = None, **overrides) -> dict:
+        spec = self.spec(name)
+        preset = spec.default_preset if preset is None else preset
+        if preset not in spec.presets:
+            raise UnknownPresetError(
+                f"unknown preset {preset!r} for model {name!r}; known presets: "
+                f"{', '.join(spec.presets)}")
+        config = copy.deepcopy(dict(spec.presets[preset]))
+        unknown = sorted(set(overrides) - set(config))
+        if unknown:
+            raise UnknownConfigKeyError(
+                f"model {name!r}: unknown config key(s) {unknown}; known keys: "
+                f"{', '.join(sorted(config))}"
+                + (f"; build arguments: {', '.join(spec.build_args)}" if spec.build_args else ""))
+        config.update(copy.deepcopy(overrides))
+        config["preset"] = preset
+        return config
+
+    def get(self, name: str, preset: str | None = None, **kwargs):
+        spec = self.spec(name)
+        build_args = {k: kwargs.pop(k) for k in list(kwargs) if k in spec.build_args}
+        config = self.config(name, preset, **kwargs)
+        return spec.builder(config, **build_args)
+
+
+_REGISTRY = Registry()
+_LOCK = threading.Lock()
+_REGISTERED = False
+
+
+def _register_builtin_families(registry: Registry) -> None:
+    """THE place where model families are registered, in listing order."""
+    from zoo.models import bert_mtl
+
+    bert_mtl.register(registry)
+    # Later families register here, e.g.:
+    #   from zoo.models import shared_bottom, mmoe, ple, dnn_mtl
+    #   shared_bottom.register(registry); mmoe.register(registry); ...
+
+
+def registry() -> Registry:
+    """The process-wide registry, with the built-in families registered on first use."""
+    global _REGISTERED
+    if not _REGISTERED:
+        with _LOCK:
+            if not _REGISTERED:
+                _register_builtin_families(_REGISTRY)
+                _REGISTERED = True
+    return _REGISTRY
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    """Registers a model family from outside the zoo (e.g. an experiment)."""
+    return registry().register(spec)
+
+
+def get(name: str, preset: str = "small", **overrides):
+    """Builds model `name` from `preset` with config `overrides` (and build arguments)."""
+    return registry().get(name, preset, **overrides)
+
+
+def get_config(name: str, preset: str = "small", **overrides) -> dict:
+    """The resolved config dict (`preset` dict + overrides, plus key "preset")."""
+    return registry().config(name, preset, **overrides)
+
+
+def fit_vocabulary(name: str, features: dict, config=None):
+    """Model `name`'s vocabulary learned from TRAINING `features` (numpy arrays keyed like
+    the raw features); `config` = a resolved config dict, a preset name, or None (the
+    default preset). Returns a JSON-serialisable dict, or None when the family has none.
+    """
+    spec = registry().spec(name)
+    if config is None or isinstance(config, str):
+        config = get_config(name, config or spec.default_preset)
+    if spec.fit_vocabulary is None:
+        return None
+    return spec.fit_vocabulary(features, config)
+
+
+def list_models() -> dict[str, tuple[str, ...]]:
+    """Registered model names -> their preset names."""
+    reg = registry()
+    return {name: tuple(reg.spec(name).presets) for name in reg.names()}
+
+
+def describe(name: str) -> dict:
+    """Description, default preset, build arguments and presets (config dicts) of `name`."""
+    spec = registry().spec(name)
+    return {
+        "name": spec.name,
+        "description": spec.description,
+        "default_preset": spec.default_preset,
+        "build_args": list(spec.build_args),
+        "presets": copy.deepcopy({k: dict(v) for k, v in spec.presets.items()}),
+    }
+
+
+def count_preset_params(name: str, preset: str, **overrides) -> int:
+    """Parameter count of a preset, without allocating or initialising the weights.
+
+    Builds inside a `keras.StatelessScope` (variables get shapes, not values), so even a
+    BERT-base-sized preset counts in seconds; the model built there is thrown away.
+    """
+    import keras
+
+    with keras.StatelessScope():
+        model = get(name, preset, **overrides)
+        return count_params(model)
+
+
+def count_params(model) -> int:
+    return int(sum(int(_size(w.shape)) for w in model.weights))
+
+
+def _size(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
