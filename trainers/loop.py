@@ -54,6 +54,7 @@ class Trainer:
         self.summary = (tf.summary.create_file_writer(summary_dir) if summary_dir
                         else tf.summary.create_noop_writer())
         self._tasks = list(TASKS)
+        self.history: list[dict] = []  # mean losses per loop call, for curves and tests
         self._forward_backward = tf.function(self._forward_backward_fn,
                                              jit_compile=config.jit_compile)
         self._train_loop = tf.function(self._train_loop_fn)
@@ -94,16 +95,18 @@ class Trainer:
         return loss, task_means
 
     def _train_loop_fn(self, iterator, num_steps):
-        total = tf.constant(0.0)
-        tasks = {t: tf.constant(0.0) for t in self._tasks}
+        sums = tf.zeros([1 + len(self._tasks)])  # total loss, then one per task
         for _ in tf.range(num_steps):
             loss, task_means = self.strategy.run(self._replica_step, args=(next(iterator),))
-            total += self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
-            for t in self._tasks:
-                tasks[t] += self.strategy.reduce(tf.distribute.ReduceOp.SUM, task_means[t],
-                                                 axis=None)
-        n = tf.cast(num_steps, tf.float32)
-        return total / n, {t: v / n for t, v in tasks.items()}
+            values = [loss] + [task_means[t] for t in self._tasks]
+            sums += tf.stack([self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+                              for v in values])
+        means = sums / tf.cast(num_steps, tf.float32)
+        return means[0], {t: means[i + 1] for i, t in enumerate(self._tasks)}
+
+    def run_steps(self, iterator, num_steps: int):
+        """Runs `num_steps` training steps in one tf.function call; returns mean losses."""
+        return self._train_loop(iterator, tf.constant(num_steps))
 
     # --- the loop ------------------------------------------------------------------------
     def train(self, dist_dataset, evaluate: Callable[[int], dict] | None = None,
@@ -124,9 +127,10 @@ class Trainer:
             boundary = min(cfg.total_steps, next_ckpt, next_eval or cfg.total_steps,
                            step + cfg.steps_per_loop)
             n = boundary - step
-            loss, tasks = self._train_loop(iterator, tf.constant(n))
+            loss, tasks = self.run_steps(iterator, n)
             step = self.step
             last = {"loss": float(loss), **{t: float(v) for t, v in tasks.items()}}
+            self.history.append({"step": step, **last})
             if not np.isfinite(last["loss"]):
                 raise FloatingPointError(f"loss is {last['loss']} at step {step}")
             bar.update(step, [(k, v) for k, v in last.items()])

@@ -11,6 +11,8 @@ import dataclasses
 import json
 import math
 import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: C++ info noise
 import sys
 import tempfile
 import time
@@ -214,7 +216,7 @@ def run(config: TrainConfig) -> dict:
                            checkpoint_dir=os.path.join(write_dir, "checkpoints"),
                            summary_dir=os.path.join(write_dir, "train"))
     start_step = trainer.restore()
-    eval_ds = (_eval_dataset(builder, "eval", preprocessor, config) if has_eval else None)
+    eval_ds = (eval_dataset(builder, "eval", preprocessor, config) if has_eval else None)
 
     def evaluate(step):
         preds, extras = loop.predict_dataset(model, eval_ds)
@@ -230,25 +232,16 @@ def run(config: TrainConfig) -> dict:
     train_seconds = time.time() - t0
     result = {"step": trainer.step, "train_seconds": train_seconds,
               "examples_per_second": (trainer.step - start_step) * global_batch
-              / max(train_seconds, 1e-9)}
+              / max(train_seconds, 1e-9), "start_step": start_step,
+              "loss_curve": trainer.history}
 
     if eval_ds is not None:
-        preds, extras = loop.predict_dataset(model, eval_ds)
-        model_metrics = metrics_lib.multitask_metrics(extras, preds, extras["user_id"])
-        rows = {"model": model_metrics}
-        oracle = read_oracle(meta["contract_dir"])
-        if oracle is not None:
-            o = oracle_predictions(oracle, extras["event_id"],
-                                   config.label_config.num_price_buckets)
-            if o is not None:
-                rows["oracle"] = metrics_lib.multitask_metrics(extras, o, extras["user_id"])
+        model_metrics, oracle_metrics, table = evaluate_model(model, eval_ds, meta, config)
         result["metrics"] = model_metrics
-        if "oracle" in rows:
-            result["oracle"] = rows["oracle"]
-        table = metrics_lib.format_table(rows, ("model", "oracle") if "oracle" in rows else None)
+        if oracle_metrics:
+            result["oracle"] = oracle_metrics
         if config.verbose:
-            print(f"\nevaluation on {len(preds['click']):,} eval impressions "
-                  f"(step {trainer.step}):\n{table}")
+            print(f"\nevaluation on the eval split (step {trainer.step}):\n{table}")
         with trainer.summary.as_default(step=trainer.step):
             for k, v in model_metrics.items():
                 tf.summary.scalar(f"eval/{k}", v)
@@ -267,6 +260,21 @@ def run(config: TrainConfig) -> dict:
     return result
 
 
+def evaluate_model(model, eval_ds, meta: dict, config: TrainConfig):
+    """(model metrics, oracle metrics or None, printable table) on an eval dataset."""
+    from trainers import loop, metrics as metrics_lib
+
+    preds, extras = loop.predict_dataset(model, eval_ds)
+    rows = {"model": metrics_lib.multitask_metrics(extras, preds, extras["user_id"])}
+    oracle = read_oracle(meta["contract_dir"])
+    if oracle is not None:
+        o = oracle_predictions(oracle, extras["event_id"], config.label_config.num_price_buckets)
+        if o is not None:
+            rows["oracle"] = metrics_lib.multitask_metrics(extras, o, extras["user_id"])
+    table = metrics_lib.format_table(rows, ("model", "oracle") if "oracle" in rows else None)
+    return rows["model"], rows.get("oracle"), table
+
+
 def _raw(batch: dict) -> dict:
     from zoo.models.features import RAW_FEATURES
 
@@ -279,7 +287,7 @@ def _labels(batch: dict) -> dict:
     return {k: batch[k] for k in LABELS}
 
 
-def _eval_dataset(builder, split, preprocessor, config: TrainConfig):
+def eval_dataset(builder, split, preprocessor, config: TrainConfig):
     import tensorflow as tf
     from zoo.data import pipeline
     from zoo.models.features import LABELS

@@ -20,6 +20,7 @@ from zoo.registry import (  # noqa: F401
     get,
     get_config,
     list_models,
+    load_model,
     register,
 )
 

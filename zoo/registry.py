@@ -56,6 +56,8 @@ class ModelSpec:
     # `fit_vocabulary(features: dict[str, np.ndarray], config: dict) -> JSON-able dict`,
     # for families that learn vocabularies from training data; None = nothing to fit.
     fit_vocabulary: Callable[..., Any] | None = None
+    # Module whose import registers the family's Keras classes (for safe-mode loading).
+    keras_module: str | None = None
 
 
 class Registry:
@@ -161,6 +163,20 @@ def fit_vocabulary(name: str, features: dict, config=None):
     if spec.fit_vocabulary is None:
         return None
     return spec.fit_vocabulary(features, config)
+
+
+def load_model(path: str):
+    """`keras.models.load_model(path)` in safe mode, with every family's classes known."""
+    import importlib
+
+    import keras
+
+    reg = registry()
+    for name in reg.names():
+        module = reg.spec(name).keras_module
+        if module:
+            importlib.import_module(module)
+    return keras.models.load_model(path, safe_mode=True)
 
 
 def list_models() -> dict[str, tuple[str, ...]]:

@@ -61,25 +61,24 @@ def make_dataset(files, *, batch_size: int, history_length: int = contract.DEFAU
                  input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
     """Parsed batches of examples from TFRecord files.
 
-    `input_context` (from `strategy.distribute_datasets_from_function`) shards the files
-    (or, with fewer files than pipelines, the records) so each worker reads its own part.
+    `input_context` (from `strategy.distribute_datasets_from_function`) splits the input
+    between workers: by file when there are at least as many files as input pipelines
+    (scales to any log), otherwise by batch: every pipeline reads the same seeded stream
+    and keeps every n-th batch, so the global batch of each step is exactly the one a
+    single device would see (strategy-invariant training, used by the equivalence tests).
     `cache` keeps the serialized records in memory after the first pass: use it when the
     split fits in RAM.
     """
     files = list(files)
     if not files:
         raise ValueError("make_dataset: no input files")
+    pipelines = input_context.num_input_pipelines if input_context else 1
+    shard_files = pipelines > 1 and len(files) >= pipelines
     ds = tf.data.Dataset.from_tensor_slices(files)
-    shard_records = False
-    if input_context and input_context.num_input_pipelines > 1:
-        if len(files) >= input_context.num_input_pipelines:
-            ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-        else:
-            shard_records = True
+    if shard_files:
+        ds = ds.shard(pipelines, input_context.input_pipeline_id)
     ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)),
                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if shard_records:
-        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     if cache:
         ds = ds.cache()
     if shuffle:
@@ -87,6 +86,8 @@ def make_dataset(files, *, batch_size: int, history_length: int = contract.DEFAU
     if repeat:
         ds = ds.repeat()
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    if pipelines > 1 and not shard_files:
+        ds = ds.shard(pipelines, input_context.input_pipeline_id)
     ds = ds.map(lambda s: parse_batch(s, history_length, with_labels),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)

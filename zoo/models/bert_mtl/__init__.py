@@ -65,4 +65,5 @@ def register(registry) -> None:
         default_preset="small",
         build_args=("vocabulary",),
         fit_vocabulary=_fit_vocabulary,
+        keras_module="zoo.models.bert_mtl.task",
     ))

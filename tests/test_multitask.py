@@ -1,0 +1,262 @@
+"""The multitask trainer end to end on a small simulated shop, with the tiny preset."""
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from zoo.data import labels, simulate
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LABEL_CFG = labels.LabelConfig(history_length=16)
+# Small enough for seconds per run on 2 cores; dropout off so strategies can be compared.
+TINY = ["--preset", "tiny", "--batch_size", "64", "--history_length", "16",
+        "--model_override", "dropout=0.0"]
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shop")
+    data = str(root / "contract")
+    simulate.simulate(data, num_users=250, num_items=400, days=14, seed=5, verbose=False)
+    tfds_dir = str(root / "tfds")
+    # Prepare once: the subprocesses below (and the two MWMS workers) reuse it.
+    from zoo.data import prepare
+    prepare.prepare(data, tfds_dir, LABEL_CFG)
+    return data, tfds_dir
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    env.pop("TF_CONFIG", None)
+    return env
+
+
+def _trainer_cmd(shop, model_dir, *extra):
+    data, tfds_dir = shop
+    return [sys.executable, "-m", "trainers.multitask", "--data_dir", data,
+            "--tfds_dir", tfds_dir, "--model_dir", model_dir, *TINY, *extra]
+
+
+def _run(cmd, env=None, timeout=600):
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env=env or _env(), cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained(shop, tmp_path_factory):
+    from trainers import multitask
+    data, tfds_dir = shop
+    model_dir = str(tmp_path_factory.mktemp("run") / "tiny")
+    config = multitask.TrainConfig(
+        data_dir=data, tfds_dir=tfds_dir, label_config=LABEL_CFG, preset="tiny",
+        model_dir=model_dir, steps=300, batch_size=128, learning_rate=3e-3,
+        steps_per_loop=50, checkpoint_every=100, verbose=False)
+    return config, multitask.run(config)
+
+
+def test_tiny_beats_untrained_on_every_task(trained):
+    import zoo
+    from trainers import multitask
+    from zoo.data import prepare
+
+    config, result = trained
+    assert result["step"] == 300
+    with open(os.path.join(config.model_dir, "vocabulary.json")) as f:
+        vocab = json.load(f)
+    untrained = zoo.get("bert_mtl", "tiny", vocabulary=vocab)
+    builder = prepare.prepare(config.data_dir, config.tfds_dir, LABEL_CFG)
+    eval_ds = multitask.eval_dataset(builder, "eval", untrained.preprocessor, config)
+    before, oracle, _ = multitask.evaluate_model(untrained, eval_ds, builder.info.metadata,
+                                                  config)
+    after = result["metrics"]
+    for name in ("click/logloss", "purchase/logloss", "price_range/logloss",
+                 "demand/poisson_deviance", "demand/rmse"):
+        assert after[name] < before[name], (name, before[name], after[name])
+    for name in ("click/auc", "purchase/auc", "price_range/accuracy"):
+        assert after[name] > before[name], (name, before[name], after[name])
+    assert after["click/auc"] > 0.6
+    # The oracle is there, and it is better than a few hundred tiny steps.
+    assert result["oracle"]["click/auc"] > after["click/auc"]
+
+
+def test_outputs_of_a_run(trained):
+    config, result = trained
+    files = os.listdir(config.model_dir)
+    for name in ("model.keras", "metrics.json", "vocabulary.json", "train_config.json",
+                 "checkpoints", "train"):
+        assert name in files
+    with open(os.path.join(config.model_dir, "metrics.json")) as f:
+        saved = json.load(f)
+    assert saved["metrics"]["click/auc"] == pytest.approx(result["metrics"]["click/auc"])
+    assert "oracle" in saved
+    events = os.listdir(os.path.join(config.model_dir, "train"))
+    assert any(e.startswith("events.out.tfevents") for e in events)
+    # Checkpoints every 100 steps, the last one at the end.
+    ckpts = open(os.path.join(config.model_dir, "checkpoints", "checkpoint")).read()
+    assert "ckpt-300" in ckpts and "ckpt-200" in ckpts
+    # The loss went down over the run.
+    curve = [p["loss"] for p in result["loss_curve"]]
+    assert curve[-1] < curve[0]
+
+
+def test_predict_matches_in_process_outputs(trained, tmp_path):
+    import tensorflow as tf
+    import zoo
+    from trainers import predict
+    from zoo.data import pipeline, prepare
+    from zoo.models.bert_mtl import end_to_end
+
+    config, _ = trained
+    out = str(tmp_path / "preds.csv")
+    _run([sys.executable, "-m", "trainers.predict", "--model_dir", config.model_dir,
+          "--data_dir", config.data_dir, "--tfds_dir", config.tfds_dir, "--split", "eval",
+          "--output", out])
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["event_id", "click", "purchase", "price_range_0", "price_range_1",
+                             "price_range_2", "price_range_3", "price_range_4", "demand"]
+    # In-process: the saved model end to end on the same examples.
+    model = zoo.load_model(os.path.join(config.model_dir, "model.keras"))
+    e2e = end_to_end(model)
+    builder = prepare.prepare(config.data_dir, config.tfds_dir, LABEL_CFG)
+    assert len(rows) == builder.info.splits["eval"].num_examples
+    got = {r["event_id"]: r for r in rows}
+    ds = pipeline.make_dataset(pipeline.split_files(builder, "eval"), batch_size=512,
+                               history_length=LABEL_CFG.history_length)
+    from zoo.models.features import RAW_FEATURES
+    checked = 0
+    for batch in ds.take(2):
+        preds = e2e({k: batch[k] for k in RAW_FEATURES})
+        for i, e in enumerate(batch["event_id"].numpy()):
+            row = got[e.decode()]
+            np.testing.assert_allclose(float(row["click"]), preds["click"][i], rtol=1e-5)
+            np.testing.assert_allclose(float(row["purchase"]), preds["purchase"][i], rtol=1e-5)
+            np.testing.assert_allclose([float(row[f"price_range_{k}"]) for k in range(5)],
+                                       preds["price_range"][i], rtol=1e-5, atol=1e-7)
+            np.testing.assert_allclose(float(row["demand"]), preds["demand"][i], rtol=1e-5)
+            assert float(row["purchase"]) <= float(row["click"]) + 1e-7
+            checked += 1
+    assert checked > 100
+    assert tf.is_tensor(preds["click"])
+
+
+def test_predict_on_an_unseen_shop(trained, tmp_path):
+    """Another shop (other seed, other ids): unknown ids go to OOV buckets, no failure."""
+    config, _ = trained
+    other = str(tmp_path / "other")
+    from zoo.data import simulate as sim
+    sim.simulate(other, num_users=40, num_items=60, days=3, seed=99, verbose=False,
+                 oracle_replays=0)
+    out = str(tmp_path / "all.csv")
+    _run([sys.executable, "-m", "trainers.predict", "--model_dir", config.model_dir,
+          "--data_dir", other, "--tfds_dir", str(tmp_path / "tfds"), "--split", "all",
+          "--output", out])
+    import pyarrow.parquet as pq
+    events = pq.read_table(os.path.join(other, "events.parquet")).to_pydict()
+    impressions = {e for e, k in zip(events["event_id"], events["event"]) if k == "impression"}
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert {r["event_id"] for r in rows} == impressions
+    assert all(0.0 <= float(r["click"]) <= 1.0 and float(r["demand"]) >= 0 for r in rows)
+
+
+def test_resume_after_kill_reaches_the_same_step(shop, tmp_path):
+    model_dir = str(tmp_path / "resume")
+    cmd = _trainer_cmd(shop, model_dir, "--steps", "120", "--checkpoint_every", "40",
+                       "--steps_per_loop", "10", "--nojit_compile")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=_env(), cwd=REPO)
+    index = os.path.join(model_dir, "checkpoints", "checkpoint")
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(index) and "ckpt-40" in open(index).read():
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not os.path.exists(os.path.join(model_dir, "metrics.json"))
+    out = _run(cmd).stdout
+    assert "from step 40" in out or "from step 80" in out, out[-2000:]
+    with open(os.path.join(model_dir, "metrics.json")) as f:
+        assert json.load(f)["step"] == 120
+    # Running again with the same model_dir trains nothing more and stays at 120.
+    out = _run(cmd).stdout
+    assert "from step 120" in out
+    with open(os.path.join(model_dir, "metrics.json")) as f:
+        assert json.load(f)["step"] == 120
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _curve(model_dir):
+    with open(os.path.join(model_dir, "metrics.json")) as f:
+        return np.array([p["loss"] for p in json.load(f)["loss_curve"]])
+
+
+def test_strategies_give_the_same_loss_curve(shop, tmp_path):
+    common = ["--steps", "40", "--steps_per_loop", "10", "--checkpoint_every", "40",
+              "--seed", "7"]
+    one = str(tmp_path / "one")
+    _run(_trainer_cmd(shop, one, *common))
+    mirrored = str(tmp_path / "mirrored")
+    _run(_trainer_cmd(shop, mirrored, *common, "--strategy", "mirrored", "--cpu_devices", "2"))
+
+    mwms = str(tmp_path / "mwms")
+    ports = [_free_port(), _free_port()]
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    for index in range(2):
+        env = _env()
+        env["TF_CONFIG"] = json.dumps({"cluster": cluster,
+                                       "task": {"type": "worker", "index": index}})
+        procs.append(subprocess.Popen(
+            _trainer_cmd(shop, mwms, *common, "--strategy", "multi_worker_mirrored"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO))
+    try:
+        outs = [p.communicate(timeout=600) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (so, se) in zip(procs, outs):
+        assert p.returncode == 0, so[-2000:] + se[-4000:]
+
+    base = _curve(one)
+    assert len(base) == 4
+    np.testing.assert_allclose(_curve(mirrored), base, rtol=2e-3)
+    np.testing.assert_allclose(_curve(mwms), base, rtol=2e-3)
+    # Only the chief (worker 0) wrote into the model_dir, and it wrote the saved model.
+    assert os.path.exists(os.path.join(mwms, "model.keras"))
+
+
+def test_bad_flags_exit_with_a_clear_error(shop, tmp_path):
+    proc = subprocess.run(
+        _trainer_cmd(shop, str(tmp_path / "x"), "--task_weights", "click=1,ctr=2"),
+        capture_output=True, text=True, env=_env(), cwd=REPO, timeout=300)
+    assert proc.returncode == 2
+    assert "unknown task 'ctr'" in proc.stderr
+
+
+def test_task_weights_parsing():
+    from trainers.multitask import parse_task_weights
+    assert parse_task_weights("click=1, purchase=0.5") == {"click": 1.0, "purchase": 0.5}
+    for bad in ("click", "click=x", "click=-1", "foo=1"):
+        with pytest.raises(ValueError, match="--task_weights"):
+            parse_task_weights(bad)
