@@ -15,7 +15,7 @@ $(STAMP): setup.cfg pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m zoo.data.prepare
+	$(PY) -m trainers.multitask
 
 test: $(STAMP)
 	$(PY) -m pytest -q

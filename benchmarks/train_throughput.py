@@ -50,11 +50,12 @@ def matmul_flops(n: int = 2048, repeats: int = 10) -> float:
 
 
 def examples_per_second(preset: str, batch_size: int, jit: bool, steps: int) -> float:
-    model = zoo.get("bert_mtl", preset)
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    with strategy.scope():
+        model = zoo.get("bert_mtl", preset)
     raw = testing.random_raw_batch(batch_size=batch_size, history_length=50, seed=0)
     features = model.preprocessor({k: tf.constant(raw[k]) for k in RAW_FEATURES})
     labels = {k: tf.constant(raw[k]) for k in LABELS}
-    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
     with strategy.scope():
         optimizer = keras.optimizers.AdamW(1e-4)
     ds = strategy.experimental_distribute_dataset(

@@ -15,9 +15,12 @@ import pytest
 from zoo.data import labels, simulate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LABEL_CFG = labels.LabelConfig(history_length=16)
+# D = 1 day: with the default 7, every eval impression of a 14-day log has a demand window
+# cut off by the end of the log, and demand would measure the censoring, not the model.
+LABEL_CFG = labels.LabelConfig(history_length=16, demand_horizon_days=1)
 # Small enough for seconds per run on 2 cores; dropout off so strategies can be compared.
 TINY = ["--preset", "tiny", "--batch_size", "64", "--history_length", "16",
+        "--demand_horizon_days", "1",
         "--model_override", "dropout=0.0"]
 
 
@@ -25,7 +28,8 @@ TINY = ["--preset", "tiny", "--batch_size", "64", "--history_length", "16",
 def shop(tmp_path_factory):
     root = tmp_path_factory.mktemp("shop")
     data = str(root / "contract")
-    simulate.simulate(data, num_users=250, num_items=400, days=14, seed=5, verbose=False)
+    simulate.simulate(data, num_users=250, num_items=400, days=14, seed=5, verbose=False,
+                      demand_horizon_days=LABEL_CFG.demand_horizon_days)
     tfds_dir = str(root / "tfds")
     # Prepare once: the subprocesses below (and the two MWMS workers) reuse it.
     from zoo.data import prepare

@@ -170,10 +170,7 @@ def predict_dataset(model: keras.Model, dataset: tf.data.Dataset) -> tuple[dict,
 
     Returns (outputs, extras) as numpy arrays; extras are the ids and labels carried along.
     """
-    @tf.function
-    def forward(features):
-        return model(features, training=False)
-
+    forward = tf.function(lambda features: model(features, training=False), autograph=False)
     preds: dict[str, list] = {}
     extras: dict[str, list] = {}
     for features, extra in dataset:

@@ -166,6 +166,8 @@ def run(config: TrainConfig) -> dict:
 
     builder = prepare_lib.prepare(config.data_dir, config.tfds_dir, config.label_config)
     meta = builder.info.metadata
+    if config.verbose:
+        print(prepare_lib.describe(builder))
     train_files = pipeline.split_files(builder, "train")
     num_train = builder.info.splits["train"].num_examples
     has_eval = "eval" in builder.info.splits

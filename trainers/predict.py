@@ -58,9 +58,8 @@ def predict_folder(model_dir: str, data_dir: str, split: str = "eval",
         raise ValueError(f"{data_dir}: the {split} split has no impressions")
     preprocessor = model.preprocessor
 
-    @tf.function
-    def forward(raw):
-        return model(preprocessor(raw), training=False)
+    forward = tf.function(lambda raw: model(preprocessor(raw), training=False),
+                          autograph=False)
 
     out: dict[str, list] = {}
     ds = pipeline.make_dataset(files, batch_size=batch_size, with_labels=False,
