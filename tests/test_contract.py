@@ -28,6 +28,10 @@ BAD_CASES = {
                       ["events.csv", "line 5", "'event'", "'like'", "one of"]),
     "bad_timestamp": (replace(E, "e6", 3, "yesterday"), fixtures.ITEMS, None,
                       ["events.csv", "line 7", "'timestamp'", "'yesterday'", "ISO-8601"]),
+    "millisecond_timestamp": (replace(E, "e6", 3, fixtures.T0 * 1000), fixtures.ITEMS, None,
+                              ["events.csv", "line 7", "'timestamp'", "milliseconds"]),
+    "negative_timestamp": (replace(E, "e6", 3, -5), fixtures.ITEMS, None,
+                           ["events.csv", "line 7", "'timestamp'"]),
     "bad_iso_timestamp": (replace(E, "e6", 3, "2026-13-45T00:00:00"), fixtures.ITEMS, None,
                           ["events.csv", "line 7", "'timestamp'"]),
     "nonpositive_price": (E, [*fixtures.ITEMS[:2], ("C", "x", "outdoor", "acme", 0.0),
@@ -79,6 +83,23 @@ def test_missing_column_names_it(tmp_path):
         contract.read_contract(folder)
 
 
+def test_ragged_csv_is_a_contract_error(tmp_path):
+    folder = fixtures.write_csv(str(tmp_path))
+    with open(os.path.join(folder, "events.csv"), "a") as f:
+        f.write("x1,u1,s1\n")
+    with pytest.raises(contract.ContractError, match="events.csv: not a readable CSV"):
+        contract.read_contract(folder)
+
+
+def test_byte_order_mark_is_accepted(tmp_path):
+    folder = fixtures.write_csv(str(tmp_path))
+    path = os.path.join(folder, "events.csv")
+    text = open(path, encoding="utf-8").read()
+    with open(path, "w", encoding="utf-8-sig") as f:
+        f.write(text)
+    assert contract.read_contract(folder).num_events == len(E)
+
+
 def test_parquet_errors_name_rows(tmp_path):
     folder = fixtures.write_parquet(str(tmp_path), events=replace(E, "e4", 4, "like"))
     with pytest.raises(contract.ContractError, match=r"events.parquet: row 3, column 'event'"):
@@ -107,9 +128,10 @@ def test_csv_iso_and_integer_timestamps_agree(tmp_path):
 def test_prepare_command_fails_cleanly(tmp_path):
     folder = fixtures.write_csv(str(tmp_path / "log"), events=replace(E, "e4", 4, "like"))
     out = tmp_path / "tfds"
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run(
         [sys.executable, "-m", "zoo.data.prepare", "--data_dir", folder, "--tfds_dir", str(out)],
-        capture_output=True, text=True, timeout=300)
+        capture_output=True, text=True, timeout=300, cwd=repo)
     assert proc.returncode != 0
     assert "events.csv: line 5, column 'event'" in proc.stderr
     leftovers = [os.path.join(r, f) for r, _, fs in os.walk(out) for f in fs] if out.exists() else []

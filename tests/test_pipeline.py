@@ -72,23 +72,33 @@ def test_metadata_records_split_and_edges(built):
     assert meta["label_config"]["history_length"] == 8
 
 
-def test_reused_when_unchanged_reprepared_when_changed(built):
-    builder, _, root = built
-    csv_dir = builder.info.metadata["contract_dir"]
-    again = ecom_events.prepare(csv_dir, str(root / "tfds"), CFG)
+def test_reused_when_unchanged_reprepared_when_changed(tmp_path):
+    csv_dir = fixtures.write_csv(str(tmp_path / "csv"))
+    tfds_dir = str(tmp_path / "tfds")
+    builder = ecom_events.prepare(csv_dir, tfds_dir, CFG)
+    again = ecom_events.prepare(csv_dir, tfds_dir, CFG)
     assert again.data_path == builder.data_path
-    other_cfg = ecom_events.prepare(csv_dir, str(root / "tfds"),
+    other_cfg = ecom_events.prepare(csv_dir, tfds_dir,
                                     labels.LabelConfig(num_price_buckets=3, history_length=8))
     assert other_cfg.data_path != builder.data_path
     assert len(other_cfg.info.metadata["price_edges"]) == 2
     # Change the log: drop the eval impression; a new preparation sees it.
-    events = [r for r in fixtures.EVENTS if r[0] != "e13"]
     time.sleep(0.01)
-    fixtures.write_csv(csv_dir, events=events)
-    changed = ecom_events.prepare(csv_dir, str(root / "tfds"), CFG)
+    fixtures.write_csv(csv_dir, events=[r for r in fixtures.EVENTS if r[0] != "e13"])
+    changed = ecom_events.prepare(csv_dir, tfds_dir, CFG)
     assert changed.data_path != builder.data_path
     assert "eval" not in changed.info.splits  # no impression left in the eval days
-    fixtures.write_csv(csv_dir, iso_rows=("e9",))
+
+
+def test_waiting_worker_gets_the_prepared_builder(built):
+    builder = built[0]
+    meta = builder.info.metadata
+    waited = ecom_events.prepare(meta["contract_dir"], os.path.dirname(os.path.dirname(
+        os.path.dirname(builder.data_path))), CFG, wait=True, timeout_s=5)
+    assert waited.data_path == builder.data_path
+    with pytest.raises(TimeoutError):
+        ecom_events.prepare(meta["contract_dir"], str(built[2] / "nothing"), CFG, wait=True,
+                            timeout_s=1)
 
 
 def test_parse_pads_and_truncates_history():

@@ -43,7 +43,10 @@ class Trainer:
 
     def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model,
                  optimizer: keras.optimizers.Optimizer, config: LoopConfig,
-                 checkpoint_dir: str, summary_dir: str | None):
+                 checkpoint_dir: str, summary_dir: str | None,
+                 restore_dir: str | None = None):
+        """checkpoint_dir: where this process saves; restore_dir: where every process
+        restores from (the chief's checkpoints; defaults to checkpoint_dir)."""
         self.strategy = strategy
         self.model = model
         self.optimizer = optimizer
@@ -51,6 +54,7 @@ class Trainer:
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, checkpoint_dir, max_to_keep=config.max_checkpoints)
+        self.restore_dir = restore_dir or checkpoint_dir
         self.summary = (tf.summary.create_file_writer(summary_dir) if summary_dir
                         else tf.summary.create_noop_writer())
         self._tasks = list(TASKS)
@@ -66,7 +70,7 @@ class Trainer:
 
     def restore(self) -> int:
         """Restores the latest checkpoint, if any; returns the step reached."""
-        latest = self.manager.latest_checkpoint
+        latest = tf.train.latest_checkpoint(self.restore_dir)
         if latest:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
             logging.info("restored %s at step %d", latest, self.step)
@@ -119,7 +123,8 @@ class Trainer:
                                   verbose=1 if verbose else 0)
         bar.update(start)
         last = {}
-        next_ckpt = (start // cfg.checkpoint_every + 1) * cfg.checkpoint_every
+        every = cfg.checkpoint_every if cfg.checkpoint_every > 0 else cfg.total_steps
+        next_ckpt = (start // every + 1) * every
         next_eval = ((start // cfg.eval_every + 1) * cfg.eval_every) if cfg.eval_every else None
         t0, s0 = time.time(), start
         while self.step < cfg.total_steps:
@@ -146,7 +151,7 @@ class Trainer:
                                                                             1e-9))
             if step >= next_ckpt or step >= cfg.total_steps:
                 self.save()
-                next_ckpt = (step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
+                next_ckpt = (step // every + 1) * every
             if next_eval and step >= next_eval and step < cfg.total_steps and evaluate:
                 metrics = evaluate(step)
                 with self.summary.as_default(step=step):

@@ -140,11 +140,10 @@ def _fit_vocabulary(config: TrainConfig, model_config: dict, train_files) -> dic
 def _learning_rate(config: TrainConfig, total_steps: int):
     import keras
 
-    decay = keras.optimizers.schedules.CosineDecay(
-        0.0, decay_steps=max(1, total_steps - config.warmup_steps), alpha=0.05,
-        warmup_target=config.learning_rate, warmup_steps=min(config.warmup_steps,
-                                                             total_steps // 2))
-    return decay
+    warmup = min(config.warmup_steps, total_steps // 2)
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=max(1, total_steps - warmup), alpha=0.05,
+        warmup_target=config.learning_rate, warmup_steps=warmup)
 
 
 def run(config: TrainConfig) -> dict:
@@ -155,6 +154,7 @@ def run(config: TrainConfig) -> dict:
     import zoo
     from trainers import distribute, loop, metrics as metrics_lib
     from zoo.data import pipeline
+    from zoo.models.features import split_labels
 
     model_dir = config.model_dir or default_model_dir(config)
     task_weights = parse_task_weights(config.task_weights)
@@ -164,7 +164,9 @@ def run(config: TrainConfig) -> dict:
     os.makedirs(write_dir, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
 
-    builder = prepare_lib.prepare(config.data_dir, config.tfds_dir, config.label_config)
+    # In a cluster the chief prepares the examples; the others wait for them to appear.
+    builder = prepare_lib.prepare(config.data_dir, config.tfds_dir, config.label_config,
+                                  wait_for_chief=not chief)
     meta = builder.info.metadata
     if config.verbose:
         print(prepare_lib.describe(builder))
@@ -190,9 +192,10 @@ def run(config: TrainConfig) -> dict:
         model = zoo.get(config.model, config.preset, vocabulary=vocabulary,
                         num_price_ranges=config.label_config.num_price_buckets,
                         **config.model_overrides)
+        # No gradient clipping: Keras clips each replica's gradient before the cross-replica
+        # sum, which would make multi-replica training differ from one device.
         optimizer = keras.optimizers.AdamW(learning_rate=_learning_rate(config, steps),
-                                           weight_decay=config.weight_decay, clipnorm=None,
-                                           global_clipnorm=1.0)
+                                           weight_decay=config.weight_decay)
         # Build weights and optimizer slots now, so a restore can match every object.
         sample = next(iter(pipeline.make_dataset(train_files, batch_size=2, history_length=
                                                  config.label_config.history_length)))
@@ -202,22 +205,26 @@ def run(config: TrainConfig) -> dict:
 
     def train_input(ctx: tf.distribute.InputContext):
         per_replica = ctx.get_per_replica_batch_size(global_batch)
+        # Each step takes one batch per replica fed by this pipeline.
+        per_step = ctx.num_replicas_in_sync // ctx.num_input_pipelines
         ds = pipeline.make_dataset(
             train_files, batch_size=per_replica, shuffle=True, repeat=True,
             seed=config.seed, cache=config.cache_dataset, drop_remainder=True,
-            history_length=config.label_config.history_length, input_context=ctx)
-        return ds.map(lambda b: (preprocessor(_raw(b)), _labels(b)),
+            history_length=config.label_config.history_length, input_context=ctx,
+            skip_batches=start_step * per_step)
+        return ds.map(lambda b: (preprocessor(_raw(b)), split_labels(b)[1]),
                       num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
-    dist_ds = strategy.distribute_datasets_from_function(train_input)
     loop_config = loop.LoopConfig(
         total_steps=steps, global_batch_size=global_batch, task_weights=task_weights,
         steps_per_loop=config.steps_per_loop, checkpoint_every=config.checkpoint_every,
         jit_compile=config.jit_compile, eval_every=config.eval_every)
     trainer = loop.Trainer(strategy, model, optimizer, loop_config,
                            checkpoint_dir=os.path.join(write_dir, "checkpoints"),
-                           summary_dir=os.path.join(write_dir, "train"))
-    start_step = trainer.restore()
+                           summary_dir=os.path.join(write_dir, "train"),
+                           restore_dir=os.path.join(model_dir, "checkpoints"))
+    start_step = trainer.restore()  # every worker restores the chief's latest checkpoint
+    dist_ds = strategy.distribute_datasets_from_function(train_input)
     eval_ds = (eval_dataset(builder, "eval", preprocessor, config) if has_eval else None)
 
     def evaluate(step):
@@ -278,15 +285,9 @@ def evaluate_model(model, eval_ds, meta: dict, config: TrainConfig):
 
 
 def _raw(batch: dict) -> dict:
-    from zoo.models.features import RAW_FEATURES
+    from zoo.models.features import split_labels
 
-    return {k: batch[k] for k in RAW_FEATURES}
-
-
-def _labels(batch: dict) -> dict:
-    from zoo.models.features import LABELS
-
-    return {k: batch[k] for k in LABELS}
+    return split_labels(batch)[0]
 
 
 def eval_dataset(builder, split, preprocessor, config: TrainConfig):
@@ -310,9 +311,13 @@ def _jsonable(d):
 def _write_json(path: str, obj) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(_jsonable(obj), f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(_jsonable(obj), f, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 # --- flags -------------------------------------------------------------------------------

@@ -74,19 +74,22 @@ def _read_table(path: str, required, optional) -> pa.Table:
         table = pq.read_table(path, columns=columns)
     else:
         with open(path, "rb") as f:
-            header = f.readline().decode("utf-8", "replace").rstrip("\r\n").split(",")
+            header = f.readline().decode("utf-8-sig", "replace").rstrip("\r\n").split(",")
         header = [h.strip().strip('"') for h in header]
         _check_columns(path, header, required)
         columns = [c for c in wanted if c in header]
         # Read everything as text and type it ourselves: the errors then name the line.
-        table = pacsv.read_csv(
-            path,
-            convert_options=pacsv.ConvertOptions(
-                include_columns=columns,
-                column_types={c: pa.string() for c in columns},
-                strings_can_be_null=False,
-            ),
-        )
+        try:
+            table = pacsv.read_csv(
+                path,
+                convert_options=pacsv.ConvertOptions(
+                    include_columns=columns,
+                    column_types={c: pa.string() for c in columns},
+                    strings_can_be_null=False,
+                ),
+            )
+        except pa.ArrowInvalid as e:  # ragged rows, bad UTF-8, unbalanced quotes
+            raise ContractError(f"{path}: not a readable CSV table: {e}") from None
     if table.num_rows == 0:
         raise ContractError(f"{path}: the table is empty; expected at least one data row")
     return table
@@ -166,6 +169,10 @@ def _is_number(v) -> bool:
 def _timestamps(path, table) -> np.ndarray:
     """Integer Unix seconds or ISO-8601 text, mixed freely, to int64 seconds."""
     col = table.column("timestamp")
+    if col.null_count:
+        rows = np.flatnonzero(pc.is_null(col).to_numpy(zero_copy_only=False))
+        _bad(path, rows, "timestamp", "integer Unix seconds or an ISO-8601 date-time",
+             np.full(table.num_rows, None))
     if pa.types.is_integer(col.type):
         return col.to_numpy(zero_copy_only=False).astype(np.int64)
     if pa.types.is_timestamp(col.type):
@@ -201,6 +208,16 @@ def _timestamps(path, table) -> np.ndarray:
     return out
 
 
+MAX_TIMESTAMP = 2**34  # seconds (year 2514); millisecond timestamps are well above it
+
+
+def _check_timestamps(path, ts: np.ndarray, raw):
+    bad = (ts < 0) | (ts >= MAX_TIMESTAMP)
+    if bad.any():
+        _bad(path, np.flatnonzero(bad), "timestamp",
+             "Unix SECONDS between 1970 and 2514 (milliseconds? divide by 1000)", raw)
+
+
 def read_contract(folder: str) -> Tables:
     """Reads and validates a contract folder; raises ContractError naming file, line, column."""
     if not os.path.isdir(folder):
@@ -226,6 +243,7 @@ def read_contract(folder: str) -> Tables:
     events = {c: _strings(events_path, ev, c)
               for c in ("event_id", "user_id", "session_id", "event", "query", "item_id")}
     events["timestamp"] = _timestamps(events_path, ev)
+    _check_timestamps(events_path, events["timestamp"], events["timestamp"])
     events["position"] = _numbers(events_path, ev, "position", np.int64,
                                   "an integer rank >= 0 or empty", default=-1)
     events["quantity"] = _numbers(events_path, ev, "quantity", np.int64,

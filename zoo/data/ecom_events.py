@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -22,11 +23,13 @@ from absl import logging
 
 from zoo.data import contract, examples as examples_lib, labels as labels_lib, serialize
 
-_TF_DTYPES = {np.bytes_: tf.string, np.float32: tf.float32, np.int64: tf.int64}
+
+# Bump when the example-building code changes what it writes: cached examples are re-made.
+EXAMPLES_VERSION = "1"
 
 
 def _fingerprint(contract_dir: str, config: labels_lib.LabelConfig) -> str:
-    h = hashlib.sha256()
+    h = hashlib.sha256(EXAMPLES_VERSION.encode())
     for name in sorted(os.listdir(contract_dir)):
         if name.split(".")[0] in ("events", "items"):
             st = os.stat(os.path.join(contract_dir, name))
@@ -59,9 +62,9 @@ class EcomEvents(tfds.core.GeneratorBasedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         feats = {}
         for name, dtype in {**examples_lib.SCALAR_FEATURES, **examples_lib.LABEL_FEATURES}.items():
-            feats[name] = tfds.features.Tensor(shape=(), dtype=_TF_DTYPES[dtype])
+            feats[name] = tfds.features.Tensor(shape=(), dtype=examples_lib.tf_dtype(dtype))
         for name, dtype in examples_lib.SEQUENCE_FEATURES.items():
-            feats[name] = tfds.features.Tensor(shape=(None,), dtype=_TF_DTYPES[dtype])
+            feats[name] = tfds.features.Tensor(shape=(None,), dtype=examples_lib.tf_dtype(dtype))
         return self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict(feats),
             metadata=tfds.core.MetadataDict(),
@@ -136,17 +139,29 @@ def _write_shard(path: str, coded: dict, serializer) -> tuple[int, int]:
 
 def prepare(contract_dir: str, data_dir: str,
             label_config: labels_lib.LabelConfig | None = None,
-            chunk_size: int = 100_000) -> EcomEvents:
-    """Builds (or reuses, if inputs and config are unchanged) the examples; returns the builder."""
+            chunk_size: int = 100_000, wait: bool = False,
+            timeout_s: float = 3600.0) -> EcomEvents:
+    """Builds (or reuses, if inputs and config are unchanged) the examples; returns the builder.
+
+    wait=True only waits for another process (a cluster's chief) to finish preparing: two
+    processes preparing one folder at once would race on TFDS's final rename.
+    """
     label_config = label_config or labels_lib.LabelConfig()
     data_dir = os.path.abspath(data_dir)
+    config = EcomEventsConfig(contract_dir=contract_dir, label_config=label_config,
+                              chunk_size=chunk_size)
+    if wait:
+        deadline = time.time() + timeout_s
+        while True:
+            builder = EcomEvents(config=config, data_dir=data_dir)
+            if builder.is_prepared():
+                return builder
+            if time.time() > deadline:
+                raise TimeoutError(f"{builder.data_path}: not prepared after {timeout_s:.0f}s")
+            time.sleep(1.0)
     existed = _existing_dirs(data_dir)
     try:
-        builder = EcomEvents(
-            config=EcomEventsConfig(contract_dir=contract_dir, label_config=label_config,
-                                    chunk_size=chunk_size),
-            data_dir=data_dir,
-        )
+        builder = EcomEvents(config=config, data_dir=data_dir)
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
             manual_dir=contract_dir, try_download_gcs=False))
     except BaseException:

@@ -34,6 +34,13 @@ LABEL_FEATURES = {
 LABELS = ("click", "purchase", "price_range", "demand")
 
 
+def tf_dtype(np_dtype):
+    """The TensorFlow dtype of a feature's numpy dtype above."""
+    import tensorflow as tf
+
+    return {np.bytes_: tf.string, np.float32: tf.float32, np.int64: tf.int64}[np_dtype]
+
+
 def _take(arr: pa.Array, idx: np.ndarray) -> np.ndarray:
     return arr.take(pa.array(idx.ravel())).to_numpy(zero_copy_only=False).reshape(idx.shape)
 
@@ -112,16 +119,3 @@ class ExampleSource:
 ITEM_TEXT = {"item_id": "item_id", "item_category": "category", "item_brand": "brand",
              "item_title": "title"}
 HIST_TEXT = {"hist_item_id": "item_id", "hist_category": "category", "hist_brand": "brand"}
-
-
-def chunk_to_examples(cols: dict) -> Iterator[tuple[str, dict]]:
-    """Per-example dicts (history trimmed to its length) keyed by event_id, for TFDS."""
-    n = len(cols["event_id"])
-    lengths = cols["hist_length"]
-    scalars = list(SCALAR_FEATURES) + list(LABEL_FEATURES)
-    for i in range(n):
-        length = lengths[i]
-        example = {name: cols[name][i] for name in scalars}
-        for name in SEQUENCE_FEATURES:
-            example[name] = cols[name][i, :length]
-        yield cols["event_id"][i], example

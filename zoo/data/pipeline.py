@@ -10,28 +10,22 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import tensorflow as tf
 
 from zoo.data import contract, examples as examples_lib
-
-_TF = {"bytes_": tf.string, "float32": tf.float32, "int64": tf.int64}
-
-
-def _tf_dtype(np_dtype) -> tf.DType:
-    return _TF[np_dtype.__name__]
-
 
 def feature_spec(with_labels: bool = True) -> dict:
     """`tf.io.parse_example` spec of one example (scalars fixed, history lists ragged)."""
     spec = {}
     for name, dtype in examples_lib.SCALAR_FEATURES.items():
-        default = "" if dtype is examples_lib.np.bytes_ else (-1 if name == "position" else 0)
-        spec[name] = tf.io.FixedLenFeature([], _tf_dtype(dtype), default_value=default)
+        default = "" if dtype is np.bytes_ else (-1 if name == "position" else 0)
+        spec[name] = tf.io.FixedLenFeature([], examples_lib.tf_dtype(dtype), default_value=default)
     for name, dtype in examples_lib.SEQUENCE_FEATURES.items():
-        spec[name] = tf.io.RaggedFeature(_tf_dtype(dtype), row_splits_dtype=tf.int64)
+        spec[name] = tf.io.RaggedFeature(examples_lib.tf_dtype(dtype), row_splits_dtype=tf.int64)
     if with_labels:
         for name, dtype in examples_lib.LABEL_FEATURES.items():
-            spec[name] = tf.io.FixedLenFeature([], _tf_dtype(dtype))
+            spec[name] = tf.io.FixedLenFeature([], examples_lib.tf_dtype(dtype))
     return spec
 
 
@@ -57,7 +51,7 @@ def split_files(builder, split: str) -> list[str]:
 def make_dataset(files, *, batch_size: int, history_length: int = contract.DEFAULT_HISTORY_LENGTH,
                  shuffle: bool = False, repeat: bool = False, seed: int | None = None,
                  cache: bool = False, drop_remainder: bool = False, with_labels: bool = True,
-                 shuffle_buffer: int = 50_000,
+                 shuffle_buffer: int = 50_000, skip_batches: int = 0,
                  input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
     """Parsed batches of examples from TFRecord files.
 
@@ -66,6 +60,8 @@ def make_dataset(files, *, batch_size: int, history_length: int = contract.DEFAU
     (scales to any log), otherwise by batch: every pipeline reads the same seeded stream
     and keeps every n-th batch, so the global batch of each step is exactly the one a
     single device would see (strategy-invariant training, used by the equivalence tests).
+    `skip_batches` drops this pipeline's first batches (before parsing) so a resumed run
+    sees the data a run without interruption would have seen next.
     `cache` keeps the serialized records in memory after the first pass: use it when the
     split fits in RAM.
     """
@@ -88,6 +84,8 @@ def make_dataset(files, *, batch_size: int, history_length: int = contract.DEFAU
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     if pipelines > 1 and not shard_files:
         ds = ds.shard(pipelines, input_context.input_pipeline_id)
+    if skip_batches:  # resuming: continue the seeded stream where the checkpoint left it
+        ds = ds.skip(skip_batches)
     ds = ds.map(lambda s: parse_batch(s, history_length, with_labels),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)

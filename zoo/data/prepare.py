@@ -34,10 +34,21 @@ def resolve_contract_dir(data_dir: str | None) -> str:
 
 
 def prepare(data_dir: str | None = None, tfds_dir: str | None = None,
-            label_config: labels_lib.LabelConfig | None = None) -> ecom_events.EcomEvents:
-    """Validated, labelled examples of `data_dir` (or the default) as a prepared TFDS builder."""
-    contract_dir = resolve_contract_dir(data_dir)
-    return ecom_events.prepare(contract_dir, tfds_dir or default_tfds_dir(), label_config)
+            label_config: labels_lib.LabelConfig | None = None,
+            wait_for_chief: bool = False) -> ecom_events.EcomEvents:
+    """Validated, labelled examples of `data_dir` (or the default) as a prepared TFDS builder.
+
+    wait_for_chief: in a cluster, non-chief workers wait for the chief's preparation.
+    """
+    if wait_for_chief and not data_dir:
+        from zoo.data import simulate
+        contract_dir = simulate.default_data_dir()
+        while not os.path.exists(contract_dir):  # the chief simulates it
+            time.sleep(1.0)
+    else:
+        contract_dir = resolve_contract_dir(data_dir)
+    return ecom_events.prepare(contract_dir, tfds_dir or default_tfds_dir(), label_config,
+                               wait=wait_for_chief)
 
 
 def describe(builder) -> str:

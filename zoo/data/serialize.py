@@ -17,7 +17,6 @@ from zoo.data import contract, examples as examples_lib
 _LISTS = {tf.string: ("tensorflow.BytesList", "bytes_list"),
           tf.float32: ("tensorflow.FloatList", "float_list"),
           tf.int64: ("tensorflow.Int64List", "int64_list")}
-_NP_TO_TF = {np.bytes_: tf.string, np.float32: tf.float32, np.int64: tf.int64}
 
 
 def _encode(message_type, field_names, values, sizes):
@@ -72,17 +71,6 @@ def _serialize_tensors(tensors, lengths, with_labels):
                    tf.ones([n, 1], tf.int32))
 
 
-def serialize_columns(cols: dict, with_labels: bool = True) -> np.ndarray:
-    """Text columns (as from `ExampleSource.chunks(text=True)`) → serialized tf.Examples."""
-    names = (list(examples_lib.SCALAR_FEATURES) + list(examples_lib.SEQUENCE_FEATURES)
-             + (list(examples_lib.LABEL_FEATURES) if with_labels else []))
-    every = {**examples_lib.SCALAR_FEATURES, **examples_lib.SEQUENCE_FEATURES,
-             **examples_lib.LABEL_FEATURES}
-    tensors = {name: _column(np.asarray(cols[name]), _NP_TO_TF[every[name]]) for name in names}
-    lengths = tf.constant(np.asarray(cols["hist_length"], np.int32))
-    return _serialize(tensors, lengths, with_labels)
-
-
 class CodedSerializer:
     """Serialises coded chunks (`ExampleSource.chunks(text=False)`) of one log.
 
@@ -105,7 +93,7 @@ class CodedSerializer:
     def __call__(self, coded: dict) -> np.ndarray:
         every = {**examples_lib.SCALAR_FEATURES, **examples_lib.SEQUENCE_FEATURES,
                  **examples_lib.LABEL_FEATURES}
-        tensors = {name: _column(np.asarray(coded[name]), _NP_TO_TF[every[name]])
+        tensors = {name: _column(np.asarray(coded[name]), examples_lib.tf_dtype(every[name]))
                    for name in every if name in coded}
         item = tf.constant(coded["item"])
         hist = tf.constant(np.where(coded["hist_item"] < 0, self._pad, coded["hist_item"]))
