@@ -35,6 +35,7 @@ EVENTS = [
     ("e12", "u2", "s3", T0 + 100, "purchase", "", "A", "", 1),
     ("e15", "u2", "s4", T0 + 7 * DAY + 11, "purchase", "", "A", "", 1),
     ("e16", "u2", "s4", T0 + 7 * DAY + 100, "impression", "zoom", "B", 0, ""),
+    ("e18", "u2", "s4", T0 + 7 * DAY + 100, "impression", "zoom", "A", 1, ""),
     ("e13", "u1", "s5", T0 + 9 * DAY, "impression", "watch", "E", 0, ""),
     ("e14", "u1", "s5", T0 + 9 * DAY + 1, "purchase", "", "E", "", 1),
 ]

@@ -22,7 +22,7 @@ def by_id(source):
 
 def test_every_impression_is_one_example(source):
     assert sorted(source.labels["event_id"]) == sorted(
-        ["e2", "e3", "e7", "e8", "e11", "e13", "e16"])
+        ["e2", "e3", "e7", "e8", "e11", "e13", "e16", "e18"])
 
 
 @pytest.mark.parametrize("event_id,click,purchase,price_range,mask,demand", [
@@ -38,6 +38,8 @@ def test_every_impression_is_one_example(source):
     ("e11", 0, 1, 0, 1.0, 4.0),
     # e16: u2 buys nothing afterwards -> price range missing and masked.
     ("e16", 0, 0, -1, 0.0, 0.0),
+    # e18: u2 sees A after its last purchase; nobody buys A later.
+    ("e18", 0, 0, -1, 0.0, 0.0),
     # e13: eval day; E (50) bought one second later.
     ("e13", 0, 1, 1, 1.0, 1.0),
 ])
@@ -60,7 +62,7 @@ def test_time_split_last_days_are_eval(source):
     assert source.prep.cut == fixtures.T0 + 8 * fixtures.DAY
     lab = by_id(source)
     assert [e for e, v in lab.items() if v["is_eval"]] == ["e13"]
-    assert source.num_examples("train") == 6 and source.num_examples("eval") == 1
+    assert source.num_examples("train") == 7 and source.num_examples("eval") == 1
 
 
 def test_horizon_flag_changes_price_label(tmp_path):
@@ -135,3 +137,19 @@ def test_feature_change_in_the_future_changes_nothing(tmp_path):
     a, b = history(base), history(more)
     assert a["e2"] == b["e2"] and a["e3"] == b["e3"]
     assert b["e7"]["hist_item_id"] == ["A", "A", "A", "C", "C"]
+
+
+def test_item_trailing_stats_by_hand(source):
+    stats = {}
+    for cols in list(source.chunks("train")) + list(source.chunks("eval")):
+        for i, e in enumerate(cols["event_id"]):
+            stats[e] = (cols["item_clicks_7d"][i], cols["item_purchases_7d"][i])
+    # e8 (B, day 1): the e17 click of B at t0+50; e9 comes after.
+    assert stats["e8"] == (1.0, 0.0)
+    # e16 (B, day 7 + 100 s): the window [t0+100, t): e17 (t0+50) is out, e9 (day 1) in.
+    assert stats["e16"] == (1.0, 0.0)
+    # e18 (A, day 7 + 100 s): purchases e12 (t0+100, on the window's edge: in) and e15;
+    # e6 (t0+40, quantity 2) is older than 7 days; A's click e4 as well.
+    assert stats["e18"] == (0.0, 2.0)
+    # e2 (A at t0+10): nothing happened before it.
+    assert stats["e2"] == (0.0, 0.0)

@@ -179,7 +179,7 @@ def test_predict_on_an_unseen_shop(trained, tmp_path):
 def test_resume_after_kill_reaches_the_same_step(shop, tmp_path):
     model_dir = str(tmp_path / "resume")
     cmd = _trainer_cmd(shop, model_dir, "--steps", "120", "--checkpoint_every", "40",
-                       "--steps_per_loop", "10", "--nojit_compile")
+                       "--steps_per_loop", "10", "--jit_compile=false")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=_env(), cwd=REPO)
     index = os.path.join(model_dir, "checkpoints", "checkpoint")
@@ -215,8 +215,9 @@ def _curve(model_dir):
 
 
 def test_strategies_give_the_same_loss_curve(shop, tmp_path):
+    # XLA on: the compiled step is what runs under every strategy in production.
     common = ["--steps", "40", "--steps_per_loop", "10", "--checkpoint_every", "40",
-              "--seed", "7"]
+              "--seed", "7", "--jit_compile=true", "--warmup_steps", "5"]
     one = str(tmp_path / "one")
     _run(_trainer_cmd(shop, one, *common))
     mirrored = str(tmp_path / "mirrored")
@@ -248,6 +249,15 @@ def test_strategies_give_the_same_loss_curve(shop, tmp_path):
     np.testing.assert_allclose(_curve(mwms), base, rtol=2e-3)
     # Only the chief (worker 0) wrote into the model_dir, and it wrote the saved model.
     assert os.path.exists(os.path.join(mwms, "model.keras"))
+
+
+def test_model_dir_of_another_run_is_refused(trained):
+    from trainers import multitask
+    import dataclasses
+    config, _ = trained
+    other = dataclasses.replace(config, model_overrides={"hidden_dim": 48})
+    with pytest.raises(ValueError, match="different model_config"):
+        multitask.run(other)
 
 
 def test_bad_flags_exit_with_a_clear_error(shop, tmp_path):

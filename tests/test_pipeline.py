@@ -49,7 +49,7 @@ def test_parsed_batches_equal_the_source_columns(built):
     source = examples.ExampleSource(contract.read_contract(builder.info.metadata["contract_dir"]),
                                     CFG)
     parsed = read_split(builder, "train")
-    assert builder.info.splits["train"].num_examples == len(parsed) == 6
+    assert builder.info.splits["train"].num_examples == len(parsed) == 7
     names = (list(examples.SCALAR_FEATURES) + list(examples.SEQUENCE_FEATURES)
              + list(examples.LABEL_FEATURES))
     for cols in source.chunks("train"):

@@ -170,12 +170,14 @@ def cleanup_worker_dir(path: str, chief_dir: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def predict_dataset(model: keras.Model, dataset: tf.data.Dataset) -> tuple[dict, dict]:
+def predict_dataset(model: keras.Model, dataset: tf.data.Dataset,
+                    jit_compile: bool = False) -> tuple[dict, dict]:
     """Runs the model over (preprocessed features, extras) batches.
 
     Returns (outputs, extras) as numpy arrays; extras are the ids and labels carried along.
     """
-    forward = tf.function(lambda features: model(features, training=False), autograph=False)
+    forward = tf.function(lambda features: model(features, training=False), autograph=False,
+                          jit_compile=jit_compile)
     preds: dict[str, list] = {}
     extras: dict[str, list] = {}
     for features, extra in dataset:

@@ -37,12 +37,12 @@ class TrainConfig:
     epochs: float = 1.0
     steps: int = 0  # > 0 overrides epochs
     batch_size: int = 256
-    learning_rate: float = 1e-3
+    learning_rate: float = 2e-3
     warmup_steps: int = 100
     weight_decay: float = 0.01
     task_weights: str = DEFAULT_TASK_WEIGHTS
     strategy: str = "one_device"
-    jit_compile: bool = True
+    jit_compile: str = "auto"  # "auto" | "true" | "false"
     seed: int = 42
     steps_per_loop: int = 50
     checkpoint_every: int = 500
@@ -137,6 +137,29 @@ def _fit_vocabulary(config: TrainConfig, model_config: dict, train_files) -> dic
     return zoo.fit_vocabulary(config.model, features, model_config)
 
 
+def _check_same_run(model_dir: str, write_dir: str, spec: dict) -> None:
+    """A model_dir resumes only the run that made it: same model, config and labels."""
+    path = os.path.join(model_dir, "run_spec.json")
+    spec = _jsonable(spec)
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            before = json.load(f)
+        if before != spec:
+            diff = sorted(k for k in set(before) | set(spec) if before.get(k) != spec.get(k))
+            raise ValueError(f"{model_dir} holds a run with a different {', '.join(diff)}; "
+                             "resume it with the same flags or pass a new --model_dir")
+    else:
+        _write_json(os.path.join(write_dir, "run_spec.json"), spec)
+
+
+def use_jit(setting: str, model_config: dict) -> bool:
+    if setting not in ("auto", "true", "false"):
+        raise ValueError(f"--jit_compile must be auto, true or false, got {setting!r}")
+    if setting == "auto":
+        return int(model_config.get("hidden_dim", 0)) >= 128
+    return setting == "true"
+
+
 def _learning_rate(config: TrainConfig, total_steps: int):
     import keras
 
@@ -180,6 +203,9 @@ def run(config: TrainConfig) -> dict:
     model_config = zoo.get_config(config.model, config.preset,
                                   num_price_ranges=config.label_config.num_price_buckets,
                                   **config.model_overrides)
+    _check_same_run(model_dir, write_dir, {
+        "model": config.model, "preset": config.preset, "model_config": model_config,
+        "label_config": dataclasses.asdict(config.label_config)})
     vocab_path = os.path.join(model_dir, "vocabulary.json")
     if os.path.exists(vocab_path):
         with open(vocab_path, encoding="utf-8") as f:
@@ -212,13 +238,16 @@ def run(config: TrainConfig) -> dict:
             seed=config.seed, cache=config.cache_dataset, drop_remainder=True,
             history_length=config.label_config.history_length, input_context=ctx,
             skip_batches=start_step * per_step)
-        return ds.map(lambda b: (preprocessor(_raw(b)), split_labels(b)[1]),
-                      num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        return ds.map(features_and_labels, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+            tf.data.AUTOTUNE)
+
+    def features_and_labels(batch):
+        return preprocessor(_raw(batch)), split_labels(batch)[1]
 
     loop_config = loop.LoopConfig(
         total_steps=steps, global_batch_size=global_batch, task_weights=task_weights,
         steps_per_loop=config.steps_per_loop, checkpoint_every=config.checkpoint_every,
-        jit_compile=config.jit_compile, eval_every=config.eval_every)
+        jit_compile=use_jit(config.jit_compile, model_config), eval_every=config.eval_every)
     trainer = loop.Trainer(strategy, model, optimizer, loop_config,
                            checkpoint_dir=os.path.join(write_dir, "checkpoints"),
                            summary_dir=os.path.join(write_dir, "train"),
@@ -228,7 +257,7 @@ def run(config: TrainConfig) -> dict:
     eval_ds = (eval_dataset(builder, "eval", preprocessor, config) if has_eval else None)
 
     def evaluate(step):
-        preds, extras = loop.predict_dataset(model, eval_ds)
+        preds, extras = loop.predict_dataset(model, eval_ds, jit_compile=loop_config.jit_compile)
         return metrics_lib.multitask_metrics(extras, preds, extras["user_id"])
 
     if config.verbose:
@@ -273,7 +302,8 @@ def evaluate_model(model, eval_ds, meta: dict, config: TrainConfig):
     """(model metrics, oracle metrics or None, printable table) on an eval dataset."""
     from trainers import loop, metrics as metrics_lib
 
-    preds, extras = loop.predict_dataset(model, eval_ds)
+    preds, extras = loop.predict_dataset(
+        model, eval_ds, jit_compile=use_jit(config.jit_compile, model.zoo_config))
     rows = {"model": metrics_lib.multitask_metrics(extras, preds, extras["user_id"])}
     oracle = read_oracle(meta["contract_dir"])
     if oracle is not None:
@@ -299,8 +329,10 @@ def eval_dataset(builder, split, preprocessor, config: TrainConfig):
                                batch_size=config.eval_batch_size,
                                history_length=config.label_config.history_length)
     keep = ("event_id", "user_id", *LABELS)
-    return ds.map(lambda b: (preprocessor(_raw(b)), {k: b[k] for k in keep}),
-                  num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    def with_extras(batch):
+        return preprocessor(_raw(batch)), {k: batch[k] for k in keep}
+
+    return ds.map(with_extras, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def _jsonable(d):
@@ -333,7 +365,7 @@ def define_flags():
     flags.DEFINE_float("epochs", 1.0, "Passes over the training split (ignored if --steps).")
     flags.DEFINE_integer("steps", 0, "Total training steps (> 0 overrides --epochs).")
     flags.DEFINE_integer("batch_size", 256, "Global batch size (split across replicas).")
-    flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate (warmup, then cosine).")
+    flags.DEFINE_float("learning_rate", 2e-3, "Peak learning rate (warmup, then cosine).")
     flags.DEFINE_integer("warmup_steps", 100, "Linear warmup steps.")
     flags.DEFINE_string("task_weights", DEFAULT_TASK_WEIGHTS, "Loss weight per task.")
     flags.DEFINE_enum("strategy", "one_device", ["one_device", "mirrored",
@@ -341,7 +373,10 @@ def define_flags():
                       "tf.distribute strategy (multi_worker_mirrored reads TF_CONFIG).")
     flags.DEFINE_integer("cpu_devices", 1, "Split the CPU into this many logical devices "
                          "(lets --strategy=mirrored run on a CPU-only machine).")
-    flags.DEFINE_bool("jit_compile", True, "XLA-compile the forward/backward pass.")
+    flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"],
+                      "XLA-compile the forward/backward pass. auto: on for models of hidden "
+                      "width >= 128 (measured on 2 CPU cores: small 1.8x faster with XLA, "
+                      "tiny 3x slower; see BUILD_NOTES.md).")
     flags.DEFINE_integer("seed", 42, "Seed of weights, dropout and data order.")
     flags.DEFINE_integer("steps_per_loop", 50, "Steps per tf.function call (progress updates).")
     flags.DEFINE_integer("checkpoint_every", 500, "Checkpoint every N steps (and at the end).")

@@ -20,7 +20,7 @@ SCALAR_FEATURES = {
     "event_id": np.bytes_, "user_id": np.bytes_, "query": np.bytes_,
     "item_id": np.bytes_, "item_category": np.bytes_, "item_brand": np.bytes_,
     "item_title": np.bytes_, "item_price": np.float32, "position": np.int64,
-    "timestamp": np.int64,
+    "timestamp": np.int64, "item_clicks_7d": np.float32, "item_purchases_7d": np.float32,
 }
 SEQUENCE_FEATURES = {
     "hist_item_id": np.bytes_, "hist_category": np.bytes_, "hist_brand": np.bytes_,
@@ -54,6 +54,7 @@ class ExampleSource:
         self.prep = labels_lib.Prepared(tables, self.config)
         self.labels = labels_lib.compute_labels(tables, self.config, prepared=self.prep)
         self.history = labels_lib.HistoryIndex(self.prep)
+        self.item_stats = labels_lib.item_trailing_stats(self.prep, self.labels["row"])
 
     def num_examples(self, split: str) -> int:
         is_eval = self.labels["is_eval"]
@@ -89,6 +90,7 @@ class ExampleSource:
             "item_price": items["price"][item].astype(np.float32),
             "position": ev["position"][imp],
             "timestamp": prep.ts[imp],
+            **{name: values[sel] for name, values in self.item_stats.items()},
             "hist_length": valid.sum(axis=1).astype(np.int64),
             "hist_item": h_item,
             "hist_kind": np.where(valid, prep.kind[rows], -1).astype(np.int64),

@@ -103,23 +103,49 @@ def _next_purchase_bucket(prep: Prepared, imp: np.ndarray) -> np.ndarray:
     return out
 
 
-def _future_item_demand(prep: Prepared, imp: np.ndarray) -> np.ndarray:
-    """Quantity of the impressed item bought by anyone in (t, t + D days]."""
-    rows = np.flatnonzero(prep.kind == EVENT_INDEX["purchase"])
+def _item_window_sums(prep: Prepared, imp: np.ndarray, event: str, start: int, end: int,
+                      weights: np.ndarray | None = None, past: bool = False) -> np.ndarray:
+    """Sum of `weights` (default 1) over `event` rows of the impressed item in a window.
+
+    Future windows are (t + start, t + end]; past windows (`past=True`) are
+    [t + start, t + end) so that they end strictly before the impression.
+    """
+    rows = np.flatnonzero(prep.kind == EVENT_INDEX[event])
     if len(rows) == 0:
         return np.zeros(len(imp), dtype=np.float32)
-    qty = prep.tables.events["quantity"]
-    t0 = int(prep.ts.min())
-    span = np.int64(int(prep.ts.max()) - t0 + 2 + int(prep.config.demand_horizon_days * SECONDS_PER_DAY) + 1)
+    t0 = int(prep.ts.min()) + min(start, 0)
+    span = np.int64(int(prep.ts.max()) - t0 + abs(start) + abs(end) + 2)
     key_rows = prep.item[rows] * span + (prep.ts[rows] - t0)
     order = np.argsort(key_rows, kind="stable")
     keys = key_rows[order]
-    cum = np.r_[0, np.cumsum(qty[rows][order])]
-    horizon = np.int64(round(prep.config.demand_horizon_days * SECONDS_PER_DAY))
+    w = np.ones(len(rows)) if weights is None else weights[rows]
+    cum = np.r_[0, np.cumsum(w[order])]
     base = prep.item[imp] * span + (prep.ts[imp] - t0)
-    lo = np.searchsorted(keys, base, side="right")
-    hi = np.searchsorted(keys, base + horizon, side="right")
+    side = "left" if past else "right"
+    lo = np.searchsorted(keys, base + start, side=side)
+    hi = np.searchsorted(keys, base + end, side=side)
     return (cum[hi] - cum[lo]).astype(np.float32)
+
+
+def _future_item_demand(prep: Prepared, imp: np.ndarray) -> np.ndarray:
+    """Quantity of the impressed item bought by anyone in (t, t + D days]."""
+    horizon = int(round(prep.config.demand_horizon_days * SECONDS_PER_DAY))
+    return _item_window_sums(prep, imp, "purchase", 0, horizon,
+                             weights=prep.tables.events["quantity"])
+
+
+def item_trailing_stats(prep: Prepared, imp: np.ndarray) -> dict:
+    """The impressed item's clicks and purchased quantity by anyone in [t - 7 days, t).
+
+    Item-level features a shop's feature store has at serving time; the demand head needs
+    them to see an item's trend, which ids alone cannot carry.
+    """
+    week = 7 * SECONDS_PER_DAY
+    return {
+        "item_clicks_7d": _item_window_sums(prep, imp, "click", -week, 0, past=True),
+        "item_purchases_7d": _item_window_sums(
+            prep, imp, "purchase", -week, 0, weights=prep.tables.events["quantity"], past=True),
+    }
 
 
 def compute_labels(tables: contract.Tables, config: LabelConfig | None = None,

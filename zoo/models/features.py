@@ -16,6 +16,10 @@ RAW_FEATURES = {
     "item_title": ("string", 1),
     "item_price": ("float32", 1),
     "position": ("int64", 1),
+    # The candidate item's activity by anyone in the 7 days before the impression (a shop's
+    # feature store serves these beside the item).
+    "item_clicks_7d": ("float32", 1),
+    "item_purchases_7d": ("float32", 1),
     "hist_item_id": ("string", 2),
     "hist_category": ("string", 2),
     "hist_brand": ("string", 2),

@@ -64,6 +64,8 @@ def random_raw_batch(batch_size: int = 8, history_length: int = 50, seed: int = 
         "item_title": _texts(rng, B, 0.05),
         "item_price": rng.lognormal(3.0, 1.0, size=B).astype(np.float32),
         "position": rng.integers(-1, 40, size=B).astype(np.int64),
+        "item_clicks_7d": rng.poisson(5.0, size=B).astype(np.float32),
+        "item_purchases_7d": rng.poisson(1.0, size=B).astype(np.float32),
         "hist_item_id": hist_strings(_ids(rng, "item", num_items, (B, L), oov_fraction)),
         "hist_category": hist_strings(_ids(rng, "category", num_categories, (B, L),
                                            oov_fraction)),

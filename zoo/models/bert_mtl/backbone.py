@@ -66,6 +66,8 @@ class EventSequenceEmbedding(keras.layers.Layer):
         self.price_embedding = emb("price_embedding", "price")
         self.gap_embedding = emb("gap_embedding", "gap")
         self.position_bucket_embedding = emb("impression_position_embedding", "position")
+        self.clicks_embedding = emb("item_clicks_7d_embedding", "count")
+        self.purchases_embedding = emb("item_purchases_7d_embedding", "count")
         self.segment_embedding = keras.layers.Embedding(
             3, self.hidden_dim, embeddings_initializer=init, name="segment_embedding")
         self.position_embedding = keras_hub.layers.PositionEmbedding(
@@ -85,6 +87,7 @@ class EventSequenceEmbedding(keras.layers.Layer):
         for layer in (self.word_embedding, self.item_embedding, self.category_embedding,
                       self.brand_embedding, self.event_embedding, self.price_embedding,
                       self.gap_embedding, self.position_bucket_embedding,
+                      self.clicks_embedding, self.purchases_embedding,
                       self.segment_embedding):
             layer.build((None,))
         self.position_embedding.build((None, seq, self.hidden_dim))
@@ -109,7 +112,9 @@ class EventSequenceEmbedding(keras.layers.Layer):
                      + self.category_embedding(inputs["category_index"])
                      + self.brand_embedding(inputs["brand_index"])
                      + self.price_embedding(inputs["price_bucket"])
-                     + self.position_bucket_embedding(inputs["position_bucket"]))  # [B, D]
+                     + self.position_bucket_embedding(inputs["position_bucket"])
+                     + self.clicks_embedding(inputs["item_clicks_bucket"])
+                     + self.purchases_embedding(inputs["item_purchases_bucket"]))  # [B, D]
         if self.max_title_tokens > 0:
             title = inputs["title_tokens"]
             title_mask = ops.expand_dims(ops.cast(ops.not_equal(title, 0), self.compute_dtype), -1)

@@ -33,7 +33,9 @@ from zoo.models.features import HISTORY_EVENT_TYPES
 MAX_GAP_SECONDS = 3.2e7
 
 SCALAR_OUTPUTS = ("item_index", "category_index", "brand_index", "price_bucket",
-                  "position_bucket")
+                  "position_bucket", "item_clicks_bucket", "item_purchases_bucket")
+# Counts in roughly doubling buckets: 0, 1, 2, 3-4, 5-8, ..., > 1024.
+COUNT_EDGES = [0.5, 1.5, 2.5, 4.5, 8.5, 16.5, 32.5, 64.5, 128.5, 256.5, 512.5, 1024.5]
 HISTORY_OUTPUTS = ("hist_item_index", "hist_category_index", "hist_brand_index",
                    "hist_event_index", "hist_price_bucket", "hist_gap_bucket", "hist_mask")
 
@@ -84,6 +86,8 @@ class BertMtlPreprocessor(keras_hub.models.Preprocessor):
             bin_boundaries=v["price_edges"], name="price_buckets")
         self.gap_discretization = keras.layers.Discretization(
             bin_boundaries=gap_edges(self.num_gap_buckets), name="gap_buckets")
+        self.count_discretization = keras.layers.Discretization(
+            bin_boundaries=COUNT_EDGES, name="count_buckets")
         self.built = True
 
     # ---- sizes the backbone needs (embedding input dims, padding index 0 included) ----
@@ -98,6 +102,7 @@ class BertMtlPreprocessor(keras_hub.models.Preprocessor):
             "price": len(self.vocabulary["price_edges"]) + 2,
             "gap": len(gap_edges(self.num_gap_buckets)) + 2,
             "position": self.max_position + 1,
+            "count": len(COUNT_EDGES) + 1,
         }
 
     def token_id(self, token: str) -> int:
@@ -134,6 +139,10 @@ class BertMtlPreprocessor(keras_hub.models.Preprocessor):
         position = tf.cast(f["position"], tf.int32)
         out["position_bucket"] = tf.where(
             position < 0, 0, tf.minimum(position, self.max_position - 1) + 1)
+
+        for name in ("item_clicks", "item_purchases"):
+            count = tf.cast(f[f"{name}_7d"], tf.float32)
+            out[f"{name}_bucket"] = self._index(self.count_discretization, count)
 
         hist_item = self._history(f["hist_item_id"], "")
         mask = tf.cast(tf.not_equal(hist_item, ""), tf.int32)
