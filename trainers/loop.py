@@ -22,7 +22,7 @@ import tensorflow as tf
 from absl import logging
 
 from zoo.models import losses as losses_lib
-from zoo.models.features import LABELS, TASKS
+from zoo.models.features import TASKS
 
 
 @dataclasses.dataclass
@@ -34,7 +34,6 @@ class LoopConfig:
     checkpoint_every: int = 500
     max_checkpoints: int = 3
     jit_compile: bool = True
-    summary_every: int = 50
     eval_every: int = 0  # 0: only after training
 
 

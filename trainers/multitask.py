@@ -172,7 +172,6 @@ def _learning_rate(config: TrainConfig, total_steps: int):
 def run(config: TrainConfig) -> dict:
     """Prepares data, builds or restores the model, trains, evaluates; returns the metrics."""
     import keras
-    import numpy as np
     import tensorflow as tf
     import zoo
     from trainers import distribute, loop, metrics as metrics_lib

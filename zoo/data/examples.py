@@ -31,7 +31,6 @@ LABEL_FEATURES = {
     "click": np.int64, "purchase": np.int64, "price_range": np.int64,
     "price_range_mask": np.float32, "demand": np.float32,
 }
-LABELS = ("click", "purchase", "price_range", "demand")
 
 
 def tf_dtype(np_dtype):
