@@ -47,6 +47,8 @@ class TrainConfig:
     steps_per_loop: int = 50
     checkpoint_every: int = 500
     eval_every: int = 0
+    export_base: str | None = None  # also export B/<export_name>/<version> at the end
+    export_name: str | None = None  # default: the model_dir's folder name
     eval_batch_size: int = 1024
     vocabulary_examples: int = 200_000
     cache_dataset: bool = True
@@ -292,9 +294,44 @@ def run(config: TrainConfig) -> dict:
             **_jsonable(dataclasses.asdict(config)), "model_dir": model_dir,
             "total_steps": steps, "price_edges": meta["price_edges"]})
         _write_json(os.path.join(model_dir, "metrics.json"), result)
+        write_serving_examples(model_dir, builder=builder)
+        if config.export_base:
+            from export import saved_model
+            name = config.export_name or os.path.basename(os.path.normpath(model_dir))
+            result["export"] = saved_model.export(model_dir, config.export_base, name)
+            if config.verbose:
+                print(f"exported {result['export']}")
     else:
         loop.cleanup_worker_dir(write_dir, model_dir)
     return result
+
+
+def write_serving_examples(model_dir: str, train_config: dict | None = None, builder=None,
+                           n: int = 64) -> str:
+    """Keeps n serialized eval examples beside the model (export warmup and checks).
+
+    Without a builder the data set is prepared again from train_config (a cache hit when
+    the examples are still there)."""
+    import tensorflow as tf
+    from zoo.data import pipeline
+
+    if builder is None:
+        label_config = labels_lib.LabelConfig(**train_config["label_config"])
+        builder = prepare_lib.prepare(train_config.get("data_dir"), train_config.get("tfds_dir"),
+                                      label_config)
+    split = "eval" if "eval" in builder.info.splits else "train"
+    path = os.path.join(model_dir, "serving_examples.tfrecord")
+    fd, tmp = tempfile.mkstemp(dir=model_dir, suffix=".tfrecord.tmp")
+    os.close(fd)
+    try:
+        with tf.io.TFRecordWriter(tmp) as writer:
+            for record in tf.data.TFRecordDataset(pipeline.split_files(builder, split)).take(n):
+                writer.write(record.numpy())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path
 
 
 def evaluate_model(model, eval_ds, meta: dict, config: TrainConfig):
@@ -380,6 +417,10 @@ def define_flags():
     flags.DEFINE_integer("steps_per_loop", 50, "Steps per tf.function call (progress updates).")
     flags.DEFINE_integer("checkpoint_every", 500, "Checkpoint every N steps (and at the end).")
     flags.DEFINE_integer("eval_every", 0, "Also evaluate every N steps (0: at the end only).")
+    flags.DEFINE_string("export_base", None, "Export the trained model for TF Serving to "
+                        "EXPORT_BASE/<export_name>/<next version> (python -m export.saved_model).")
+    flags.DEFINE_string("export_name", None, "Model name of the export (default: the "
+                        "model_dir's folder name).")
     flags.DEFINE_multi_string("model_override", [], "key=value overriding a preset's config "
                               "(python -m zoo describe NAME lists the keys).")
 
@@ -407,7 +448,8 @@ def config_from_flags() -> TrainConfig:
         learning_rate=FLAGS.learning_rate, warmup_steps=FLAGS.warmup_steps,
         task_weights=FLAGS.task_weights, strategy=FLAGS.strategy,
         jit_compile=FLAGS.jit_compile, seed=FLAGS.seed, steps_per_loop=FLAGS.steps_per_loop,
-        checkpoint_every=FLAGS.checkpoint_every, eval_every=FLAGS.eval_every)
+        checkpoint_every=FLAGS.checkpoint_every, eval_every=FLAGS.eval_every,
+        export_base=FLAGS.export_base, export_name=FLAGS.export_name)
 
 
 def main(argv):
@@ -420,7 +462,7 @@ def main(argv):
         config = config_from_flags()
         parse_task_weights(config.task_weights)
         run(config)
-    except (contract.ContractError, ValueError) as e:
+    except (contract.ContractError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -1,0 +1,349 @@
+"""`python -m export.saved_model`: a trained model_dir -> a versioned SavedModel for TF Serving.
+
+    B/NAME/<version>/saved_model.pb, variables/        tag "serve"
+      signatures  serving_default   raw features (strings and numbers, see RAW_FEATURES)
+                  predict_examples  a batch of serialized tf.Examples ("examples")
+                  both -> click [B], purchase [B], price_range [B, K], demand [B]
+      assets.extra/tf_serving_warmup_requests   PredictionLogs of real eval examples
+      assets.extra/ecom_zoo_manifest.json       what `export.registry` lists
+      assets.extra/sample_request.json          a request `export.client --input` sends
+
+Preprocessing (WordPiece, id lookups, bucketing) is inside the graph, so the graph holds
+only core TF and TF Text ops, which stock TF Serving links. A version is written to a
+hidden sibling folder, reloaded and checked against the Keras model, and only then renamed
+to its integer name: a server polling B/NAME never sees a half-written version (it
+ignores names that are not integers), and a failed or killed export leaves none.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging  # noqa: E402
+
+SIGNATURE_RAW = "serving_default"
+SIGNATURE_EXAMPLES = "predict_examples"
+EXAMPLES_INPUT = "examples"
+ASSETS_EXTRA = "assets.extra"
+WARMUP_FILE = "tf_serving_warmup_requests"
+MANIFEST_FILE = "ecom_zoo_manifest.json"
+SAMPLE_REQUEST_FILE = "sample_request.json"
+SERVING_EXAMPLES_FILE = "serving_examples.tfrecord"  # written by the trainer
+TMP_PREFIX = ".tmp-"
+NUM_WARMUP_EXAMPLES = 8
+TOLERANCE = 1e-5
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+# --- the serving graph ---------------------------------------------------------------------
+def raw_input_signature() -> dict:
+    """TensorSpecs of the raw features: [batch] scalars, [batch, any length] histories."""
+    import tensorflow as tf
+    from zoo.models.features import RAW_FEATURES
+
+    return {name: tf.TensorSpec([None] if rank == 1 else [None, None], tf.as_dtype(dtype),
+                                name=name)
+            for name, (dtype, rank) in RAW_FEATURES.items()}
+
+
+def serving_functions(model, history_length: int):
+    """(raw_fn, examples_fn): tf.functions from raw features / serialized examples to outputs."""
+    import tensorflow as tf
+    from zoo.data import pipeline
+    from zoo.models.features import RAW_FEATURES, TASKS
+
+    def forward(raw):
+        outputs = model(model.preprocessor(raw), training=False)
+        return {k: tf.cast(outputs[k], tf.float32) for k in TASKS}
+
+    @tf.function(input_signature=[raw_input_signature()])
+    def raw_fn(raw):
+        return forward(raw)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
+    def examples_fn(examples):
+        parsed = pipeline.parse_batch(examples, history_length, with_labels=False)
+        return forward({k: parsed[k] for k in RAW_FEATURES})
+
+    return raw_fn, examples_fn
+
+
+def write_saved_model(model, path: str, history_length: int) -> None:
+    """Keras `ExportArchive` with the two signatures (the model's variables and tables tracked)."""
+    import keras
+
+    raw_fn, examples_fn = serving_functions(model, history_length)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(SIGNATURE_RAW, raw_fn)
+    archive.add_endpoint(SIGNATURE_EXAMPLES, examples_fn)
+    archive.write_out(path, verbose=False)
+
+
+# --- examples for warmup, the check and the sample request ---------------------------------
+def serving_examples(model_dir: str, train_config: dict, n: int = NUM_WARMUP_EXAMPLES) -> list:
+    """Up to n serialized eval tf.Examples of the model's data (the trainer leaves a few in
+    model_dir; otherwise they come from the prepared data set, re-prepared if needed)."""
+    import tensorflow as tf
+
+    path = os.path.join(model_dir, SERVING_EXAMPLES_FILE)
+    if not os.path.exists(path):
+        from trainers import multitask
+        path = multitask.write_serving_examples(model_dir, train_config)
+    return [r.numpy() for r in tf.data.TFRecordDataset(path).take(n)]
+
+
+def raw_features(serialized: list, history_length: int) -> dict:
+    """Serialized tf.Examples -> numpy raw feature dict (the serving_default inputs)."""
+    import tensorflow as tf
+    from zoo.data import pipeline
+    from zoo.models.features import RAW_FEATURES
+
+    parsed = pipeline.parse_batch(tf.constant(serialized), history_length, with_labels=False)
+    return {k: parsed[k].numpy() for k in RAW_FEATURES}
+
+
+def predict_requests(name: str, raw: dict, serialized: list) -> list:
+    """PredictRequests of both signatures, at batch 1 and at the full batch."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    requests = []
+    n = len(serialized)
+    for size in sorted({1, n}):
+        for signature, inputs in ((SIGNATURE_RAW, {k: v[:size] for k, v in raw.items()}),
+                                  (SIGNATURE_EXAMPLES,
+                                   {EXAMPLES_INPUT: serialized[:size]})):
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = name
+            request.model_spec.signature_name = signature
+            for k, v in inputs.items():
+                request.inputs[k].CopyFrom(tf.make_tensor_proto(v))
+            requests.append(request)
+    return requests
+
+
+def write_warmup(path: str, requests: list) -> None:
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    with tf.io.TFRecordWriter(path) as writer:
+        for request in requests:
+            log = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+
+
+def read_warmup(path: str) -> list:
+    """The PredictRequests of a warmup file (TF Serving's format)."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    requests = []
+    for record in tf.data.TFRecordDataset(path):
+        log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        requests.append(log.predict_log.request)
+    return requests
+
+
+def sample_request(raw: dict) -> dict:
+    """The TF Serving REST "inputs" (columnar) form of raw features, as JSON values."""
+    return {"signature_name": SIGNATURE_RAW,
+            "inputs": {k: _json_value(v.tolist()) for k, v in raw.items()}}
+
+
+def _json_value(v):
+    if isinstance(v, list):
+        return [_json_value(x) for x in v]
+    if isinstance(v, bytes):
+        try:
+            return v.decode("utf-8")
+        except UnicodeDecodeError:  # TF Serving's JSON form of binary strings
+            return {"b64": base64.b64encode(v).decode("ascii")}
+    return v
+
+
+# --- the export ------------------------------------------------------------------------------
+def versions(model_base: str) -> list[int]:
+    """Integer version folders of B/NAME (what TF Serving would load)."""
+    if not os.path.isdir(model_base):
+        return []
+    return sorted(int(d) for d in os.listdir(model_base)
+                  if re.fullmatch(r"[0-9]+", d) and os.path.isdir(os.path.join(model_base, d)))
+
+
+def _remove_stale_temps(model_base: str) -> None:
+    """Temp folders of exports whose process is gone (killed midway)."""
+    for d in os.listdir(model_base):
+        m = re.fullmatch(re.escape(TMP_PREFIX) + r"v\d+-(\d+)-.*", d)
+        if m and not _alive(int(m.group(1))):
+            shutil.rmtree(os.path.join(model_base, d), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _signature_summary(loaded) -> dict:
+    summary = {}
+    for name, fn in loaded.signatures.items():
+        inputs = fn.structured_input_signature[1]
+        summary[name] = {
+            "inputs": {k: {"dtype": s.dtype.name, "shape": [-1 if d is None else d
+                                                             for d in s.shape.as_list()]}
+                       for k, s in sorted(inputs.items())},
+            "outputs": {k: {"dtype": s.dtype.name, "shape": [-1 if d is None else d
+                                                             for d in s.shape.as_list()]}
+                        for k, s in sorted(fn.structured_outputs.items())},
+        }
+    return summary
+
+
+def check_export(path: str, requests: list, expected: dict) -> dict:
+    """Reloads the SavedModel, replays the requests, compares with the Keras outputs."""
+    import numpy as np
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(path)
+    missing = {SIGNATURE_RAW, SIGNATURE_EXAMPLES} - set(loaded.signatures)
+    if missing:
+        raise ExportError(f"{path}: signatures {sorted(missing)} missing after reload")
+    for request in requests:
+        fn = loaded.signatures[request.model_spec.signature_name]
+        out = fn(**{k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()})
+        for k, want in expected.items():
+            got = out[k].numpy()
+            want = want[: got.shape[0]]
+            if not np.allclose(got, want, rtol=TOLERANCE, atol=TOLERANCE):
+                raise ExportError(
+                    f"{path}: signature {request.model_spec.signature_name} output {k} differs "
+                    f"from the Keras model by {np.abs(got - want).max():.3g}")
+    return _signature_summary(loaded)
+
+
+def export(model_dir: str, export_base: str, name: str, version: int | None = None,
+           num_examples: int = NUM_WARMUP_EXAMPLES) -> str:
+    """Exports model_dir's model as B/NAME/<version>; returns the version folder."""
+    import tensorflow as tf
+    from trainers import predict as predict_lib
+    from zoo.models.features import TASKS
+
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name or ""):
+        raise ValueError(f"--name must be letters, digits, '_', '.' or '-', got {name!r}")
+    if version is not None and version < 1:
+        raise ValueError(f"--version must be a positive integer, got {version}")
+    model, _ = predict_lib.load_trained(model_dir)
+    with open(os.path.join(model_dir, "train_config.json"), encoding="utf-8") as f:
+        train_config = json.load(f)
+    history_length = int(train_config["label_config"]["history_length"])
+    serialized = serving_examples(model_dir, train_config, num_examples)
+    if not serialized:
+        raise ExportError(f"{model_dir}: no eval examples to build warmup requests from")
+    raw = raw_features(serialized, history_length)
+    keras_out = model(model.preprocessor(raw), training=False)
+    expected = {k: tf.convert_to_tensor(keras_out[k]).numpy() for k in TASKS}
+
+    model_base = os.path.join(export_base, name)
+    os.makedirs(model_base, exist_ok=True)
+    _remove_stale_temps(model_base)
+    target = version or (max(versions(model_base), default=0) + 1)
+    if version is not None and os.path.exists(os.path.join(model_base, str(version))):
+        raise ExportError(f"{model_base}/{version} already exists; versions are immutable "
+                          "(omit --version to take the next one)")
+    tmp = tempfile.mkdtemp(prefix=f"{TMP_PREFIX}v{target}-{os.getpid()}-", dir=model_base)
+    try:
+        write_saved_model(model, tmp, history_length)
+        extra = os.path.join(tmp, ASSETS_EXTRA)
+        os.makedirs(extra, exist_ok=True)
+        requests = predict_requests(name, raw, serialized)
+        write_warmup(os.path.join(extra, WARMUP_FILE), requests)
+        with open(os.path.join(extra, SAMPLE_REQUEST_FILE), "w", encoding="utf-8") as f:
+            json.dump(sample_request({k: v[:4] for k, v in raw.items()}), f, indent=1)
+        signatures = check_export(tmp, read_warmup(os.path.join(extra, WARMUP_FILE)), expected)
+        metrics = _read_json(os.path.join(model_dir, "metrics.json")) or {}
+        manifest = {
+            "name": name, "model_dir": os.path.abspath(model_dir),
+            "model": train_config.get("model"), "preset": train_config.get("preset"),
+            "step": metrics.get("step"), "metrics": metrics.get("metrics", {}),
+            "signatures": signatures, "tensorflow_version": tf.__version__,
+            "history_length": history_length, "label_config": train_config["label_config"],
+        }
+        if metrics.get("oracle"):
+            manifest["oracle"] = metrics["oracle"]
+        # Publish: take the next free version unless one was asked for.
+        while True:
+            final = os.path.join(model_base, str(target))
+            manifest.update(version=target, export_time=datetime.datetime.now(
+                datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+            with open(os.path.join(extra, MANIFEST_FILE), "w", encoding="utf-8") as f:
+                json.dump(manifest, f, indent=2, sort_keys=True)
+            try:
+                os.rename(tmp, final)  # atomic; fails if another export took the number
+                break
+            except OSError:
+                if version is not None or not os.path.exists(final):
+                    raise
+                target = max(versions(model_base)) + 1
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logging.info("exported %s version %d to %s", name, target, final)
+    return final
+
+
+def _read_json(path: str):
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+# --- CLI ---------------------------------------------------------------------------------------
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    flags.DEFINE_string("model_dir", None, "A finished trainers.multitask model_dir.")
+    flags.DEFINE_string("export_base", None, "Export base B: versions go to B/NAME/<version>.")
+    flags.DEFINE_string("name", None, "Model name under the export base (default: the "
+                        "model_dir's folder name).")
+    flags.DEFINE_integer("version", None, "Version number (default: the last one + 1).")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not FLAGS.model_dir or not FLAGS.export_base:
+        print("error: --model_dir and --export_base are required", file=sys.stderr)
+        return 2
+    name = FLAGS.name or os.path.basename(os.path.normpath(FLAGS.model_dir))
+    try:
+        path = export(FLAGS.model_dir, FLAGS.export_base, name, FLAGS.version)
+    except (ExportError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

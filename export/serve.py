@@ -1,0 +1,668 @@
+"""`python -m export.serve`: a local model server speaking TF Serving's gRPC API.
+
+Production runs the real `tensorflow_model_server` on the same export base; it cannot be
+installed on every development machine (no package registry ships it), so this server
+implements the part of its API and behaviour that clients and deployment scripts depend on,
+with the public `tensorflow-serving-api` protos:
+
+  PredictionService.Predict / GetModelMetadata, ModelService.GetModelStatus /
+  HandleReloadConfigRequest; optional REST `/v1/models/NAME[/versions/V|/labels/L]:predict`.
+
+Version management as TF Serving does it: the base path of each model is polled for integer
+version folders; the version policy (latest N by default, `all`, or `specific`) decides
+which to serve; a new version is loaded and its `assets.extra/tf_serving_warmup_requests`
+replayed before it becomes available, then versions leaving the policy are unloaded once
+their in-flight requests have finished (so a client never sees a gap); a version that fails
+to load or warm up is reported by GetModelStatus and never served. A `--model_config_file`
+(TF Serving's text format, `ModelServerConfig`) is re-read every
+`--model_config_file_poll_wait_seconds`, so a `promote` by `export.registry` takes effect.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from http import server as http_server
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tensorflow_text  # noqa: E402,F401  (registers the TF Text ops the exports use)
+from absl import app, flags, logging  # noqa: E402
+from google.protobuf import text_format  # noqa: E402
+from tensorflow.core.protobuf import saved_model_pb2  # noqa: E402
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,  # noqa: E402
+                                     model_management_pb2, model_service_pb2_grpc,
+                                     predict_pb2, prediction_log_pb2,
+                                     prediction_service_pb2_grpc)
+from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
+
+Code = grpc.StatusCode
+State = get_model_status_pb2.ModelVersionStatus.State
+WARMUP_PATH = os.path.join("assets.extra", "tf_serving_warmup_requests")
+MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
+
+
+class ServingError(Exception):
+    """An error returned to the client with a gRPC status code (never kills the server)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# --- one loaded version ------------------------------------------------------------------------
+class Servable:
+    """A loaded SavedModel version: its signatures, their defs, and an in-flight count."""
+
+    def __init__(self, name: str, version: int, path: str):
+        self.name, self.version, self.path = name, version, path
+        self.module = tf.saved_model.load(path, tags=["serve"])
+        proto = saved_model_pb2.SavedModel.FromString(
+            tf.io.gfile.GFile(os.path.join(path, "saved_model.pb"), "rb").read())
+        meta_graph = next(m for m in proto.meta_graphs if "serve" in m.meta_info_def.tags)
+        self.signature_defs = {k: v for k, v in meta_graph.signature_def.items()
+                               if not k.startswith("__")}
+        self.signatures = dict(self.module.signatures)
+        self.inflight = 0
+        self.cond = threading.Condition()
+
+    def warmup(self, max_batch_size: int) -> int:
+        """Replays the version's warmup requests (TF Serving fails the load if one fails)."""
+        path = os.path.join(self.path, WARMUP_PATH)
+        if not tf.io.gfile.exists(path):
+            return 0
+        n = 0
+        for record in tf.data.TFRecordDataset(path).take(MAX_WARMUP_RECORDS):
+            log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+            if log.WhichOneof("log_type") != "predict_log":
+                raise ServingError(Code.UNIMPLEMENTED,
+                                   f"{path}: only predict_log warmup records are supported")
+            self.predict(log.predict_log.request, max_batch_size)
+            n += 1
+        return n
+
+    def predict(self, request: predict_pb2.PredictRequest,
+                max_batch_size: int) -> predict_pb2.PredictResponse:
+        signature = request.model_spec.signature_name or "serving_default"
+        fn = self.signatures.get(signature)
+        if fn is None:
+            raise ServingError(Code.FAILED_PRECONDITION,
+                               f'Serving signature key "{signature}" not found. Known: '
+                               f"{sorted(self.signatures)}")
+        specs = fn.structured_input_signature[1]
+        sent, expected = set(request.inputs), set(specs)
+        if sent != expected:
+            raise ServingError(
+                Code.INVALID_ARGUMENT,
+                f"input size does not match signature {signature}: {len(sent)}!={len(expected)}."
+                f" Sent extra: {sorted(sent - expected)}. Missing but required: "
+                f"{sorted(expected - sent)}.")
+        tensors = {}
+        batch = None
+        for name, spec in specs.items():
+            proto = request.inputs[name]
+            dtype = tf.dtypes.as_dtype(proto.dtype) if proto.dtype else None
+            if dtype != spec.dtype:
+                raise ServingError(Code.INVALID_ARGUMENT,
+                                   f"input {name}: expects {spec.dtype.name} but "
+                                   f"{dtype.name if dtype else 'DT_INVALID'} is provided")
+            try:
+                value = tf.make_ndarray(proto)
+            except Exception as e:  # malformed TensorProto
+                raise ServingError(Code.INVALID_ARGUMENT,
+                                   f"input {name}: cannot decode the tensor: {e}") from None
+            if not spec.shape.is_compatible_with(value.shape):
+                raise ServingError(Code.INVALID_ARGUMENT,
+                                   f"input {name}: shape {list(value.shape)} is not compatible "
+                                   f"with the signature's {spec.shape.as_list()}")
+            if value.ndim:
+                if batch is not None and value.shape[0] != batch:
+                    raise ServingError(Code.INVALID_ARGUMENT,
+                                       f"input {name}: batch size {value.shape[0]} differs from "
+                                       f"the other inputs' {batch}")
+                batch = value.shape[0]
+            tensors[name] = tf.constant(value, dtype=spec.dtype)
+        if max_batch_size and batch is not None and batch > max_batch_size:
+            raise ServingError(Code.INVALID_ARGUMENT,
+                               f"Task size {batch} is larger than maximum input batch size "
+                               f"{max_batch_size}")
+        outputs_wanted = list(request.output_filter) or None
+        known = self.signature_defs[signature].outputs if signature in self.signature_defs \
+            else {}
+        for k in outputs_wanted or ():
+            if k not in known:
+                raise ServingError(Code.INVALID_ARGUMENT,
+                                   f"output tensor alias not found in signature: {k} Outputs "
+                                   f"expected to be in the set {sorted(known)}.")
+        try:
+            outputs = fn(**tensors)
+        except tf.errors.OpError as e:  # e.g. undecodable tf.Example
+            raise ServingError(_grpc_code(e.error_code), e.message) from None
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = self.name
+        response.model_spec.version.value = self.version
+        response.model_spec.signature_name = signature
+        for k in outputs_wanted or sorted(outputs):
+            response.outputs[k].CopyFrom(tf.make_tensor_proto(outputs[k].numpy()))
+        return response
+
+    def __enter__(self):
+        with self.cond:
+            self.inflight += 1
+        return self
+
+    def __exit__(self, *exc):
+        with self.cond:
+            self.inflight -= 1
+            self.cond.notify_all()
+
+    def wait_idle(self):
+        with self.cond:
+            self.cond.wait_for(lambda: self.inflight == 0)
+
+
+def _grpc_code(tf_code: int):
+    for code in grpc.StatusCode:
+        if code.value[0] == tf_code:
+            return code
+    return Code.INTERNAL
+
+
+# --- the versions of one model -----------------------------------------------------------------
+class Model:
+    """One model's config, available versions and per-version status."""
+
+    def __init__(self, config: model_server_config_pb2.ModelConfig):
+        self.config = config
+        self.available: dict[int, Servable] = {}
+        self.status: dict[int, tuple[int, int, str]] = {}  # version -> (state, code, message)
+        self.failed_paths: set[str] = set()
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def on_disk(self) -> dict[int, str]:
+        base = self.config.base_path
+        if not tf.io.gfile.isdir(base):
+            return {}
+        found = {}
+        for d in tf.io.gfile.listdir(base):
+            d = d.rstrip("/")
+            if re.fullmatch(r"[0-9]+", d) and tf.io.gfile.exists(
+                    os.path.join(base, d, "saved_model.pb")):
+                found[int(d)] = os.path.join(base, d)
+        return found
+
+    def wanted(self, on_disk: dict[int, str]) -> set[int]:
+        """The versions the policy serves, of those on disk."""
+        policy = self.config.model_version_policy
+        kind = policy.WhichOneof("policy_choice")
+        if kind == "all":
+            return set(on_disk)
+        if kind == "specific":
+            return set(policy.specific.versions) & set(on_disk)
+        n = policy.latest.num_versions if kind == "latest" else 1
+        return set(sorted(on_disk)[-max(n, 1):])
+
+
+class ModelManager:
+    """Loads, warms, serves and unloads versions of every configured model."""
+
+    def __init__(self, max_batch_size: int = 0):
+        self.max_batch_size = max_batch_size
+        self.models: dict[str, Model] = {}
+        self.lock = threading.RLock()
+        self.poll_lock = threading.Lock()
+
+    # ---- configuration ----
+    def set_config(self, config: model_server_config_pb2.ModelServerConfig) -> None:
+        if config.WhichOneof("config") != "model_config_list":
+            raise ServingError(Code.INVALID_ARGUMENT, "only model_config_list is supported")
+        configs = list(config.model_config_list.config)
+        names = [c.name for c in configs]
+        if len(set(names)) != len(names) or not all(names):
+            raise ServingError(Code.INVALID_ARGUMENT,
+                               f"model names must be unique and non-empty: {names}")
+        for c in configs:
+            if c.model_platform not in ("", "tensorflow"):
+                raise ServingError(Code.INVALID_ARGUMENT,
+                                   f"model {c.name}: unsupported platform {c.model_platform!r}")
+        with self.lock:
+            for c in configs:
+                if c.name in self.models:
+                    self.models[c.name].config = c
+                else:
+                    self.models[c.name] = Model(c)
+            removed = [m for n, m in self.models.items() if n not in names]
+            for m in removed:
+                del self.models[m.name]
+        for m in removed:
+            for servable in list(m.available.values()):
+                self._unload(m, servable)
+
+    # ---- the poll: what TF Serving's file-system source and manager do ----
+    def poll(self) -> None:
+        with self.poll_lock:
+            with self.lock:
+                models = list(self.models.values())
+            for m in models:
+                on_disk = m.on_disk()
+                wanted = m.wanted(on_disk)
+                for v in sorted(wanted - set(m.available)):
+                    if on_disk[v] not in m.failed_paths:
+                        self._load(m, v, on_disk[v])
+                # Availability preserving: unload only what the policy dropped, after loads.
+                for v in sorted(set(m.available) - wanted):
+                    self._unload(m, m.available[v])
+
+    def _load(self, m: Model, version: int, path: str) -> None:
+        m.status[version] = (State.LOADING, 0, "")
+        logging.info("Loading servable: {name: %s version: %d} from %s", m.name, version, path)
+        t0 = time.time()
+        try:
+            servable = Servable(m.name, version, path)
+            n = servable.warmup(self.max_batch_size)
+        except Exception as e:  # a bad version is reported, never served, never fatal
+            m.failed_paths.add(path)
+            code = e.code if isinstance(e, ServingError) else Code.UNKNOWN
+            m.status[version] = (State.END, code.value[0], f"{type(e).__name__}: {e}")
+            logging.error("Failed to load servable {name: %s version: %d}: %s",
+                          m.name, version, e)
+            return
+        with self.lock:
+            m.available[version] = servable
+            m.status[version] = (State.AVAILABLE, 0, "")
+        logging.info("Successfully loaded servable {name: %s version: %d} in %.1f s "
+                     "(%d warmup requests replayed)", m.name, version, time.time() - t0, n)
+
+    def _unload(self, m: Model, servable: Servable) -> None:
+        with self.lock:  # no new request can pick it after this
+            m.available.pop(servable.version, None)
+            m.status[servable.version] = (State.UNLOADING, 0, "")
+
+        def finish():
+            servable.wait_idle()
+            m.status[servable.version] = (State.END, 0, "")
+            logging.info("Unloaded servable {name: %s version: %d}", m.name, servable.version)
+
+        threading.Thread(target=finish, daemon=True).start()
+
+    # ---- request routing ----
+    def acquire(self, spec) -> Servable:
+        """The servable a ModelSpec asks for, with its in-flight count taken (use `with`)."""
+        with self.lock:
+            m = self.models.get(spec.name)
+            if m is None:
+                raise ServingError(Code.NOT_FOUND, f"Servable not found for request: "
+                                   f"Latest({spec.name}); known models: {sorted(self.models)}")
+            choice = spec.WhichOneof("version_choice")
+            if choice == "version":
+                version = spec.version.value
+            elif choice == "version_label":
+                labels = dict(m.config.version_labels)
+                if spec.version_label not in labels:
+                    raise ServingError(Code.INVALID_ARGUMENT, "Unrecognized servable version "
+                                       f"label: {spec.version_label}; known: {sorted(labels)}")
+                version = labels[spec.version_label]
+            else:
+                if not m.available:
+                    raise ServingError(Code.NOT_FOUND,
+                                       f"Servable not found for request: Latest({m.name})")
+                version = max(m.available)
+            servable = m.available.get(version)
+            if servable is None:
+                raise ServingError(Code.NOT_FOUND, f"Servable not found for request: "
+                                   f"Specific({m.name}, {version})")
+            servable.__enter__()
+            return servable
+
+    def model_status(self, spec) -> list:
+        with self.lock:
+            m = self.models.get(spec.name)
+            if m is None:
+                raise ServingError(Code.NOT_FOUND, f"Could not find any versions of model "
+                                   f"{spec.name}")
+            statuses = dict(m.status)
+        if spec.HasField("version"):
+            if spec.version.value not in statuses:
+                raise ServingError(Code.NOT_FOUND, f"Could not find version "
+                                   f"{spec.version.value} of model {spec.name}")
+            statuses = {spec.version.value: statuses[spec.version.value]}
+        out = []
+        for v, (state, code, message) in sorted(statuses.items(), reverse=True):
+            s = get_model_status_pb2.ModelVersionStatus(version=v, state=state)
+            s.status.error_code = code
+            s.status.error_message = message
+            out.append(s)
+        return out
+
+
+# --- gRPC services -------------------------------------------------------------------------
+def _abort(context, e: ServingError):
+    context.abort(e.code, e.message)
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, manager: ModelManager):
+        self.manager = manager
+
+    def Predict(self, request, context):
+        try:
+            with self.manager.acquire(request.model_spec) as servable:
+                return servable.predict(request, self.manager.max_batch_size)
+        except ServingError as e:
+            _abort(context, e)
+        except Exception as e:  # never let a request kill the server
+            logging.exception("Predict failed")
+            _abort(context, ServingError(Code.INTERNAL, f"{type(e).__name__}: {e}"))
+
+    def GetModelMetadata(self, request, context):
+        try:
+            unsupported = [f for f in request.metadata_field if f != "signature_def"]
+            if unsupported or not request.metadata_field:
+                raise ServingError(Code.INVALID_ARGUMENT, "Metadata field(s) "
+                                   f"{unsupported or '(none)'} not supported; ask for "
+                                   "signature_def")
+            with self.manager.acquire(request.model_spec) as servable:
+                response = get_model_metadata_pb2.GetModelMetadataResponse()
+                response.model_spec.name = servable.name
+                response.model_spec.version.value = servable.version
+                defs = get_model_metadata_pb2.SignatureDefMap()
+                for k, v in servable.signature_defs.items():
+                    defs.signature_def[k].CopyFrom(v)
+                response.metadata["signature_def"].Pack(defs)
+                return response
+        except ServingError as e:
+            _abort(context, e)
+
+    def _unimplemented(self, request, context):
+        _abort(context, ServingError(Code.UNIMPLEMENTED, "only Predict and GetModelMetadata "
+                                     "are served; the exports have predict signatures"))
+
+    Classify = Regress = MultiInference = _unimplemented
+
+
+class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, manager: ModelManager):
+        self.manager = manager
+
+    def GetModelStatus(self, request, context):
+        try:
+            return get_model_status_pb2.GetModelStatusResponse(
+                model_version_status=self.manager.model_status(request.model_spec))
+        except ServingError as e:
+            _abort(context, e)
+
+    def HandleReloadConfigRequest(self, request, context):
+        response = model_management_pb2.ReloadConfigResponse()
+        try:
+            self.manager.set_config(request.config)
+            self.manager.poll()
+        except ServingError as e:
+            response.status.error_code = e.code.value[0]
+            response.status.error_message = e.message
+        return response
+
+
+# --- REST (TF Serving's /v1/models API, the predict and status calls) ---------------------------
+REST_PATH = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?(?::(\w+))?$")
+
+
+def rest_handler(manager: ModelManager):
+    class Handler(http_server.BaseHTTPRequestHandler):
+        def _reply(self, code: int, body: dict):
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _spec(self):
+            m = REST_PATH.match(self.path)
+            if not m:
+                raise ServingError(Code.NOT_FOUND, f"Malformed request: {self.path}")
+            spec = predict_pb2.PredictRequest().model_spec
+            spec.name = m.group(1)
+            if m.group(2):
+                spec.version.value = int(m.group(2))
+            elif m.group(3):
+                spec.version_label = m.group(3)
+            return spec, m.group(4)
+
+        def _error(self, e: ServingError):
+            self._reply(_HTTP.get(e.code, 500), {"error": e.message})
+
+        def do_GET(self):
+            try:
+                spec, verb = self._spec()
+                if verb is not None:
+                    raise ServingError(Code.NOT_FOUND, f"Malformed request: {self.path}")
+                statuses = manager.model_status(spec)
+                self._reply(200, {"model_version_status": [
+                    {"version": str(s.version), "state": State.Name(s.state),
+                     "status": {"error_code": _grpc_code(s.status.error_code).name,
+                                "error_message": s.status.error_message}}
+                    for s in statuses]})
+            except ServingError as e:
+                self._error(e)
+
+        def do_POST(self):
+            try:
+                spec, verb = self._spec()
+                if verb != "predict":
+                    raise ServingError(Code.UNIMPLEMENTED, f"only :predict is served, got {verb}")
+                try:
+                    body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                except (ValueError, TypeError) as e:
+                    raise ServingError(Code.INVALID_ARGUMENT, f"JSON parse error: {e}") from None
+                with manager.acquire(spec) as servable:
+                    request, row_format = rest_to_request(body, spec, servable)
+                    response = servable.predict(request, manager.max_batch_size)
+                outputs = {k: tf.make_ndarray(v).tolist() for k, v in response.outputs.items()}
+                if row_format:
+                    n = len(next(iter(outputs.values())))
+                    self._reply(200, {"predictions": [{k: v[i] for k, v in outputs.items()}
+                                                      for i in range(n)]})
+                else:
+                    self._reply(200, {"outputs": outputs})
+            except ServingError as e:
+                self._error(e)
+            except Exception as e:
+                logging.exception("REST predict failed")
+                self._error(ServingError(Code.INTERNAL, f"{type(e).__name__}: {e}"))
+
+        def log_message(self, *args):  # quiet; gRPC and REST log loads only
+            pass
+
+    return Handler
+
+
+_HTTP = {Code.INVALID_ARGUMENT: 400, Code.NOT_FOUND: 404, Code.FAILED_PRECONDITION: 400,
+         Code.UNIMPLEMENTED: 501, Code.RESOURCE_EXHAUSTED: 429}
+
+
+def rest_to_request(body: dict, spec, servable: Servable) -> tuple:
+    """TF Serving's REST JSON ("instances" rows or "inputs" columns) -> PredictRequest."""
+    from export.client import request_inputs
+    try:
+        columns, signature = request_inputs(body)
+    except ValueError as e:
+        raise ServingError(Code.INVALID_ARGUMENT, str(e)) from None
+    request = predict_pb2.PredictRequest()
+    request.model_spec.CopyFrom(spec)
+    request.model_spec.signature_name = signature
+    fn = servable.signatures.get(signature)
+    specs = fn.structured_input_signature[1] if fn is not None else {}
+    for k, value in columns.items():
+        try:  # JSON numbers take the signature's dtype, as TF Serving's REST API does
+            dtype = specs[k].dtype.as_numpy_dtype if k in specs else None
+            if dtype not in (None, object):  # strings stay as decoded
+                value = np.asarray(value, dtype=dtype)
+            request.inputs[k].CopyFrom(tf.make_tensor_proto(value))
+        except (TypeError, ValueError) as e:
+            raise ServingError(Code.INVALID_ARGUMENT, f"input {k}: {e}") from None
+    return request, "instances" in body
+
+
+# --- the server ----------------------------------------------------------------------------
+def read_config_file(path: str) -> model_server_config_pb2.ModelServerConfig:
+    try:
+        with tf.io.gfile.GFile(path) as f:
+            return text_format.Parse(f.read(), model_server_config_pb2.ModelServerConfig())
+    except text_format.ParseError as e:
+        raise ValueError(f"{path}: not a ModelServerConfig text proto: {e}") from None
+
+
+def single_model_config(name: str, base_path: str) -> model_server_config_pb2.ModelServerConfig:
+    config = model_server_config_pb2.ModelServerConfig()
+    c = config.model_config_list.config.add()
+    c.name, c.base_path, c.model_platform = name, os.path.abspath(base_path), "tensorflow"
+    return config
+
+
+class Server:
+    """The manager, its poll threads, the gRPC server and optionally the REST server."""
+
+    def __init__(self, config, *, host="127.0.0.1", port=8500, rest_api_port=0,
+                 config_file=None, file_system_poll_wait_seconds=1.0,
+                 model_config_file_poll_wait_seconds=0.0, max_batch_size=0, threads=8,
+                 max_message_bytes=64 << 20):
+        self.manager = ModelManager(max_batch_size)
+        self.config_file = config_file
+        self.poll_wait = file_system_poll_wait_seconds
+        self.config_wait = model_config_file_poll_wait_seconds
+        self.stopping = threading.Event()
+        self._config_text = None
+        self.manager.set_config(config)
+        self.manager.poll()  # initial load before the port opens, as TF Serving does
+        options = [("grpc.max_send_message_length", max_message_bytes),
+                   ("grpc.max_receive_message_length", max_message_bytes)]
+        self.grpc = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=threads),
+                                options=options)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            PredictionService(self.manager), self.grpc)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+            ModelService(self.manager), self.grpc)
+        self.port = self.grpc.add_insecure_port(f"{host}:{port}")
+        if not self.port:
+            raise OSError(f"cannot bind gRPC to {host}:{port}")
+        self.host = host
+        self.rest = None
+        if rest_api_port:
+            self.rest = http_server.ThreadingHTTPServer((host, rest_api_port),
+                                                        rest_handler(self.manager))
+            self.rest.daemon_threads = True
+        self.threads = []
+
+    def start(self):
+        self.grpc.start()
+        if self.rest:
+            self.threads.append(threading.Thread(target=self.rest.serve_forever, daemon=True))
+        if self.poll_wait > 0:
+            self.threads.append(threading.Thread(target=self._poll_loop, daemon=True))
+        if self.config_file and self.config_wait > 0:
+            self.threads.append(threading.Thread(target=self._config_loop, daemon=True))
+        for t in self.threads:
+            t.start()
+        return self
+
+    def _poll_loop(self):
+        while not self.stopping.wait(self.poll_wait):
+            try:
+                self.manager.poll()
+            except Exception:
+                logging.exception("polling the model base paths failed")
+
+    def _config_loop(self):
+        while not self.stopping.wait(self.config_wait):
+            try:
+                with tf.io.gfile.GFile(self.config_file) as f:
+                    text = f.read()
+                if text != self._config_text:
+                    self.manager.set_config(read_config_file(self.config_file))
+                    self._config_text = text
+                    logging.info("Reloaded model config file %s", self.config_file)
+                    self.manager.poll()
+            except Exception as e:  # keep serving the last good config
+                logging.error("model config file %s not applied: %s", self.config_file, e)
+
+    def stop(self, grace: float = 5.0):
+        self.stopping.set()
+        if self.rest:
+            self.rest.shutdown()
+        self.grpc.stop(grace).wait()
+
+
+# --- CLI ---------------------------------------------------------------------------------------
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    # TF Serving's flag names, so commands carry over to tensorflow_model_server.
+    flags.DEFINE_string("host", "127.0.0.1", "Address to bind (0.0.0.0 for all interfaces).")
+    flags.DEFINE_integer("port", 8500, "gRPC port (0: pick a free one; printed at start).")
+    flags.DEFINE_integer("rest_api_port", 0, "REST port (0: no REST server).")
+    flags.DEFINE_string("model_name", None, "Model name (with --model_base_path).")
+    flags.DEFINE_string("model_base_path", None, "Folder of integer version folders.")
+    flags.DEFINE_string("model_config_file", None, "ModelServerConfig text proto (several "
+                        "models, version policies, version labels).")
+    flags.DEFINE_float("model_config_file_poll_wait_seconds", 0.0,
+                       "Re-read --model_config_file this often (0: read once).")
+    flags.DEFINE_float("file_system_poll_wait_seconds", 1.0,
+                       "Poll the base paths for new versions this often (0: only at start).")
+    flags.DEFINE_integer("max_batch_size", 0, "Reject requests with a larger batch (0: no "
+                         "limit).")
+    flags.DEFINE_integer("grpc_max_threads", 8, "Threads serving requests.")
+    flags.DEFINE_integer("max_message_bytes", 64 << 20, "gRPC max send/receive message size.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        if FLAGS.model_config_file:
+            config = read_config_file(FLAGS.model_config_file)
+        elif FLAGS.model_base_path:
+            name = FLAGS.model_name or os.path.basename(os.path.normpath(FLAGS.model_base_path))
+            config = single_model_config(name, FLAGS.model_base_path)
+        else:
+            print("error: give --model_base_path (and --model_name) or --model_config_file",
+                  file=sys.stderr)
+            return 2
+        server = Server(config, host=FLAGS.host, port=FLAGS.port,
+                        rest_api_port=FLAGS.rest_api_port, config_file=FLAGS.model_config_file,
+                        file_system_poll_wait_seconds=FLAGS.file_system_poll_wait_seconds,
+                        model_config_file_poll_wait_seconds=
+                        FLAGS.model_config_file_poll_wait_seconds,
+                        max_batch_size=FLAGS.max_batch_size, threads=FLAGS.grpc_max_threads,
+                        max_message_bytes=FLAGS.max_message_bytes)
+    except (ValueError, OSError, ServingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    server.start()
+    print(f"Running gRPC ModelServer at {server.host}:{server.port} ...", flush=True)
+    if server.rest:
+        print(f"Exporting HTTP/REST API at:{server.host}:{FLAGS.rest_api_port} ...", flush=True)
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
