@@ -70,7 +70,15 @@ def serving_functions(model, history_length: int):
 
     @tf.function(input_signature=[raw_input_signature()])
     def raw_fn(raw):
-        return forward(raw)
+        # The preprocessor pads each history column on its own: ragged columns would pass
+        # silently, so a request whose columns disagree is refused (InvalidArgument).
+        length = tf.shape(raw["hist_item_id"])[1]
+        checks = [tf.debugging.assert_equal(
+            tf.shape(raw[k])[1], length,
+            message=f"{k} must have as many columns as hist_item_id")
+            for k, (_, rank) in RAW_FEATURES.items() if rank == 2 and k != "hist_item_id"]
+        with tf.control_dependencies(checks):
+            return forward({k: tf.identity(v) for k, v in raw.items()})
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
     def examples_fn(examples):
@@ -270,6 +278,7 @@ def export(model_dir: str, export_base: str, name: str, version: int | None = No
                           "(omit --version to take the next one)")
     tmp = tempfile.mkdtemp(prefix=f"{TMP_PREFIX}v{target}-{os.getpid()}-", dir=model_base)
     try:
+        os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide the version from a server's user
         write_saved_model(model, tmp, history_length)
         extra = os.path.join(tmp, ASSETS_EXTRA)
         os.makedirs(extra, exist_ok=True)

@@ -21,6 +21,7 @@ to load or warm up is reported by GetModelStatus and never served. A `--model_co
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import re
@@ -156,12 +157,11 @@ class Servable:
             response.outputs[k].CopyFrom(tf.make_tensor_proto(outputs[k].numpy()))
         return response
 
-    def __enter__(self):
+    def begin(self):
         with self.cond:
             self.inflight += 1
-        return self
 
-    def __exit__(self, *exc):
+    def end(self):
         with self.cond:
             self.inflight -= 1
             self.cond.notify_all()
@@ -262,8 +262,13 @@ class ModelManager:
                 for v in sorted(wanted - set(m.available)):
                     if on_disk[v] not in m.failed_paths:
                         self._load(m, v, on_disk[v])
-                # Availability preserving: unload only what the policy dropped, after loads.
-                for v in sorted(set(m.available) - wanted):
+                # Availability preserving: unload what the policy dropped only after loads,
+                # and keep the newest old version while no wanted one is available (e.g. the
+                # new version failed to load).
+                drop = set(m.available) - wanted
+                if drop and not wanted & set(m.available):
+                    drop.discard(max(drop))
+                for v in sorted(drop):
                     self._unload(m, m.available[v])
 
     def _load(self, m: Model, version: int, path: str) -> None:
@@ -299,8 +304,10 @@ class ModelManager:
         threading.Thread(target=finish, daemon=True).start()
 
     # ---- request routing ----
-    def acquire(self, spec) -> Servable:
-        """The servable a ModelSpec asks for, with its in-flight count taken (use `with`)."""
+    @contextlib.contextmanager
+    def acquire(self, spec):
+        """`with manager.acquire(spec) as servable`: the version a ModelSpec asks for, counted
+        in flight so that it cannot be unloaded under the request."""
         with self.lock:
             m = self.models.get(spec.name)
             if m is None:
@@ -324,8 +331,11 @@ class ModelManager:
             if servable is None:
                 raise ServingError(Code.NOT_FOUND, f"Servable not found for request: "
                                    f"Specific({m.name}, {version})")
-            servable.__enter__()
-            return servable
+            servable.begin()  # under the lock: no unload can slip in between
+        try:
+            yield servable
+        finally:
+            servable.end()
 
     def model_status(self, spec) -> list:
         with self.lock:

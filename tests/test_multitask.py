@@ -12,63 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from zoo.data import labels, simulate
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# D = 1 day: with the default 7, every eval impression of a 14-day log has a demand window
-# cut off by the end of the log, and demand would measure the censoring, not the model.
-LABEL_CFG = labels.LabelConfig(history_length=16, demand_horizon_days=1)
-# Small enough for seconds per run on 2 cores; dropout off so strategies can be compared.
-TINY = ["--preset", "tiny", "--batch_size", "64", "--history_length", "16",
-        "--demand_horizon_days", "1",
-        "--model_override", "dropout=0.0"]
-
-
-@pytest.fixture(scope="module")
-def shop(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shop")
-    data = str(root / "contract")
-    simulate.simulate(data, num_users=250, num_items=400, days=14, seed=5, verbose=False,
-                      demand_horizon_days=LABEL_CFG.demand_horizon_days)
-    tfds_dir = str(root / "tfds")
-    # Prepare once: the subprocesses below (and the two MWMS workers) reuse it.
-    from zoo.data import prepare
-    prepare.prepare(data, tfds_dir, LABEL_CFG)
-    return data, tfds_dir
-
-
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    env.pop("TF_CONFIG", None)
-    return env
-
-
-def _trainer_cmd(shop, model_dir, *extra):
-    data, tfds_dir = shop
-    return [sys.executable, "-m", "trainers.multitask", "--data_dir", data,
-            "--tfds_dir", tfds_dir, "--model_dir", model_dir, *TINY, *extra]
-
-
-def _run(cmd, env=None, timeout=600):
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env=env or _env(), cwd=REPO)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc
-
-
-@pytest.fixture(scope="module")
-def trained(shop, tmp_path_factory):
-    from trainers import multitask
-    data, tfds_dir = shop
-    model_dir = str(tmp_path_factory.mktemp("run") / "tiny")
-    config = multitask.TrainConfig(
-        data_dir=data, tfds_dir=tfds_dir, label_config=LABEL_CFG, preset="tiny",
-        model_dir=model_dir, steps=300, batch_size=128, learning_rate=3e-3,
-        steps_per_loop=50, checkpoint_every=100, verbose=False)
-    return config, multitask.run(config)
-
+from helpers import LABEL_CFG, REPO, run, subprocess_env, trainer_cmd
 
 def test_tiny_beats_untrained_on_every_task(trained):
     import zoo
@@ -95,7 +39,7 @@ def test_tiny_beats_untrained_on_every_task(trained):
     assert result["oracle"]["click/auc"] > after["click/auc"]
 
 
-def test_outputs_of_a_run(trained):
+def test_outputs_of_arun(trained):
     config, result = trained
     files = os.listdir(config.model_dir)
     for name in ("model.keras", "metrics.json", "vocabulary.json", "train_config.json",
@@ -124,7 +68,7 @@ def test_predict_matches_in_process_outputs(trained, tmp_path):
 
     config, _ = trained
     out = str(tmp_path / "preds.csv")
-    _run([sys.executable, "-m", "trainers.predict", "--model_dir", config.model_dir,
+    run([sys.executable, "-m", "trainers.predict", "--model_dir", config.model_dir,
           "--data_dir", config.data_dir, "--tfds_dir", config.tfds_dir, "--split", "eval",
           "--output", out])
     with open(out) as f:
@@ -164,7 +108,7 @@ def test_predict_on_an_unseen_shop(trained, tmp_path):
     sim.simulate(other, num_users=40, num_items=60, days=3, seed=99, verbose=False,
                  oracle_replays=0)
     out = str(tmp_path / "all.csv")
-    _run([sys.executable, "-m", "trainers.predict", "--model_dir", config.model_dir,
+    run([sys.executable, "-m", "trainers.predict", "--model_dir", config.model_dir,
           "--data_dir", other, "--tfds_dir", str(tmp_path / "tfds"), "--split", "all",
           "--output", out])
     import pyarrow.parquet as pq
@@ -178,10 +122,10 @@ def test_predict_on_an_unseen_shop(trained, tmp_path):
 
 def test_resume_after_kill_reaches_the_same_step(shop, tmp_path):
     model_dir = str(tmp_path / "resume")
-    cmd = _trainer_cmd(shop, model_dir, "--steps", "120", "--checkpoint_every", "40",
+    cmd = trainer_cmd(shop, model_dir, "--steps", "120", "--checkpoint_every", "40",
                        "--steps_per_loop", "10", "--jit_compile=false")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=_env(), cwd=REPO)
+                            env=subprocess_env(), cwd=REPO)
     index = os.path.join(model_dir, "checkpoints", "checkpoint")
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -192,12 +136,12 @@ def test_resume_after_kill_reaches_the_same_step(shop, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not os.path.exists(os.path.join(model_dir, "metrics.json"))
-    out = _run(cmd).stdout
+    out = run(cmd).stdout
     assert "from step 40" in out or "from step 80" in out, out[-2000:]
     with open(os.path.join(model_dir, "metrics.json")) as f:
         assert json.load(f)["step"] == 120
     # Running again with the same model_dir trains nothing more and stays at 120.
-    out = _run(cmd).stdout
+    out = run(cmd).stdout
     assert "from step 120" in out
     with open(os.path.join(model_dir, "metrics.json")) as f:
         assert json.load(f)["step"] == 120
@@ -219,20 +163,20 @@ def test_strategies_give_the_same_loss_curve(shop, tmp_path):
     common = ["--steps", "40", "--steps_per_loop", "10", "--checkpoint_every", "40",
               "--seed", "7", "--jit_compile=true", "--warmup_steps", "5"]
     one = str(tmp_path / "one")
-    _run(_trainer_cmd(shop, one, *common))
+    run(trainer_cmd(shop, one, *common))
     mirrored = str(tmp_path / "mirrored")
-    _run(_trainer_cmd(shop, mirrored, *common, "--strategy", "mirrored", "--cpu_devices", "2"))
+    run(trainer_cmd(shop, mirrored, *common, "--strategy", "mirrored", "--cpu_devices", "2"))
 
     mwms = str(tmp_path / "mwms")
     ports = [_free_port(), _free_port()]
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []
     for index in range(2):
-        env = _env()
+        env = subprocess_env()
         env["TF_CONFIG"] = json.dumps({"cluster": cluster,
                                        "task": {"type": "worker", "index": index}})
         procs.append(subprocess.Popen(
-            _trainer_cmd(shop, mwms, *common, "--strategy", "multi_worker_mirrored"),
+            trainer_cmd(shop, mwms, *common, "--strategy", "multi_worker_mirrored"),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO))
     try:
         outs = [p.communicate(timeout=600) for p in procs]
@@ -262,8 +206,8 @@ def test_model_dir_of_another_run_is_refused(trained):
 
 def test_bad_flags_exit_with_a_clear_error(shop, tmp_path):
     proc = subprocess.run(
-        _trainer_cmd(shop, str(tmp_path / "x"), "--task_weights", "click=1,ctr=2"),
-        capture_output=True, text=True, env=_env(), cwd=REPO, timeout=300)
+        trainer_cmd(shop, str(tmp_path / "x"), "--task_weights", "click=1,ctr=2"),
+        capture_output=True, text=True, env=subprocess_env(), cwd=REPO, timeout=300)
     assert proc.returncode == 2
     assert "unknown task 'ctr'" in proc.stderr
 

@@ -455,6 +455,7 @@ def config_from_flags() -> TrainConfig:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from export.saved_model import ExportError
     from trainers import distribute
 
     distribute.configure_cpu_devices(FLAGS.cpu_devices)
@@ -462,7 +463,7 @@ def main(argv):
         config = config_from_flags()
         parse_task_weights(config.task_weights)
         run(config)
-    except (contract.ContractError, ValueError, RuntimeError) as e:
+    except (contract.ContractError, ValueError, ExportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -1,0 +1,464 @@
+"""Export for TF Serving, the local gRPC server, the client and the registry, end to end.
+
+One tiny model (the session's `trained` fixture) is exported as version 1; a copy with a
+shifted click bias becomes version 2 while a client is sending requests. One server process
+(started here, on 127.0.0.1) serves the export base through a models.config file, as
+`tensorflow_model_server --model_config_file` would.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from google.protobuf import text_format
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
+                                     predict_pb2)
+from tensorflow_serving.config import model_server_config_pb2
+
+from export import client as client_lib, registry, saved_model
+from helpers import REPO, subprocess_env
+
+NAME = "shop"
+TOL = 1e-5
+MAX_BATCH = 32
+
+
+# --- fixtures ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("exports"))
+
+
+@pytest.fixture(scope="module")
+def model_dir(trained):
+    return trained[0].model_dir
+
+
+@pytest.fixture(scope="module")
+def examples(model_dir):
+    """64 serialized eval examples and their raw features (histories of length 16)."""
+    serialized = [r.numpy() for r in tf.data.TFRecordDataset(
+        os.path.join(model_dir, saved_model.SERVING_EXAMPLES_FILE))]
+    assert len(serialized) == 64
+    return serialized, saved_model.raw_features(serialized, 16)
+
+
+def keras_outputs(model_dir, raw):
+    from trainers import predict
+    model, _ = predict.load_trained(model_dir)
+    out = model(model.preprocessor(raw), training=False)
+    return {k: np.asarray(out[k]) for k in ("click", "purchase", "price_range", "demand")}
+
+
+@pytest.fixture(scope="module")
+def expected_v1(model_dir, examples):
+    return keras_outputs(model_dir, examples[1])
+
+
+@pytest.fixture(scope="module")
+def v1(model_dir, base):
+    path = saved_model.export(model_dir, base, NAME)
+    assert path == os.path.join(base, NAME, "1")
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_dir_v2(model_dir, tmp_path_factory):
+    """The trained model with its click logit shifted by +1: a visibly different version."""
+    import zoo
+    dst = str(tmp_path_factory.mktemp("v2") / "tiny")
+    shutil.copytree(model_dir, dst, ignore=shutil.ignore_patterns("checkpoints", "train"))
+    model = zoo.load_model(os.path.join(dst, "model.keras"))
+    bias = model.get_layer("click_logits").bias
+    bias.assign(bias + 1.0)
+    model.save(os.path.join(dst, "model.keras"))
+    return dst
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(v1, base, tmp_path_factory):
+    """`python -m export.serve` on B/models.config (polled), max batch 32, with REST."""
+    config = model_server_config_pb2.ModelServerConfig()
+    c = config.model_config_list.config.add()
+    c.name, c.base_path, c.model_platform = NAME, os.path.join(base, NAME), "tensorflow"
+    config_path = os.path.join(base, "models.config")
+    with open(config_path, "w") as f:
+        f.write(text_format.MessageToString(config))
+    log_path = str(tmp_path_factory.mktemp("server") / "server.log")
+    rest_port = _free_port()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "export.serve", "--port", "0",
+             "--rest_api_port", str(rest_port), "--model_config_file", config_path,
+             "--model_config_file_poll_wait_seconds", "0.5",
+             "--file_system_poll_wait_seconds", "0.5", "--max_batch_size", str(MAX_BATCH)],
+            stdout=log, stderr=subprocess.STDOUT, env=subprocess_env(), cwd=REPO)
+    try:
+        target = _wait_for(lambda: re.search(r"Running gRPC ModelServer at (\S+:\d+)",
+                                             _read(log_path)), proc, log_path)
+        yield {"target": target.group(1), "rest": f"http://127.0.0.1:{rest_port}",
+               "log": log_path, "proc": proc}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def _wait_for(predicate, proc=None, log_path=None, timeout=180.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        result = predicate()
+        if result:
+            return result
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"server exited {proc.returncode}:\n{_read(log_path)[-4000:]}")
+        time.sleep(0.2)
+    raise AssertionError("timed out" + (f":\n{_read(log_path)[-4000:]}" if log_path else ""))
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with client_lib.PredictionClient(server["target"]) as c:
+        yield c
+
+
+def _batch(raw, n):
+    return {k: v[:n] for k, v in raw.items()}
+
+
+def _assert_close(got, want, n=None):
+    for k, w in want.items():
+        np.testing.assert_allclose(got[k], w[:n] if n else w, rtol=TOL, atol=TOL, err_msg=k)
+
+
+# --- the export ----------------------------------------------------------------------------------
+def test_export_layout_manifest_and_warmup(v1, base, model_dir):
+    assert sorted(os.listdir(os.path.join(base, NAME))) == ["1"]  # no temp folder left
+    extra = os.path.join(v1, "assets.extra")
+    assert {saved_model.WARMUP_FILE, saved_model.MANIFEST_FILE,
+            saved_model.SAMPLE_REQUEST_FILE} <= set(os.listdir(extra))
+    manifest = registry.read_manifest(base, NAME)
+    assert manifest["version"] == 1 and manifest["model_dir"] == os.path.abspath(model_dir)
+    with open(os.path.join(model_dir, "metrics.json")) as f:
+        assert manifest["metrics"] == json.load(f)["metrics"]
+    sigs = manifest["signatures"]
+    assert set(sigs) == {"serving_default", "predict_examples"}
+    assert set(sigs["predict_examples"]["inputs"]) == {"examples"}
+    for s in sigs.values():
+        assert s["outputs"]["price_range"]["shape"] == [-1, 5]
+        assert set(s["outputs"]) == {"click", "purchase", "price_range", "demand"}
+    # Warmup: both signatures, batch 1 and the full batch, parsed as TF Serving does.
+    requests = saved_model.read_warmup(os.path.join(extra, saved_model.WARMUP_FILE))
+    assert sorted((r.model_spec.signature_name, tf.make_ndarray(next(iter(
+        r.inputs.values()))).shape[0]) for r in requests) == [
+        ("predict_examples", 1), ("predict_examples", 8),
+        ("serving_default", 1), ("serving_default", 8)]
+    # Versions are immutable.
+    with pytest.raises(saved_model.ExportError, match="already exists"):
+        saved_model.export(model_dir, base, NAME, version=1)
+
+
+def test_warmup_requests_replay_to_the_keras_outputs(v1, model_dir, examples, expected_v1):
+    loaded = tf.saved_model.load(v1)
+    requests = saved_model.read_warmup(os.path.join(v1, "assets.extra", saved_model.WARMUP_FILE))
+    for r in requests:
+        out = loaded.signatures[r.model_spec.signature_name](
+            **{k: tf.constant(tf.make_ndarray(v)) for k, v in r.inputs.items()})
+        n = out["click"].shape[0]
+        _assert_close({k: v.numpy() for k, v in out.items()}, expected_v1, n)
+
+
+FRESH_PROCESS = r"""
+import json, sys
+import numpy as np, tensorflow as tf, tensorflow_text  # TF Serving links TF Text's ops
+from export import saved_model
+path, examples_file, out_file = sys.argv[1:]
+serialized = [r.numpy() for r in tf.data.TFRecordDataset(examples_file)]
+raw = saved_model.raw_features(serialized, 16)
+longer = {k: np.pad(v, [(0, 0), (0, 24)], constant_values=b"" if v.dtype == object else 0)
+          if v.ndim == 2 else v for k, v in raw.items()}   # any history length is accepted
+sigs = tf.saved_model.load(path).signatures
+res = {"raw": sigs["serving_default"](**{k: tf.constant(v) for k, v in raw.items()}),
+       "raw_longer": sigs["serving_default"](**{k: tf.constant(v) for k, v in longer.items()}),
+       "examples": sigs["predict_examples"](examples=tf.constant(serialized))}
+json.dump({s: {k: v.numpy().tolist() for k, v in o.items()} for s, o in res.items()},
+          open(out_file, "w"))
+"""
+
+
+def test_fresh_process_signatures_equal_the_keras_model(v1, model_dir, expected_v1, tmp_path):
+    out = tmp_path / "out.json"
+    proc = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS, v1,
+         os.path.join(model_dir, saved_model.SERVING_EXAMPLES_FILE), str(out)],
+        capture_output=True, text=True, env=subprocess_env(), cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads(out.read_text())
+    for signature, outputs in results.items():
+        _assert_close({k: np.array(v) for k, v in outputs.items()}, expected_v1)
+
+
+OPS_PROCESS = r"""
+import json, sys
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow.python.framework import op_def_registry
+sm = saved_model_pb2.SavedModel.FromString(open(sys.argv[1] + "/saved_model.pb", "rb").read())
+ops = set()
+for mg in sm.meta_graphs:
+    ops |= {n.op for n in mg.graph_def.node}
+    for f in mg.graph_def.library.function:
+        ops |= {n.op for n in f.node_def}
+core = {o for o in ops if op_def_registry.get(o) is not None}
+import tensorflow_text
+text = {o for o in ops - core if op_def_registry.get(o) is not None}
+print(json.dumps({"ops": sorted(ops), "core": sorted(core), "text": sorted(text)}))
+"""
+
+
+def test_export_holds_only_tf_and_tf_text_ops(v1):
+    proc = subprocess.run([sys.executable, "-c", OPS_PROCESS, v1], capture_output=True,
+                          text=True, env=subprocess_env(), cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ops = json.loads(proc.stdout.strip().splitlines()[-1])
+    unknown = set(ops["ops"]) - set(ops["core"]) - set(ops["text"])
+    assert not unknown, f"ops outside TF and TF Text: {unknown}"
+    assert not {"PyFunc", "PyFuncStateless", "EagerPyFunc"} & set(ops["ops"])
+    # The tokenizer really is TF Text (what TF Serving links as tensorflow_text:ops_lib).
+    assert "FastWordpieceTokenizeWithOffsets" in ops["text"]
+    assert "ParseExampleV2" in ops["core"]
+
+
+def test_killed_or_failed_export_leaves_no_version(model_dir, tmp_path, monkeypatch):
+    base = str(tmp_path / "b")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "export.saved_model", "--model_dir", model_dir,
+         "--export_base", base, "--name", NAME],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env(), cwd=REPO)
+    folder = os.path.join(base, NAME)
+    # Kill it once the version is being written (its temp folder holds saved_model.pb).
+    _wait_for(lambda: os.path.isdir(folder) and any(
+        os.path.exists(os.path.join(folder, d, "saved_model.pb")) for d in os.listdir(folder)),
+        timeout=240)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    left = os.listdir(folder)
+    assert left and all(d.startswith(saved_model.TMP_PREFIX) for d in left), left
+    assert saved_model.versions(folder) == [] and registry.versions(base, NAME) == []
+
+    # An export that fails (here: its reload check) removes its temp folder, and the
+    # killed export's stale one.
+    def broken_check(*a, **k):
+        raise saved_model.ExportError("reload check failed on purpose")
+    monkeypatch.setattr(saved_model, "check_export", broken_check)
+    with pytest.raises(saved_model.ExportError, match="on purpose"):
+        saved_model.export(model_dir, base, NAME)
+    assert os.listdir(folder) == []
+
+
+# --- the server ----------------------------------------------------------------------------------
+def test_grpc_predict_equals_in_process(client, examples, expected_v1):
+    serialized, raw = examples
+    got = client.predict(NAME, _batch(raw, MAX_BATCH))
+    _assert_close(got, expected_v1, MAX_BATCH)
+    got = client.predict(NAME, {"examples": serialized[:MAX_BATCH]},
+                         signature="predict_examples", version=1)
+    _assert_close(got, expected_v1, MAX_BATCH)
+    got = client.predict(NAME, _batch(raw, 3), output_filter=["click"])
+    assert set(got) == {"click"}
+    # Metadata and status through the public API.
+    meta = client.metadata(NAME)
+    assert meta["serving_default"]["method_name"] == "tensorflow/serving/predict"
+    assert meta["predict_examples"]["inputs"] == {"examples": ("string", [-1])}
+    assert client.status(NAME) == [{"version": 1, "state": "AVAILABLE", "error_code": 0,
+                                    "error_message": ""}]
+
+
+def test_rest_predict_and_client_cli(server, v1, expected_v1):
+    import urllib.request
+    sample = os.path.join(v1, "assets.extra", saved_model.SAMPLE_REQUEST_FILE)
+    with open(sample, "rb") as f:
+        body = f.read()
+    with urllib.request.urlopen(urllib.request.Request(
+            f"{server['rest']}/v1/models/{NAME}/versions/1:predict", data=body)) as r:
+        outputs = json.loads(r.read())["outputs"]
+    _assert_close({k: np.array(v) for k, v in outputs.items()}, expected_v1, 4)
+    proc = subprocess.run([sys.executable, "-m", "export.client", "--server", server["target"],
+                           "--model", NAME, "--input", sample], capture_output=True, text=True,
+                          env=subprocess_env(), cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = proc.stdout.strip().splitlines()[1:]
+    assert len(rows) == 4
+    assert float(rows[0].split()[1]) == pytest.approx(expected_v1["click"][0], abs=1e-4)
+
+
+def _code(fn):
+    with pytest.raises(grpc.RpcError) as e:
+        fn()
+    return e.value.code()
+
+
+def test_bad_requests_get_tf_serving_codes_and_the_server_keeps_answering(
+        client, examples, expected_v1):
+    serialized, raw = examples
+    one = _batch(raw, 1)
+
+    def request(inputs, **spec):
+        r = predict_pb2.PredictRequest()
+        r.model_spec.name = spec.pop("name", NAME)
+        r.model_spec.signature_name = spec.pop("signature", "serving_default")
+        if "version" in spec:
+            r.model_spec.version.value = spec.pop("version")
+        for k, v in inputs.items():
+            r.inputs[k].CopyFrom(tf.make_tensor_proto(v))
+        r.output_filter.extend(spec.pop("output_filter", []))
+        return lambda: client.predict_response(r)
+
+    C = grpc.StatusCode
+    cases = {
+        "unknown model": (request(one, name="nope"), C.NOT_FOUND),
+        "unknown version": (request(one, version=99), C.NOT_FOUND),
+        "unknown label": (lambda: client.predict(NAME, one, label="nope"),
+                          C.INVALID_ARGUMENT),
+        "missing input": (request({k: v for k, v in one.items() if k != "query"}),
+                          C.INVALID_ARGUMENT),
+        "extra input": (request({**one, "colour": np.array([b"red"])}), C.INVALID_ARGUMENT),
+        "wrong dtype": (request({**one, "item_price": np.array([b"cheap"])}),
+                        C.INVALID_ARGUMENT),
+        "wrong rank": (request({**one, "query": np.array([[b"a", b"b"]])}),
+                       C.INVALID_ARGUMENT),
+        "batch sizes differ": (request({**one, "query": np.array([b"a", b"b"])}),
+                               C.INVALID_ARGUMENT),
+        "ragged history": (request({**one, "hist_price": one["hist_price"][:, :3]}),
+                           C.INVALID_ARGUMENT),
+        "undecodable example": (request({"examples": np.array([b"\x08not a tf.Example"])},
+                                        signature="predict_examples"), C.INVALID_ARGUMENT),
+        "batch too large": (request(_batch(raw, MAX_BATCH + 1)), C.INVALID_ARGUMENT),
+        "unknown signature": (request(one, signature="classify"), C.FAILED_PRECONDITION),
+        "unknown output": (request(one, output_filter=["ctr"]), C.INVALID_ARGUMENT),
+        "metadata of unknown model": (lambda: client.metadata("nope"), C.NOT_FOUND),
+        "status of unknown model": (lambda: client.status("nope"), C.NOT_FOUND),
+        "status of unknown version": (lambda: client.status(NAME, 42), C.NOT_FOUND),
+    }
+    for name, (call, code) in cases.items():
+        assert _code(call) == code, name
+        _assert_close(client.predict(NAME, one), expected_v1, 1)  # still answering
+    # An unsupported metadata field, with the raw stub.
+    req = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["graph"])
+    req.model_spec.name = NAME
+    assert _code(lambda: client.prediction.GetModelMetadata(req)) == C.INVALID_ARGUMENT
+
+
+def test_new_version_swaps_in_with_zero_failed_requests(
+        server, client, base, model_dir_v2, examples, expected_v1):
+    serialized, raw = examples
+    expected_v2 = keras_outputs(model_dir_v2, raw)
+    assert abs(expected_v2["click"][0] - expected_v1["click"][0]) > 1e-3
+    request = client.predict_request(NAME, _batch(raw, 1))
+    seen, errors, stop = [], [], threading.Event()
+
+    def send():
+        while not stop.is_set():
+            try:
+                r = client.predict_response(request)
+                seen.append((r.model_spec.version.value,
+                             float(tf.make_ndarray(r.outputs["click"])[0])))
+            except grpc.RpcError as e:
+                errors.append(f"{e.code()}: {e.details()}")
+            time.sleep(0.005)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        assert saved_model.export(model_dir_v2, base, NAME) == os.path.join(base, NAME, "2")
+        n = len(seen)
+        _wait_for(lambda: seen and seen[-1][0] == 2 and len(seen) > n + 20, timeout=180)
+    finally:
+        stop.set()
+        sender.join()
+    assert not errors, errors[:5]
+    versions = [v for v, _ in seen]
+    assert versions[0] == 1 and versions[-1] == 2 and versions == sorted(versions)
+    for v, click in seen:
+        want = (expected_v1 if v == 1 else expected_v2)["click"][0]
+        assert click == pytest.approx(want, abs=TOL)
+    # The old version is unloaded once its requests are done; the new one is available.
+    _wait_for(lambda: {s["version"]: s["state"] for s in client.status(NAME)}
+              == {2: "AVAILABLE", 1: "END"}, timeout=30)
+    log = _read(server["log"])
+    assert "Successfully loaded servable {name: shop version: 2}" in log
+    assert "Unloaded servable {name: shop version: 1}" in log
+
+
+def test_a_version_that_fails_to_load_is_reported_and_never_served(client, base, examples):
+    folder = os.path.join(base, NAME)
+    tmp = os.path.join(folder, ".tmp-broken")
+    os.makedirs(os.path.join(tmp, "variables"))
+    with open(os.path.join(tmp, "saved_model.pb"), "wb") as f:
+        f.write(b"not a SavedModel")
+    os.rename(tmp, os.path.join(folder, "3"))
+    try:
+        status = _wait_for(lambda: next((s for s in client.status(NAME)
+                                         if s["version"] == 3 and s["state"] == "END"), None),
+                           timeout=60)
+        assert status["error_code"] != 0 and status["error_message"]
+        # Version 2 keeps serving the latest-version requests.
+        r = client.predict_response(client.predict_request(NAME, _batch(examples[1], 1)))
+        assert r.model_spec.version.value == 2
+        assert _code(lambda: client.predict(NAME, _batch(examples[1], 1), version=3)) == \
+            grpc.StatusCode.NOT_FOUND
+    finally:
+        shutil.rmtree(os.path.join(folder, "3"))
+
+
+def test_promote_writes_a_models_config_the_server_honours(client, base, examples,
+                                                            expected_v1):
+    one = _batch(examples[1], 1)
+    registry.promote(base, NAME, 1, "stable")
+    registry.promote(base, NAME, 2, "canary")
+    config = registry.read_config(base)
+    entry = config.model_config_list.config[0]
+    assert dict(entry.version_labels) == {"stable": 1, "canary": 2}
+    assert list(entry.model_version_policy.specific.versions) == [1, 2]
+    assert registry.lookup(base, NAME, "stable") == 1
+
+    def version_of(label):
+        try:
+            return client.predict_response(
+                client.predict_request(NAME, one, label=label)).model_spec.version.value
+        except grpc.RpcError:
+            return None
+
+    # The server re-reads the config, loads version 1 again and routes the labels.
+    _wait_for(lambda: version_of("stable") == 1, timeout=120)
+    assert version_of("canary") == 2
+    _assert_close(client.predict(NAME, one, label="stable"), expected_v1, 1)
+    # Moving the label is honoured too.
+    registry.promote(base, NAME, 2, "stable")
+    _wait_for(lambda: version_of("stable") == 2, timeout=60)
+    states = {s["version"]: s["state"] for s in client.status(NAME)}
+    assert states[2] == "AVAILABLE"
