@@ -14,8 +14,10 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	@touch $(STAMP)
 
+# simulate -> prepare -> train -> export (next version) -> serve over gRPC -> query -> stop.
 demo: $(STAMP)
-	$(PY) -m trainers.multitask
+	$(PY) -m trainers.multitask --export_base runs/exports
+	$(PY) -m export.demo --model_dir runs/bert_mtl_small --export_base runs/exports
 
 test: $(STAMP)
 	$(PY) -m pytest -q

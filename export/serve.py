@@ -26,6 +26,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -74,6 +75,7 @@ class Servable:
         self.signature_defs = {k: v for k, v in meta_graph.signature_def.items()
                                if not k.startswith("__")}
         self.signatures = dict(self.module.signatures)
+        self._runners = {}
         self.inflight = 0
         self.cond = threading.Condition()
 
@@ -92,6 +94,25 @@ class Servable:
             n += 1
         return n
 
+    def _runner(self, signature: str):
+        """One tf.function per signature: serialized input TensorProtos -> serialized output
+        TensorProtos. Decoding and encoding happen in C++ (ParseTensor/SerializeTensor), in
+        the same call as the model, so the server adds little to the signature's own time."""
+        if signature not in self._runners:
+            fn = self.signatures[signature]
+            specs = fn.structured_input_signature[1]
+            names, outputs = sorted(specs), sorted(fn.structured_outputs)
+
+            @tf.function(input_signature=[tf.TensorSpec([len(names)], tf.string)])
+            def run(protos):
+                inputs = {k: tf.ensure_shape(tf.io.parse_tensor(protos[i], specs[k].dtype),
+                                             specs[k].shape) for i, k in enumerate(names)}
+                result = fn(**inputs)
+                return tf.stack([tf.io.serialize_tensor(result[k]) for k in outputs])
+
+            self._runners[signature] = (run, names, outputs)
+        return self._runners[signature]
+
     def predict(self, request: predict_pb2.PredictRequest,
                 max_batch_size: int) -> predict_pb2.PredictResponse:
         signature = request.model_spec.signature_name or "serving_default"
@@ -108,53 +129,48 @@ class Servable:
                 f"input size does not match signature {signature}: {len(sent)}!={len(expected)}."
                 f" Sent extra: {sorted(sent - expected)}. Missing but required: "
                 f"{sorted(expected - sent)}.")
-        tensors = {}
         batch = None
-        for name, spec in specs.items():
+        for name, spec in specs.items():  # checked on the protos, before any decoding
             proto = request.inputs[name]
-            dtype = tf.dtypes.as_dtype(proto.dtype) if proto.dtype else None
-            if dtype != spec.dtype:
+            if proto.dtype != spec.dtype.as_datatype_enum:
+                got = tf.dtypes.as_dtype(proto.dtype).name if proto.dtype else "DT_INVALID"
                 raise ServingError(Code.INVALID_ARGUMENT,
-                                   f"input {name}: expects {spec.dtype.name} but "
-                                   f"{dtype.name if dtype else 'DT_INVALID'} is provided")
-            try:
-                value = tf.make_ndarray(proto)
-            except Exception as e:  # malformed TensorProto
+                                   f"input {name}: expects {spec.dtype.name} but {got} is "
+                                   "provided")
+            shape = [d.size for d in proto.tensor_shape.dim]
+            if proto.tensor_shape.unknown_rank or not spec.shape.is_compatible_with(shape):
                 raise ServingError(Code.INVALID_ARGUMENT,
-                                   f"input {name}: cannot decode the tensor: {e}") from None
-            if not spec.shape.is_compatible_with(value.shape):
-                raise ServingError(Code.INVALID_ARGUMENT,
-                                   f"input {name}: shape {list(value.shape)} is not compatible "
-                                   f"with the signature's {spec.shape.as_list()}")
-            if value.ndim:
-                if batch is not None and value.shape[0] != batch:
+                                   f"input {name}: shape {shape} is not compatible with the "
+                                   f"signature's {spec.shape.as_list()}")
+            if shape:
+                if batch is not None and shape[0] != batch:
                     raise ServingError(Code.INVALID_ARGUMENT,
-                                       f"input {name}: batch size {value.shape[0]} differs from "
-                                       f"the other inputs' {batch}")
-                batch = value.shape[0]
-            tensors[name] = tf.constant(value, dtype=spec.dtype)
+                                       f"input {name}: batch size {shape[0]} differs from the "
+                                       f"other inputs' {batch}")
+                batch = shape[0]
         if max_batch_size and batch is not None and batch > max_batch_size:
             raise ServingError(Code.INVALID_ARGUMENT,
                                f"Task size {batch} is larger than maximum input batch size "
                                f"{max_batch_size}")
-        outputs_wanted = list(request.output_filter) or None
-        known = self.signature_defs[signature].outputs if signature in self.signature_defs \
-            else {}
-        for k in outputs_wanted or ():
-            if k not in known:
+        run, names, output_names = self._runner(signature)
+        wanted = list(request.output_filter) or output_names
+        for k in wanted:
+            if k not in output_names:
                 raise ServingError(Code.INVALID_ARGUMENT,
                                    f"output tensor alias not found in signature: {k} Outputs "
-                                   f"expected to be in the set {sorted(known)}.")
+                                   f"expected to be in the set {output_names}.")
+        protos = tf.constant([request.inputs[k].SerializeToString() for k in names])
         try:
-            outputs = fn(**tensors)
-        except tf.errors.OpError as e:  # e.g. undecodable tf.Example
+            serialized = run(protos).numpy()
+        except tf.errors.OpError as e:  # e.g. an undecodable tf.Example, a malformed tensor
             raise ServingError(_grpc_code(e.error_code), e.message) from None
         response = predict_pb2.PredictResponse()
         response.model_spec.name = self.name
         response.model_spec.version.value = self.version
         response.model_spec.signature_name = signature
-        for k in outputs_wanted or sorted(outputs):
-            response.outputs[k].CopyFrom(tf.make_tensor_proto(outputs[k].numpy()))
+        for k, data in zip(output_names, serialized):
+            if k in wanted:
+                response.outputs[k].ParseFromString(data)
         return response
 
     def begin(self):
@@ -613,6 +629,37 @@ class Server:
         if self.rest:
             self.rest.shutdown()
         self.grpc.stop(grace).wait()
+
+
+# --- a server in a child process (tests, demo, benchmarks) ---------------------------------
+def launch(args: list, log_path: str, timeout: float = 300.0, env=None):
+    """Starts `python -m export.serve --port 0 ARGS` logging to log_path; waits until it
+    listens. Returns (process, "host:port")."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "export.serve", "--port", "0", *args],
+                                stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with open(log_path) as f:
+            text = f.read()
+        m = re.search(r"Running gRPC ModelServer at (\S+:\d+)", text)
+        if m:
+            return proc, m.group(1)
+        if proc.poll() is not None:
+            raise RuntimeError(f"the model server exited ({proc.returncode}):\n{text[-3000:]}")
+        time.sleep(0.2)
+    terminate(proc)
+    raise RuntimeError(f"the model server did not start in {timeout:.0f} s; see {log_path}")
+
+
+def terminate(proc, grace: float = 30.0) -> int:
+    """SIGTERM (the server drains and stops), then SIGKILL after `grace` seconds."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
 
 
 # --- CLI ---------------------------------------------------------------------------------------

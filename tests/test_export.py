@@ -8,7 +8,6 @@ shifted click bias becomes version 2 while a client is sending requests. One ser
 
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -22,11 +21,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from google.protobuf import text_format
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
+from tensorflow_serving.apis import (get_model_metadata_pb2,
                                      predict_pb2)
 from tensorflow_serving.config import model_server_config_pb2
 
-from export import client as client_lib, registry, saved_model
+from export import client as client_lib, registry, saved_model, serve
 from helpers import REPO, subprocess_env
 
 NAME = "shop"
@@ -103,24 +102,16 @@ def server(v1, base, tmp_path_factory):
         f.write(text_format.MessageToString(config))
     log_path = str(tmp_path_factory.mktemp("server") / "server.log")
     rest_port = _free_port()
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "export.serve", "--port", "0",
-             "--rest_api_port", str(rest_port), "--model_config_file", config_path,
-             "--model_config_file_poll_wait_seconds", "0.5",
-             "--file_system_poll_wait_seconds", "0.5", "--max_batch_size", str(MAX_BATCH)],
-            stdout=log, stderr=subprocess.STDOUT, env=subprocess_env(), cwd=REPO)
+    proc, target = serve.launch(
+        ["--rest_api_port", str(rest_port), "--model_config_file", config_path,
+         "--model_config_file_poll_wait_seconds", "0.5",
+         "--file_system_poll_wait_seconds", "0.5", "--max_batch_size", str(MAX_BATCH)],
+        log_path, env=subprocess_env())
     try:
-        target = _wait_for(lambda: re.search(r"Running gRPC ModelServer at (\S+:\d+)",
-                                             _read(log_path)), proc, log_path)
-        yield {"target": target.group(1), "rest": f"http://127.0.0.1:{rest_port}",
-               "log": log_path, "proc": proc}
+        yield {"target": target, "rest": f"http://127.0.0.1:{rest_port}", "log": log_path,
+               "proc": proc}
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        assert serve.terminate(proc) == 0  # a clean stop on SIGTERM
 
 
 def _read(path):
