@@ -33,7 +33,8 @@ CONFIG_FILE = "models.config"
 MANIFEST_PATH = os.path.join("assets.extra", "ecom_zoo_manifest.json")
 SAVED_MODEL_FILE = "saved_model.pb"
 # Eval metrics shown by `list`, in this order (others stay in the manifest; see `show`).
-MAIN_METRICS = ("click_auc", "purchase_auc", "price_range_accuracy", "demand_deviance")
+# Keys of trainers.metrics (metrics.json), copied into each manifest.
+MAIN_METRICS = ("click/auc", "purchase/auc", "price_range/accuracy", "demand/poisson_deviance")
 
 _VERSION_RE = re.compile(r"[1-9][0-9]*")
 _LABEL_RE = re.compile(r"[a-z0-9_-]+")

@@ -45,8 +45,8 @@ def make_version(base, name, version, *, step=1000, metrics=None, manifest=True,
             "export_time": f"2026-11-28T19:3{int(version) % 10}:00Z",
             "model_dir": f"/runs/{name}-{version}", "model": "bert_mtl", "preset": "small",
             "step": step,
-            "metrics": ({"click_auc": 0.69, "purchase_auc": 0.70, "price_range_accuracy": 0.4,
-                         "demand_deviance": 2.6} if metrics is None else metrics),
+            "metrics": ({"click/auc": 0.69, "purchase/auc": 0.70, "price_range/accuracy": 0.4,
+                         "demand/poisson_deviance": 2.6} if metrics is None else metrics),
             "signatures": _signatures(), "tensorflow_version": "2.21.0",
         }
         with open(os.path.join(vdir, registry.MANIFEST_PATH), "w") as f:
@@ -152,12 +152,12 @@ def test_list_rows(base):
     assert rows[2]["labels"] == []
     assert shop2["model_dir"] == "/runs/shop-2" and shop2["step"] == 200
     assert shop2["export_time"] == "2026-11-28T19:32:00Z"
-    assert shop2["metrics"]["click_auc"] == pytest.approx(0.69)
+    assert shop2["metrics"]["click/auc"] == pytest.approx(0.69)
     assert shop2["signatures"].startswith("serving_default(16 in → 4 out)")
     assert rows[1]["metrics"] == {}
 
     table = registry.format_table(rows)
-    assert "click_auc" in table and "0.6900" in table and "stable" in table
+    assert "click/auc" in table and "0.6900" in table and "stable" in table
     assert "no versions" in table
 
 
