@@ -43,9 +43,13 @@ class Trainer:
     def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model,
                  optimizer: keras.optimizers.Optimizer, config: LoopConfig,
                  checkpoint_dir: str, summary_dir: str | None,
-                 restore_dir: str | None = None):
+                 restore_dir: str | None = None, loss_fn: Callable | None = None,
+                 tasks: tuple = TASKS):
         """checkpoint_dir: where this process saves; restore_dir: where every process
-        restores from (the chief's checkpoints; defaults to checkpoint_dir)."""
+        restores from (the chief's checkpoints; defaults to checkpoint_dir).
+        loss_fn(labels, outputs) -> {task: per-example loss [B]} for the names in `tasks`
+        (default: the multi-task losses of `zoo.models.losses`; pre-training passes its own).
+        """
         self.strategy = strategy
         self.model = model
         self.optimizer = optimizer
@@ -56,7 +60,8 @@ class Trainer:
         self.restore_dir = restore_dir or checkpoint_dir
         self.summary = (tf.summary.create_file_writer(summary_dir) if summary_dir
                         else tf.summary.create_noop_writer())
-        self._tasks = list(TASKS)
+        self._tasks = list(tasks)
+        self.loss_fn = loss_fn
         self.history: list[dict] = []  # mean losses per loop call, for curves and tests
         self._forward_backward = tf.function(self._forward_backward_fn,
                                              jit_compile=config.jit_compile)
@@ -82,7 +87,10 @@ class Trainer:
     def _forward_backward_fn(self, features, labels):
         with tf.GradientTape() as tape:
             outputs = self.model(features, training=True)
-            per_task = losses_lib.per_example_losses(labels, outputs)
+            per_task = (self.loss_fn(labels, outputs) if self.loss_fn else
+                        losses_lib.per_example_losses(
+                            labels, outputs, purchase_on_clicks_only=(
+                                losses_lib.purchase_loss_on_clicks_only(self.model))))
             per_example = losses_lib.combine(per_task, self.config.task_weights)
             loss = tf.nn.compute_average_loss(
                 per_example, global_batch_size=self.config.global_batch_size)

@@ -49,23 +49,29 @@ class TrainConfig:
     eval_every: int = 0
     export_base: str | None = None  # also export B/<export_name>/<version> at the end
     export_name: str | None = None  # default: the model_dir's folder name
+    init_checkpoint: str | None = None  # a trainers.pretrain model_dir: encoder starts there
+    lora_rank: int = 0  # > 0: LoRA adapters on the encoder's attention, the encoder frozen
+    freeze_encoder: bool = False  # train the heads only
+    labels_fraction: float = 1.0  # train on this fraction of the labelled impressions
     eval_batch_size: int = 1024
     vocabulary_examples: int = 200_000
     cache_dataset: bool = True
     verbose: bool = True
 
 
-def parse_task_weights(text: str) -> dict:
-    """'click=1,purchase=1,price_range=0.5,demand=0.5' -> dict; names checked."""
+def parse_task_weights(text: str, tasks=None) -> dict:
+    """'click=1,purchase=1,price_range=0.5,demand=0.5' -> dict; names checked against
+    `tasks` (default: the multi-task outputs)."""
     from zoo.models.features import TASKS
 
+    tasks = TASKS if tasks is None else tasks
     weights = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, sep, value = part.partition("=")
         if not sep:
             raise ValueError(f"--task_weights: {part!r} is not task=weight")
-        if name not in TASKS:
-            raise ValueError(f"--task_weights: unknown task {name!r}; tasks: {list(TASKS)}")
+        if name not in tasks:
+            raise ValueError(f"--task_weights: unknown task {name!r}; tasks: {list(tasks)}")
         try:
             weights[name] = float(value)
         except ValueError:
@@ -139,10 +145,64 @@ def _fit_vocabulary(config: TrainConfig, model_config: dict, train_files) -> dic
     return zoo.fit_vocabulary(config.model, features, model_config)
 
 
-def _check_same_run(model_dir: str, write_dir: str, spec: dict) -> None:
+def load_or_fit_vocabulary(config: TrainConfig, model_config: dict, train_files,
+                           model_dir: str, write_dir: str) -> dict:
+    """The run's vocabulary: its own (resume), the pre-trained encoder's (its embedding rows
+    follow it), or fitted on the training split."""
+    vocab_path = os.path.join(model_dir, "vocabulary.json")
+    if os.path.exists(vocab_path):
+        with open(vocab_path, encoding="utf-8") as f:
+            return json.load(f)
+    if config.init_checkpoint:
+        source = os.path.join(config.init_checkpoint, "vocabulary.json")
+        if not os.path.exists(source):
+            raise ValueError(f"--init_checkpoint {config.init_checkpoint}: no vocabulary.json; "
+                             "expected a model_dir written by python -m trainers.pretrain")
+        with open(source, encoding="utf-8") as f:
+            vocabulary = json.load(f)
+    else:
+        vocabulary = _fit_vocabulary(config, model_config, train_files)
+    write_json(os.path.join(write_dir, "vocabulary.json"), vocabulary)
+    return vocabulary
+
+
+def init_encoder(model, init_checkpoint: str) -> None:
+    """Loads a pre-trained encoder (trainers.pretrain) into the model's backbone."""
+    import tensorflow as tf
+    from trainers import pretrain
+    from zoo.models.bert_mtl import pretrainer
+
+    path = pretrain.encoder_path(init_checkpoint)
+    if not tf.io.gfile.exists(path + ".index"):
+        raise ValueError(f"--init_checkpoint {init_checkpoint}: no encoder checkpoint "
+                         f"{path}.index; expected a finished python -m trainers.pretrain run")
+    try:
+        pretrainer.load_encoder(model.backbone, path)
+    except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as e:
+        raise ValueError(f"--init_checkpoint {init_checkpoint}: its encoder does not fit "
+                         f"this model (different preset or overrides?): {e}") from None
+
+
+def adapt_for_fine_tuning(model, config: TrainConfig) -> None:
+    """--lora_rank / --freeze_encoder: what of the encoder trains."""
+    if config.lora_rank and config.freeze_encoder:
+        raise ValueError("--lora_rank and --freeze_encoder exclude each other")
+    if config.lora_rank < 0:
+        raise ValueError(f"--lora_rank must be >= 0, got {config.lora_rank}")
+    if config.lora_rank:
+        model.backbone.enable_lora(config.lora_rank)  # freezes the rest of the backbone
+    elif config.freeze_encoder:
+        model.backbone.trainable = False
+
+
+def trainable_parameters(model) -> int:
+    return int(sum(math.prod(v.shape) for v in model.trainable_variables))
+
+
+def check_same_run(model_dir: str, write_dir: str, spec: dict) -> None:
     """A model_dir resumes only the run that made it: same model, config and labels."""
     path = os.path.join(model_dir, "run_spec.json")
-    spec = _jsonable(spec)
+    spec = jsonable(spec)
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             before = json.load(f)
@@ -151,7 +211,7 @@ def _check_same_run(model_dir: str, write_dir: str, spec: dict) -> None:
             raise ValueError(f"{model_dir} holds a run with a different {', '.join(diff)}; "
                              "resume it with the same flags or pass a new --model_dir")
     else:
-        _write_json(os.path.join(write_dir, "run_spec.json"), spec)
+        write_json(os.path.join(write_dir, "run_spec.json"), spec)
 
 
 def use_jit(setting: str, model_config: dict) -> bool:
@@ -162,7 +222,7 @@ def use_jit(setting: str, model_config: dict) -> bool:
     return setting == "true"
 
 
-def _learning_rate(config: TrainConfig, total_steps: int):
+def learning_rate_schedule(config: TrainConfig, total_steps: int):
     import keras
 
     warmup = min(config.warmup_steps, total_steps // 2)
@@ -198,22 +258,23 @@ def run(config: TrainConfig) -> dict:
     num_train = builder.info.splits["train"].num_examples
     has_eval = "eval" in builder.info.splits
     global_batch = config.batch_size
-    steps = config.steps or max(1, math.ceil(config.epochs * num_train / global_batch))
+    if not 0.0 < config.labels_fraction <= 1.0:
+        raise ValueError(f"--labels_fraction must be in (0, 1], got {config.labels_fraction}")
+    steps = config.steps or max(1, math.ceil(
+        config.epochs * num_train * config.labels_fraction / global_batch))
 
     # Vocabulary: fitted once per model_dir, then reused so checkpoints stay compatible.
     model_config = zoo.get_config(config.model, config.preset,
                                   num_price_ranges=config.label_config.num_price_buckets,
                                   **config.model_overrides)
-    _check_same_run(model_dir, write_dir, {
+    check_same_run(model_dir, write_dir, {
         "model": config.model, "preset": config.preset, "model_config": model_config,
-        "label_config": dataclasses.asdict(config.label_config)})
-    vocab_path = os.path.join(model_dir, "vocabulary.json")
-    if os.path.exists(vocab_path):
-        with open(vocab_path, encoding="utf-8") as f:
-            vocabulary = json.load(f)
-    else:
-        vocabulary = _fit_vocabulary(config, model_config, train_files)
-        _write_json(os.path.join(write_dir, "vocabulary.json"), vocabulary)
+        "label_config": dataclasses.asdict(config.label_config),
+        **{k: getattr(config, k) for k in ("init_checkpoint", "lora_rank", "freeze_encoder",
+                                           "labels_fraction") if getattr(config, k) != getattr(
+            TrainConfig, k)}})
+    vocabulary = load_or_fit_vocabulary(config, model_config, train_files, model_dir,
+                                        write_dir)
 
     with strategy.scope():
         model = zoo.get(config.model, config.preset, vocabulary=vocabulary,
@@ -221,12 +282,15 @@ def run(config: TrainConfig) -> dict:
                         **config.model_overrides)
         # No gradient clipping: Keras clips each replica's gradient before the cross-replica
         # sum, which would make multi-replica training differ from one device.
-        optimizer = keras.optimizers.AdamW(learning_rate=_learning_rate(config, steps),
+        optimizer = keras.optimizers.AdamW(learning_rate=learning_rate_schedule(config, steps),
                                            weight_decay=config.weight_decay)
         # Build weights and optimizer slots now, so a restore can match every object.
         sample = next(iter(pipeline.make_dataset(train_files, batch_size=2, history_length=
                                                  config.label_config.history_length)))
-        model(model.preprocessor(_raw(sample)))
+        model(model.preprocessor(raw_features(sample)))
+        if config.init_checkpoint:
+            init_encoder(model, config.init_checkpoint)
+        adapt_for_fine_tuning(model, config)
         optimizer.build(model.trainable_variables)
     preprocessor = model.preprocessor
 
@@ -238,13 +302,15 @@ def run(config: TrainConfig) -> dict:
             train_files, batch_size=per_replica, shuffle=True, repeat=True,
             seed=config.seed, cache=config.cache_dataset, drop_remainder=True,
             history_length=config.label_config.history_length, input_context=ctx,
-            skip_batches=start_step * per_step)
+            skip_batches=start_step * per_step, keep_fraction=config.labels_fraction)
         return ds.map(features_and_labels, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
             tf.data.AUTOTUNE)
 
     def features_and_labels(batch):
-        return preprocessor(_raw(batch)), split_labels(batch)[1]
+        return preprocessor(raw_features(batch)), split_labels(batch)[1]
 
+    if not model.trainable_variables:  # a model of statistics only (the popularity baseline)
+        steps = 0
     loop_config = loop.LoopConfig(
         total_steps=steps, global_batch_size=global_batch, task_weights=task_weights,
         steps_per_loop=config.steps_per_loop, checkpoint_every=config.checkpoint_every,
@@ -262,7 +328,8 @@ def run(config: TrainConfig) -> dict:
         return metrics_lib.multitask_metrics(extras, preds, extras["user_id"])
 
     if config.verbose:
-        print(f"training {config.model}/{config.preset} ({model.count_params():,} parameters) "
+        print(f"training {config.model}/{config.preset} ({model.count_params():,} parameters, "
+              f"{trainable_parameters(model):,} trainable) "
               f"under {config.strategy} for {steps} steps of {global_batch} "
               f"({num_train:,} train examples), from step {start_step}; model_dir={model_dir}")
     t0 = time.time()
@@ -270,6 +337,8 @@ def run(config: TrainConfig) -> dict:
                   verbose=config.verbose)
     train_seconds = time.time() - t0
     result = {"step": trainer.step, "train_seconds": train_seconds,
+              "parameters": model.count_params(), "trainable_parameters":
+              trainable_parameters(model),
               "examples_per_second": (trainer.step - start_step) * global_batch
               / max(train_seconds, 1e-9), "start_step": start_step,
               "loss_curve": trainer.history}
@@ -290,10 +359,10 @@ def run(config: TrainConfig) -> dict:
         tmp = os.path.join(model_dir, "model.tmp.keras")  # Keras wants the suffix
         model.save(tmp)
         os.replace(tmp, os.path.join(model_dir, "model.keras"))
-        _write_json(os.path.join(model_dir, "train_config.json"), {
-            **_jsonable(dataclasses.asdict(config)), "model_dir": model_dir,
+        write_json(os.path.join(model_dir, "train_config.json"), {
+            **jsonable(dataclasses.asdict(config)), "model_dir": model_dir,
             "total_steps": steps, "price_edges": meta["price_edges"]})
-        _write_json(os.path.join(model_dir, "metrics.json"), result)
+        write_json(os.path.join(model_dir, "metrics.json"), result)
         write_serving_examples(model_dir, builder=builder)
         if config.export_base:
             from export import saved_model
@@ -350,7 +419,7 @@ def evaluate_model(model, eval_ds, meta: dict, config: TrainConfig):
     return rows["model"], rows.get("oracle"), table
 
 
-def _raw(batch: dict) -> dict:
+def raw_features(batch: dict) -> dict:
     from zoo.models.features import split_labels
 
     return split_labels(batch)[0]
@@ -366,22 +435,22 @@ def eval_dataset(builder, split, preprocessor, config: TrainConfig):
                                history_length=config.label_config.history_length)
     keep = ("event_id", "user_id", *LABELS)
     def with_extras(batch):
-        return preprocessor(_raw(batch)), {k: batch[k] for k in keep}
+        return preprocessor(raw_features(batch)), {k: batch[k] for k in keep}
 
     return ds.map(with_extras, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def _jsonable(d):
+def jsonable(d):
     return json.loads(json.dumps(d, default=lambda o: dataclasses.asdict(o)
                                  if dataclasses.is_dataclass(o) else str(o)))
 
 
-def _write_json(path: str, obj) -> None:
+def write_json(path: str, obj) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(_jsonable(obj), f, indent=2, sort_keys=True)
+            json.dump(jsonable(obj), f, indent=2, sort_keys=True)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -421,6 +490,13 @@ def define_flags():
                         "EXPORT_BASE/<export_name>/<next version> (python -m export.saved_model).")
     flags.DEFINE_string("export_name", None, "Model name of the export (default: the "
                         "model_dir's folder name).")
+    flags.DEFINE_string("init_checkpoint", None, "A trainers.pretrain model_dir: the encoder "
+                        "starts from its weights (and vocabulary); the heads start fresh.")
+    flags.DEFINE_integer("lora_rank", 0, "> 0: LoRA adapters of this rank on the encoder's "
+                         "attention; the rest of the encoder is frozen.")
+    flags.DEFINE_bool("freeze_encoder", False, "Train the heads only.")
+    flags.DEFINE_float("labels_fraction", 1.0, "Train on this fraction of the labelled "
+                       "impressions (chosen by event_id hash); evaluation uses all.")
     flags.DEFINE_multi_string("model_override", [], "key=value overriding a preset's config "
                               "(python -m zoo describe NAME lists the keys).")
 
@@ -449,7 +525,9 @@ def config_from_flags() -> TrainConfig:
         task_weights=FLAGS.task_weights, strategy=FLAGS.strategy,
         jit_compile=FLAGS.jit_compile, seed=FLAGS.seed, steps_per_loop=FLAGS.steps_per_loop,
         checkpoint_every=FLAGS.checkpoint_every, eval_every=FLAGS.eval_every,
-        export_base=FLAGS.export_base, export_name=FLAGS.export_name)
+        export_base=FLAGS.export_base, export_name=FLAGS.export_name,
+        init_checkpoint=FLAGS.init_checkpoint, lora_rank=FLAGS.lora_rank,
+        freeze_encoder=FLAGS.freeze_encoder, labels_fraction=FLAGS.labels_fraction)
 
 
 def main(argv):

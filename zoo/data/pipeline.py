@@ -44,6 +44,16 @@ def parse_batch(serialized: tf.Tensor, history_length: int = contract.DEFAULT_HI
     return out
 
 
+HASH_BUCKETS = 10_000
+
+
+def _kept(record, fraction: float):
+    event_id = tf.io.parse_single_example(
+        record, {"event_id": tf.io.FixedLenFeature([], tf.string)})["event_id"]
+    return tf.strings.to_hash_bucket_fast(event_id, HASH_BUCKETS) < int(round(
+        fraction * HASH_BUCKETS))
+
+
 def split_files(builder, split: str) -> list[str]:
     return [os.path.join(builder.data_path, f) for f in builder.info.splits[split].filenames]
 
@@ -52,7 +62,8 @@ def make_dataset(files, *, batch_size: int, history_length: int = contract.DEFAU
                  shuffle: bool = False, repeat: bool = False, seed: int | None = None,
                  cache: bool = False, drop_remainder: bool = False, with_labels: bool = True,
                  shuffle_buffer: int = 50_000, skip_batches: int = 0,
-                 input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+                 input_context: tf.distribute.InputContext | None = None,
+                 keep_fraction: float = 1.0) -> tf.data.Dataset:
     """Parsed batches of examples from TFRecord files.
 
     `input_context` (from `strategy.distribute_datasets_from_function`) splits the input
@@ -64,6 +75,9 @@ def make_dataset(files, *, batch_size: int, history_length: int = contract.DEFAU
     sees the data a run without interruption would have seen next.
     `cache` keeps the serialized records in memory after the first pass: use it when the
     split fits in RAM.
+    `keep_fraction` < 1 keeps that fraction of the examples, chosen by a hash of their
+    event_id (the same ones in every run and every epoch): training on a fraction of the
+    labels.
     """
     files = list(files)
     if not files:
@@ -75,6 +89,10 @@ def make_dataset(files, *, batch_size: int, history_length: int = contract.DEFAU
         ds = ds.shard(pipelines, input_context.input_pipeline_id)
     ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)),
                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if not 0.0 < keep_fraction <= 1.0:
+        raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
+    if keep_fraction < 1.0:
+        ds = ds.filter(lambda record: _kept(record, keep_fraction))
     if cache:
         ds = ds.cache()
     if shuffle:

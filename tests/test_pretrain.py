@@ -1,0 +1,127 @@
+"""Pre-training, loading the pre-trained encoder, LoRA and frozen-encoder fine-tuning."""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+
+from helpers import LABEL_CFG
+
+
+@pytest.fixture(scope="module")
+def pretrained(shop, tmp_path_factory):
+    from trainers import multitask, pretrain
+    data, tfds_dir = shop
+    config = multitask.TrainConfig(
+        data_dir=data, tfds_dir=tfds_dir, label_config=LABEL_CFG, preset="tiny",
+        model_dir=str(tmp_path_factory.mktemp("pretrain") / "tiny"), steps=120, batch_size=64,
+        learning_rate=3e-3, warmup_steps=10, task_weights=pretrain.DEFAULT_TASK_WEIGHTS,
+        steps_per_loop=20, checkpoint_every=1000, verbose=False)
+    return config, pretrain.run(config)
+
+
+def _weights(layer):
+    return {v.path: np.array(v.numpy()) for v in layer.weights}
+
+
+def test_pretraining_learns_and_writes_an_encoder(pretrained):
+    from trainers import pretrain
+    config, result = pretrained
+    assert result["step"] == 120
+    first, last = result["loss_curve"][0], result["loss_curve"][-1]
+    for task in ("loss", "item", "category", "query"):
+        assert last[task] < first[task], (task, first, last)
+    assert set(result["metrics"]) == {"item/masked_accuracy", "category/masked_accuracy",
+                                      "query/masked_accuracy"}
+    # Categories are few and predictable from the neighbouring events: better than chance.
+    assert result["metrics"]["category/masked_accuracy"] > 0.05
+    assert os.path.exists(pretrain.encoder_path(config.model_dir) + ".index")
+    for name in ("vocabulary.json", "pretrain_config.json", "metrics.json"):
+        assert os.path.exists(os.path.join(config.model_dir, name))
+
+
+def test_the_encoder_loads_into_a_fresh_model_and_the_heads_stay_fresh(pretrained):
+    import keras
+    import zoo
+    from trainers import multitask
+    from zoo.models.testing import random_raw_batch, split_labels
+
+    config, _ = pretrained
+    with open(os.path.join(config.model_dir, "vocabulary.json")) as f:
+        vocab = json.load(f)
+    raw, _ = split_labels(random_raw_batch(batch_size=4, history_length=16, seed=1))
+    models = []
+    for seed in (1, 2):
+        keras.utils.set_random_seed(seed)
+        m = zoo.get("bert_mtl", "tiny", vocabulary=vocab)
+        m(m.preprocessor(raw))
+        models.append(m)
+    a, b = models
+    backbone_before = _weights(a.backbone)
+    heads_before = {k: v for k, v in _weights(a).items() if k not in backbone_before}
+    assert heads_before
+    for m in models:
+        multitask.init_encoder(m, config.model_dir)
+    backbone_a, backbone_b = _weights(a.backbone), _weights(b.backbone)
+    for k, v in backbone_a.items():  # the same pre-trained values in both models
+        np.testing.assert_array_equal(v, backbone_b[k], err_msg=k)
+    assert any(not np.array_equal(v, backbone_before[k]) for k, v in backbone_a.items())
+    for k, v in heads_before.items():  # heads untouched by the load
+        np.testing.assert_array_equal(v, _weights(a)[k], err_msg=k)
+    # A different encoder size cannot take these weights: a clear error, not a partial load.
+    other = zoo.get("bert_mtl", "tiny", vocabulary=vocab, hidden_dim=48)
+    other(other.preprocessor(raw))
+    with pytest.raises(ValueError, match="does not fit"):
+        multitask.init_encoder(other, config.model_dir)
+
+
+def test_lora_fine_tuning_trains_adapters_and_heads_only(pretrained, shop, tmp_path):
+    import zoo
+    from export import saved_model
+    from trainers import multitask
+
+    pt_config, _ = pretrained
+    data, tfds_dir = shop
+    config = multitask.TrainConfig(
+        data_dir=data, tfds_dir=tfds_dir, label_config=LABEL_CFG, preset="tiny",
+        model_dir=str(tmp_path / "lora"), steps=40, batch_size=64, learning_rate=3e-3,
+        init_checkpoint=pt_config.model_dir, lora_rank=2, labels_fraction=0.5,
+        steps_per_loop=20, checkpoint_every=1000, verbose=False)
+    result = multitask.run(config)
+    assert 0 < result["trainable_parameters"] < result["parameters"] / 3
+    trained = zoo.load_model(os.path.join(config.model_dir, "model.keras"))
+    with open(os.path.join(config.model_dir, "vocabulary.json")) as f:
+        vocab = json.load(f)
+    assert vocab == json.load(open(os.path.join(pt_config.model_dir, "vocabulary.json")))
+    reference = zoo.get("bert_mtl", "tiny", vocabulary=vocab)
+    from zoo.models.testing import random_raw_batch, split_labels
+    raw, _ = split_labels(random_raw_batch(batch_size=4, history_length=16, seed=1))
+    reference(reference.preprocessor(raw))
+    multitask.init_encoder(reference, pt_config.model_dir)
+    ref, got = _weights(reference.backbone), _weights(trained.backbone)
+    frozen = [k for k in ref if "query" not in k and "value" not in k]
+    assert len(frozen) > 10
+    for k in frozen:  # embeddings, feed-forward, norms: exactly the pre-trained values
+        np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
+    # The adapters moved the attention's query/value projections; the heads trained too.
+    assert any(not np.allclose(got[k], ref[k]) for k in ref if k not in frozen)
+    # The LoRA model exports and serves unchanged (export checks it against Keras).
+    saved_model.export(config.model_dir, str(tmp_path / "exports"), "lora")
+
+
+def test_freeze_encoder_trains_the_heads_only():
+    import zoo
+    from trainers import multitask
+    from zoo.models.testing import random_raw_batch, split_labels
+    raw, _ = split_labels(random_raw_batch(batch_size=16, history_length=16, seed=0))
+    from zoo.models.bert_mtl import fit_vocabulary
+    model = zoo.get("bert_mtl", "tiny", vocabulary=fit_vocabulary(raw, "tiny"))
+    model(model.preprocessor(raw))
+    config = multitask.TrainConfig(freeze_encoder=True)
+    multitask.adapt_for_fine_tuning(model, config)
+    names = {v.path for v in model.trainable_variables}
+    assert names and not names & {v.path for v in model.backbone.weights}
+    with pytest.raises(ValueError, match="exclude"):
+        multitask.adapt_for_fine_tuning(model, dataclasses.replace(config, lora_rank=2))

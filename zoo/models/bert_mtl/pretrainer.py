@@ -1,0 +1,179 @@
+"""Self-supervised pre-training of `BertMtlBackbone` on behaviour logs alone (no labels).
+
+Two masked-prediction tasks over the same input sequence the multi-task model sees:
+  * masked behaviour modelling (BERT4Rec): a fraction of the history events lose their item,
+    category, brand and price (set to the padding index 0, which fine-tuning never attends
+    to, so it acts as the [MASK] event); the encoder predicts their item and category from
+    the rest of the sequence, the query and the candidate;
+  * masked language modelling on the query: WordPiece tokens replaced by [MASK] (80 %),
+    a random token (10 %) or kept (10 %), predicted from the context.
+
+    masker = EventMasker(preprocessor.vocabulary_sizes(), config)   # in tf.data
+    inputs, targets = masker(preprocessed)
+    pretrainer = BertMtlPretrainer(backbone, ...)                   # shares the backbone
+    logits = pretrainer(inputs)           # {"item": [B, Pe, Vi], "category": ..., "query": ...}
+
+The backbone's weights are then written on their own (`save_encoder`) and loaded into a
+fresh multi-task model (`load_encoder`), whose heads start from scratch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import keras_hub
+import tensorflow as tf
+
+from zoo.models.bert_mtl import vocabulary as vocab_lib
+
+# The event fields a masked event loses (0 = the padding index of each embedding).
+MASKED_EVENT_FIELDS = ("hist_item_index", "hist_category_index", "hist_brand_index",
+                       "hist_price_bucket")
+TASKS = ("item", "category", "query")
+
+
+def num_selections(length: int, rate: float) -> int:
+    return max(1, int(math.ceil(length * rate)) + 1)
+
+
+class EventMasker:
+    """Chooses and masks history events and query tokens of preprocessed batches (tf.data).
+
+    Built from keras-hub's `MaskedLMMaskGenerator`: padding is never selected; events are
+    always fully masked (a random replacement would leave its category and brand behind).
+    """
+
+    def __init__(self, vocabulary_sizes: dict, max_history: int, max_query_tokens: int,
+                 mask_token_id: int, event_rate: float = 0.15, token_rate: float = 0.15):
+        self.num_events = num_selections(max_history, event_rate)
+        self.num_tokens = num_selections(max_query_tokens, token_rate)
+        self.events = keras_hub.layers.MaskedLMMaskGenerator(
+            vocabulary_size=vocabulary_sizes["item"], mask_selection_rate=event_rate,
+            mask_token_id=0, mask_selection_length=self.num_events,
+            unselectable_token_ids=[0], mask_token_rate=1.0, random_token_rate=0.0)
+        self.tokens = keras_hub.layers.MaskedLMMaskGenerator(
+            vocabulary_size=vocabulary_sizes["wordpiece"], mask_selection_rate=token_rate,
+            mask_token_id=mask_token_id, mask_selection_length=self.num_tokens,
+            unselectable_token_ids=[0], mask_token_rate=0.8, random_token_rate=0.1)
+
+    def __call__(self, x: dict) -> tuple[dict, dict]:
+        x = dict(x)
+        events = self.events(x["hist_item_index"])
+        positions = events["mask_positions"]
+        weights = events["mask_weights"]
+        selected = tf.reduce_max(
+            tf.one_hot(positions, tf.shape(x["hist_item_index"])[1], dtype=tf.int32)
+            * tf.cast(weights[..., None] > 0, tf.int32), axis=1)  # [B, H] 1 = masked
+        targets = {
+            "item": events["mask_ids"],
+            "category": tf.gather(x["hist_category_index"], positions, batch_dims=1),
+            "event_weights": weights,
+        }
+        for name in MASKED_EVENT_FIELDS:
+            x[name] = x[name] * (1 - selected)
+        tokens = self.tokens(x["query_tokens"])
+        x["query_tokens"] = tokens["token_ids"]
+        targets["query"] = tokens["mask_ids"]
+        targets["query_weights"] = tokens["mask_weights"]
+        x["event_mask_positions"] = positions
+        x["token_mask_positions"] = tokens["mask_positions"]
+        return x, targets
+
+
+@keras.saving.register_keras_serializable(package="ecom_zoo")
+class BertMtlPretrainer(keras.Model):
+    """Backbone + masked item / category / WordPiece prediction heads (keras-hub
+    `MaskedLMHead`, logits only at the selected positions)."""
+
+    def __init__(self, backbone, num_masked_events, num_masked_tokens, **kwargs):
+        Q, H = backbone.max_query_tokens, backbone.max_history
+        sizes = backbone.vocabulary_sizes
+        init = keras.initializers.TruncatedNormal(stddev=backbone.initializer_range)
+
+        def head(name, size):
+            return keras_hub.layers.MaskedLMHead(
+                vocabulary_size=size, intermediate_activation="gelu",
+                kernel_initializer=init, layer_norm_epsilon=backbone.layer_norm_epsilon,
+                dtype="float32", name=name)
+
+        self.backbone = backbone
+        self.item_head = head("item_head", sizes["item"])
+        self.category_head = head("category_head", sizes["category"])
+        self.query_head = head("query_head", sizes["wordpiece"])
+
+        inputs = dict(backbone.input)
+        inputs["event_mask_positions"] = keras.Input((num_masked_events,), dtype="int32",
+                                                     name="event_mask_positions")
+        inputs["token_mask_positions"] = keras.Input((num_masked_tokens,), dtype="int32",
+                                                     name="token_mask_positions")
+        sequence = backbone({k: v for k, v in inputs.items() if k in backbone.input})[
+            "sequence_output"]
+        # Sequence layout: [CLS] q_1..q_Q [SEP] e_1..e_H [SEP] candidate.
+        query = sequence[:, 1:1 + Q, :]
+        history = sequence[:, Q + 2:Q + 2 + H, :]
+        outputs = {
+            "item": self.item_head(history, mask_positions=inputs["event_mask_positions"]),
+            "category": self.category_head(history,
+                                           mask_positions=inputs["event_mask_positions"]),
+            "query": self.query_head(query, mask_positions=inputs["token_mask_positions"]),
+        }
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        self.num_masked_events = int(num_masked_events)
+        self.num_masked_tokens = int(num_masked_tokens)
+
+    def get_config(self):
+        return {"backbone": keras.saving.serialize_keras_object(self.backbone),
+                "num_masked_events": self.num_masked_events,
+                "num_masked_tokens": self.num_masked_tokens,
+                "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        return cls(**config)
+
+
+def per_example_losses(targets: dict, logits: dict) -> dict:
+    """Mean cross-entropy over each example's masked positions ([B]; 0 where none)."""
+    out = {}
+    for task, weight_key in (("item", "event_weights"), ("category", "event_weights"),
+                             ("query", "query_weights")):
+        w = tf.cast(targets[weight_key], tf.float32)
+        ce = keras.losses.sparse_categorical_crossentropy(
+            targets[task], tf.cast(logits[task], tf.float32), from_logits=True)
+        out[task] = tf.reduce_sum(ce * w, axis=1) / tf.maximum(tf.reduce_sum(w, axis=1), 1.0)
+    return out
+
+
+def masked_accuracy(targets: dict, logits: dict) -> dict:
+    """Top-1 accuracy at the masked positions, per task (numpy scalars)."""
+    out = {}
+    for task, weight_key in (("item", "event_weights"), ("category", "event_weights"),
+                             ("query", "query_weights")):
+        w = tf.cast(targets[weight_key], tf.float32)
+        hit = tf.cast(tf.equal(tf.argmax(logits[task], -1, output_type=tf.int32),
+                               tf.cast(targets[task], tf.int32)), tf.float32)
+        out[task] = float(tf.reduce_sum(hit * w) / tf.maximum(tf.reduce_sum(w), 1.0))
+    return out
+
+
+def make_masker(preprocessor, config: dict) -> EventMasker:
+    return EventMasker(preprocessor.vocabulary_sizes(), config["max_history"],
+                       config["max_query_tokens"], preprocessor.token_id(vocab_lib.MASK),
+                       event_rate=config.get("pretrain_event_mask_rate", 0.15),
+                       token_rate=config.get("pretrain_token_mask_rate", 0.15))
+
+
+def save_encoder(backbone, path: str) -> str:
+    """Writes the backbone's weights as a TF checkpoint (object graph: `backbone`)."""
+    return tf.train.Checkpoint(backbone=backbone).write(path)
+
+
+def load_encoder(backbone, path: str) -> None:
+    """Loads `save_encoder`'s weights into a backbone of the same config; every backbone
+    variable must be matched (a different vocabulary or size is an error, not a partial
+    load)."""
+    status = tf.train.Checkpoint(backbone=backbone).read(path)
+    status.assert_existing_objects_matched()
