@@ -142,6 +142,10 @@ def _fit_vocabulary(config: TrainConfig, model_config: dict, train_files) -> dic
         if seen >= config.vocabulary_examples:
             break
     features = {k: np.concatenate(v) for k, v in parts.items()}
+    # Features of every training impression, labels of the labelled fraction only: families
+    # that fit statistics of labels (the popularity baseline) use the rows marked labelled.
+    features["labelled"] = pipeline.in_fraction(features["event_id"],
+                                                config.labels_fraction).numpy()
     return zoo.fit_vocabulary(config.model, features, model_config)
 
 

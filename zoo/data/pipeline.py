@@ -47,11 +47,16 @@ def parse_batch(serialized: tf.Tensor, history_length: int = contract.DEFAULT_HI
 HASH_BUCKETS = 10_000
 
 
+def in_fraction(event_ids, fraction: float):
+    """True for the examples of a `fraction` of event ids (a stable hash: same in every run)."""
+    return tf.strings.to_hash_bucket_fast(event_ids, HASH_BUCKETS) < int(round(
+        fraction * HASH_BUCKETS))
+
+
 def _kept(record, fraction: float):
     event_id = tf.io.parse_single_example(
         record, {"event_id": tf.io.FixedLenFeature([], tf.string)})["event_id"]
-    return tf.strings.to_hash_bucket_fast(event_id, HASH_BUCKETS) < int(round(
-        fraction * HASH_BUCKETS))
+    return in_fraction(event_id, fraction)
 
 
 def split_files(builder, split: str) -> list[str]:

@@ -1,0 +1,252 @@
+"""`python -m trainers.experiment`: what each part of the zoo buys, on one data set and split.
+
+For every labels fraction F (fine-tuning sees the labels of only that fraction of the
+training impressions; pre-training and vocabularies see all of their features) it trains
+and evaluates, on the same time split:
+
+  popularity          the non-neural baseline (statistics of the labelled impressions)
+  dnn_mtl             pooled embeddings + MLP towers (the classic deep recommender)
+  bert_mtl            the transformer, from scratch
+  bert_mtl+pretrain   pre-trained on the logs (trainers.pretrain, once), then fine-tuned
+  bert_mtl+minilm     query/title tower initialised from all-MiniLM-L6-v2
+  bert_mtl+lora       pre-trained, then LoRA adapters + heads only
+  bert_mtl-naive      purchase head trained on clicked impressions only (vs ESMM)
+  mmoe, ple           the other multi-task structures (opt in with --rows)
+
+and prints one table (rows = runs, columns = every metric, the simulator's oracle when
+present), written as CSV and a PNG bar chart under --output_dir. Runs are resumable: a
+finished run's model_dir is re-evaluated, not retrained.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import sys  # noqa: E402
+
+from absl import app, flags  # noqa: E402
+
+from trainers import multitask  # noqa: E402
+from zoo.data import contract  # noqa: E402
+
+# name -> (model, overrides of TrainConfig, model config overrides, needs pre-training)
+RUNS = {
+    "popularity": ("popularity", {}, {}, False),
+    "dnn_mtl": ("dnn_mtl", {}, {}, False),
+    "bert_mtl": ("bert_mtl", {}, {}, False),
+    "bert_mtl+pretrain": ("bert_mtl", {}, {}, True),
+    "bert_mtl+minilm": ("bert_mtl", {}, {"text_encoder": "minilm"}, False),
+    "bert_mtl+lora": ("bert_mtl", {"lora_rank": -1}, {}, True),  # -1: --lora_rank
+    "bert_mtl-naive": ("bert_mtl", {}, {"purchase_head": "naive"}, False),
+    "mmoe": ("mmoe", {}, {}, False),
+    "ple": ("ple", {}, {}, False),
+}
+DEFAULT_RUNS = ("popularity", "dnn_mtl", "bert_mtl", "bert_mtl+pretrain", "bert_mtl+minilm",
+                "bert_mtl+lora", "bert_mtl-naive")
+MAIN_METRICS = ("click/auc", "purchase/auc", "price_range/accuracy",
+                "demand/poisson_deviance")
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+    base: multitask.TrainConfig  # data, preset, batch, epochs, seed, ... of every run
+    output_dir: str = os.path.join("runs", "experiment")
+    fractions: tuple = (1.0, 0.1)
+    runs: tuple = DEFAULT_RUNS
+    pretrain_epochs: float = 1.0
+    pretrain_steps: int = 0
+    lora_rank: int = 8
+
+
+def _fraction_name(f: float) -> str:
+    return f"labels_{round(f * 100):g}pct"
+
+
+def pretrain_dir(config: ExperimentConfig) -> str:
+    return os.path.join(config.output_dir, "pretrain")
+
+
+def run(config: ExperimentConfig) -> list[dict]:
+    """Trains and evaluates every (fraction, run); returns the result rows."""
+    from trainers import pretrain
+
+    unknown = sorted(set(config.runs) - set(RUNS))
+    if unknown:
+        raise ValueError(f"--runs: unknown {unknown}; known: {list(RUNS)}")
+    for f in config.fractions:
+        if not 0.0 < f <= 1.0:
+            raise ValueError(f"--labels_fraction values must be in (0, 1], got {f}")
+    base = config.base
+    if any(RUNS[r][3] for r in config.runs):
+        pt = dataclasses.replace(
+            base, model="bert_mtl", model_dir=pretrain_dir(config),
+            epochs=config.pretrain_epochs, steps=config.pretrain_steps,
+            task_weights=pretrain.DEFAULT_TASK_WEIGHTS, export_base=None)
+        pretrain.run(pt)
+
+    rows = []
+    for fraction in config.fractions:
+        for name in config.runs:
+            model, train_overrides, model_overrides, pretrained = RUNS[name]
+            overrides = dict(train_overrides)
+            if overrides.get("lora_rank") == -1:
+                overrides["lora_rank"] = config.lora_rank
+            run_config = dataclasses.replace(
+                base, model=model, model_overrides={**base.model_overrides, **model_overrides},
+                model_dir=os.path.join(config.output_dir, _fraction_name(fraction), name),
+                labels_fraction=fraction, export_base=None,
+                init_checkpoint=pretrain_dir(config) if pretrained else None, **overrides)
+            if base.verbose:
+                print(f"\n=== {name} at {fraction:.0%} of the labels ===")
+            result = multitask.run(run_config)
+            rows.append({"fraction": fraction, "run": name, "metrics": result.get("metrics", {}),
+                         "oracle": result.get("oracle"),
+                         "train_seconds": result["train_seconds"], "steps": result["step"],
+                         "trainable_parameters": result["trainable_parameters"]})
+    table = format_rows(rows)
+    print("\n" + table)
+    print("\n" + "\n".join(shape_checks(rows)))
+    write_outputs(rows, config.output_dir, table)
+    return rows
+
+
+def _with_oracle(rows: list[dict]) -> list[dict]:
+    out = []
+    for fraction in dict.fromkeys(r["fraction"] for r in rows):
+        group = [r for r in rows if r["fraction"] == fraction]
+        out += group
+        oracle = next((r["oracle"] for r in group if r.get("oracle")), None)
+        if oracle:
+            out.append({"fraction": fraction, "run": "oracle", "metrics": oracle,
+                        "train_seconds": float("nan"), "steps": 0,
+                        "trainable_parameters": 0})
+    return out
+
+
+def format_rows(rows: list[dict]) -> str:
+    from trainers.metrics import METRIC_NAMES
+
+    header = ["labels", "run", *METRIC_NAMES, "train s", "trainable"]
+    lines = [[f"{r['fraction']:.0%}", r["run"],
+              *(f"{r['metrics'].get(m, float('nan')):.4f}" for m in METRIC_NAMES),
+              f"{r['train_seconds']:.0f}", f"{r['trainable_parameters']:,}"]
+             for r in _with_oracle(rows)]
+    widths = [max(len(x[i]) for x in [header] + lines) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" if i < 2 else f"{{:>{w}}}" for i, w in enumerate(widths))
+    return "\n".join([fmt.format(*header), "-" * (sum(widths) + 2 * len(widths))]
+                     + [fmt.format(*x) for x in lines])
+
+
+def shape_checks(rows: list[dict]) -> list[str]:
+    """The issue's expected shape, checked on the numbers (True/False, never adjusted)."""
+    def metric(fraction, run, m="click/auc"):
+        r = next((r for r in rows if r["fraction"] == fraction and r["run"] == run), None)
+        return None if r is None else r["metrics"].get(m)
+
+    out = []
+    for f in dict.fromkeys(r["fraction"] for r in rows):
+        checks = [("transformer >= DNN (click AUC)", "bert_mtl", "dnn_mtl", "click/auc"),
+                  ("DNN >= baseline (click AUC)", "dnn_mtl", "popularity", "click/auc"),
+                  ("pre-trained >= scratch (click AUC)", "bert_mtl+pretrain", "bert_mtl",
+                   "click/auc"),
+                  ("pre-trained >= scratch (purchase AUC)", "bert_mtl+pretrain", "bert_mtl",
+                   "purchase/auc"),
+                  ("ESMM >= naive (purchase AUC)", "bert_mtl", "bert_mtl-naive",
+                   "purchase/auc")]
+        for text, a, b, m in checks:
+            va, vb = metric(f, a, m), metric(f, b, m)
+            if va is not None and vb is not None:
+                out.append(f"{f:>5.0%} labels: {text}: {va:.4f} vs {vb:.4f} -> "
+                           f"{'yes' if va >= vb else 'NO'}")
+    return out
+
+
+def write_outputs(rows: list[dict], output_dir: str, table: str) -> None:
+    from trainers.metrics import METRIC_NAMES
+
+    os.makedirs(output_dir, exist_ok=True)
+    full = _with_oracle(rows)
+    path = os.path.join(output_dir, "results.csv")
+    with open(path + ".tmp", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["labels_fraction", "run", *METRIC_NAMES, "train_seconds", "steps",
+                    "trainable_parameters"])
+        for r in full:
+            w.writerow([r["fraction"], r["run"],
+                        *(r["metrics"].get(m, float("nan")) for m in METRIC_NAMES),
+                        r["train_seconds"], r["steps"], r["trainable_parameters"]])
+    os.replace(path + ".tmp", path)
+    with open(os.path.join(output_dir, "results.txt"), "w") as f:
+        f.write(table + "\n\n" + "\n".join(shape_checks(rows)) + "\n")
+    plot(full, os.path.join(output_dir, "results.png"))
+
+
+def plot(rows: list[dict], path: str) -> None:
+    """One panel per main metric; bars = runs, one colour per labels fraction."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = list(dict.fromkeys(r["run"] for r in rows))
+    fractions = list(dict.fromkeys(r["fraction"] for r in rows))
+    fig, axes = plt.subplots(1, len(MAIN_METRICS), figsize=(5 * len(MAIN_METRICS), 4.5))
+    width = 0.8 / len(fractions)
+    for ax, m in zip(axes, MAIN_METRICS):
+        for i, f in enumerate(fractions):
+            vals = [next((r["metrics"].get(m, math.nan) for r in rows
+                          if r["run"] == run and r["fraction"] == f), math.nan) for run in runs]
+            ax.bar([x + i * width for x in range(len(runs))], vals, width,
+                   label=f"{f:.0%} labels")
+        ax.set_title(m + (" (lower is better)" if "deviance" in m else ""))
+        ax.set_xticks([x + width * (len(fractions) - 1) / 2 for x in range(len(runs))])
+        ax.set_xticklabels(runs, rotation=45, ha="right", fontsize=8)
+        if "auc" in m:
+            ax.set_ylim(0.5, 1.0)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path + ".tmp.png", dpi=100)
+    plt.close(fig)
+    os.replace(path + ".tmp.png", path)
+
+
+# --- flags -------------------------------------------------------------------------------
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    multitask.define_flags()
+    flags.DEFINE_list("labels_fractions", ["1.0", "0.1"], "Labels fractions to run.")
+    flags.DEFINE_list("runs", list(DEFAULT_RUNS), f"Runs, of {list(RUNS)}.")
+    flags.DEFINE_string("output_dir", os.path.join("runs", "experiment"),
+                        "Model dirs, results.csv/.txt/.png.")
+    flags.DEFINE_float("pretrain_epochs", 1.0, "Pre-training passes over the training split.")
+    flags.DEFINE_integer("pretrain_steps", 0, "Pre-training steps (> 0 overrides epochs).")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        base = dataclasses.replace(multitask.config_from_flags(), lora_rank=0,
+                                   init_checkpoint=None)
+        if FLAGS["labels_fraction"].present:
+            raise ValueError("use --labels_fractions (a list) with the experiment")
+        config = ExperimentConfig(
+            base=base, output_dir=FLAGS.output_dir,
+            fractions=tuple(float(f) for f in FLAGS.labels_fractions), runs=tuple(FLAGS.runs),
+            pretrain_epochs=FLAGS.pretrain_epochs, pretrain_steps=FLAGS.pretrain_steps,
+            lora_rank=FLAGS.lora_rank or 8)
+        run(config)
+    except (contract.ContractError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
