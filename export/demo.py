@@ -53,16 +53,16 @@ def run(model_dir: str, export_base: str, name: str, num_examples: int = 5) -> f
     print(f"\nmodel server at {target}: " + "; ".join(loads))
     print(f"gRPC Predict of {name} version {version} (serving_default, raw features) beside "
           f"the in-process Keras model, {len(serialized)} eval impressions:\n")
-    print(f"{'event_id':<14} {'click':>15} {'purchase':>15} {'demand':>15} "
+    print(f"{'event_id':<14} {'click':>15} {'purchase':>15} {'demand':>17} "
           f"{'price range':>13}")
-    print(f"{'':<14} {'gRPC / keras':>15} {'gRPC / keras':>15} {'gRPC / keras':>15} "
+    print(f"{'':<14} {'gRPC / keras':>15} {'gRPC / keras':>15} {'gRPC / keras':>17} "
           f"{'gRPC / keras':>13}")
     for i, e in enumerate(event_ids):
         cells = [f"{served[k][i]:.4f}/{local[k][i]:.4f}" for k in ("click", "purchase",
                                                                  "demand")]
         top = f"{int(np.argmax(served['price_range'][i]))} / " \
               f"{int(np.argmax(local['price_range'][i]))}"
-        print(f"{e.decode():<14} {cells[0]:>15} {cells[1]:>15} {cells[2]:>15} {top:>13}")
+        print(f"{e.decode():<14} {cells[0]:>15} {cells[1]:>15} {cells[2]:>17} {top:>13}")
     diff = max(float(np.abs(o[k] - local[k]).max()) for o in (served, from_examples)
                for k in served)
     print(f"\nlargest |gRPC - in-process| over all outputs and both signatures: {diff:.2e}")

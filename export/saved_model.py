@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import datetime
 import json
+import logging as pylogging
 import os
 import re
 import shutil
@@ -97,7 +98,13 @@ def write_saved_model(model, path: str, history_length: int) -> None:
     archive.track(model)
     archive.add_endpoint(SIGNATURE_RAW, raw_fn)
     archive.add_endpoint(SIGNATURE_EXAMPLES, examples_fn)
-    archive.write_out(path, verbose=False)
+    tf_logger = pylogging.getLogger("tensorflow")
+    level = tf_logger.level
+    tf_logger.setLevel(pylogging.WARNING)  # one INFO line per saved function otherwise
+    try:
+        archive.write_out(path, verbose=False)
+    finally:
+        tf_logger.setLevel(level)
 
 
 # --- examples for warmup, the check and the sample request ---------------------------------
