@@ -20,7 +20,7 @@ BUILD_ONLY = {"base"}
 
 def test_list_has_bert_mtl_presets():
     listing = zoo.list()
-    assert listing["bert_mtl"] == ("tiny", "small", "base")
+    assert listing["bert_mtl"] == ("tiny", "small", "small_minilm", "base")
     assert zoo.describe("bert_mtl")["presets"]["tiny"]["hidden_dim"] == 32
 
 

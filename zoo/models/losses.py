@@ -7,6 +7,10 @@
   click        BCE(click, p(click))                      over all impressions
   purchase     BCE(purchase, p(purchase))                over ALL impressions (ESMM: entire
                                                          space, p(purchase) = pCTR x pCVR)
+               with purchase_on_clicks_only=True:        BCE only where click == 1, exactly 0
+                                                         elsewhere (the naive CVR model of
+                                                         the ESMM paper, sample selection bias
+                                                         included)
   price_range  sparse CE(price_range, probs) * mask      masked labels (mask 0, label -1)
                                                          contribute exactly 0
   demand       Poisson NLL: rate - y * log(rate)         (log y! dropped: constant)
@@ -46,7 +50,13 @@ def poisson_nll(counts, rate, epsilon: float = EPSILON):
     return rate - y * tf.math.log(rate + epsilon)
 
 
-def per_example_losses(labels: dict, outputs: dict) -> dict:
+def purchase_loss_on_clicks_only(model) -> bool:
+    """Whether `model`'s purchase output is p(purchase | click) (`purchase_head="naive"`)."""
+    return getattr(model, "purchase_head", "esmm") == "naive"
+
+
+def per_example_losses(labels: dict, outputs: dict, purchase_on_clicks_only: bool = False
+                       ) -> dict:
     """{task: Tensor[B]} for the tasks in both `outputs` and `labels`.
 
     labels: `click`, `purchase` (int), `price_range` (int, -1 missing),
@@ -54,12 +64,22 @@ def per_example_losses(labels: dict, outputs: dict) -> dict:
       `demand` (float count >= 0).
     outputs: the model's {"click": [B], "purchase": [B], "price_range": [B, K],
       "demand": [B]} (probabilities / rate).
+    purchase_on_clicks_only: for models whose `purchase` is p(purchase | click)
+      (`purchase_head="naive"`). Non-clicked examples still count in the trainer's
+      global-batch average, so the purchase term weighs about (click rate) x its per-click
+      mean; scale its task weight to compare with a per-click average.
     """
     losses = {}
     if "click" in outputs and "click" in labels:
         losses["click"] = binary_cross_entropy(labels["click"], outputs["click"])
     if "purchase" in outputs and "purchase" in labels:
-        losses["purchase"] = binary_cross_entropy(labels["purchase"], outputs["purchase"])
+        bce = binary_cross_entropy(labels["purchase"], outputs["purchase"])
+        if purchase_on_clicks_only:
+            if "click" not in labels:
+                raise ValueError("purchase_on_clicks_only needs the click label")
+            clicked = tf.greater(tf.cast(labels["click"], tf.float32), 0.0)
+            bce = tf.where(clicked, bce, tf.zeros_like(bce))
+        losses["purchase"] = bce
     if "price_range" in outputs and "price_range" in labels:
         mask = labels.get("price_range_mask")
         if mask is None:

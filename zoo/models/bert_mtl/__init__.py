@@ -4,11 +4,14 @@ keras-hub style split:
   * `fit_vocabulary(features, config)` -> JSON-serialisable vocabulary (training data only)
   * `BertMtlPreprocessor`  raw feature dict -> integer tensors (all string ops live here)
   * `BertMtlBackbone`      transformer encoder, numeric only (XLA-compilable)
-  * `BertMtl`              the task: backbone + click / purchase (ESMM) / price_range /
-                           demand heads; carries `.preprocessor`
+  * `BertMtl`              the task: backbone + multi-task structure (shared bottom, MMoE,
+                           PLE) + click / purchase (ESMM or naive) / price_range / demand
+                           heads; carries `.preprocessor`
   * `end_to_end(model)`    functional Keras model raw features -> outputs (serving)
 
-`register(registry)` is this family's ONE registration point (called by `zoo.registry`).
+`register(registry)` is this family's ONE registration point (called by `zoo.registry`):
+`bert_mtl` and the structure variants `shared_bottom`, `mmoe`, `ple` (same builder and
+vocabulary, presets with the structure keys).
 Importing this package does not import TensorFlow; the classes load on first access.
 """
 
@@ -16,11 +19,16 @@ from __future__ import annotations
 
 import importlib
 
-from zoo.models.bert_mtl.presets import PRESETS
+from zoo.models.bert_mtl.presets import PRESETS, STRUCTURE_PRESETS
 
 NAME = "bert_mtl"
 DESCRIPTION = ("BERT-style transformer over [CLS] query [SEP] behaviour events [SEP] candidate;"
                " click, ESMM purchase, price range, Poisson demand heads")
+STRUCTURE_DESCRIPTIONS = {
+    "shared_bottom": "bert_mtl encoder, towers on one shared bottom (structure keys exposed)",
+    "mmoe": "bert_mtl encoder, Multi-gate Mixture-of-Experts: one softmax gate per task",
+    "ple": "bert_mtl encoder, Progressive Layered Extraction: task-specific + shared experts",
+}
 
 _LAZY = {
     "BertMtl": "zoo.models.bert_mtl.task",
@@ -32,7 +40,7 @@ _LAZY = {
     "placeholder_vocabulary": "zoo.models.bert_mtl.vocabulary",
 }
 
-__all__ = ["NAME", "DESCRIPTION", "PRESETS", "register", *_LAZY]
+__all__ = ["NAME", "DESCRIPTION", "PRESETS", "STRUCTURE_PRESETS", "register", *_LAZY]
 
 
 def __getattr__(name):
@@ -54,16 +62,19 @@ def _fit_vocabulary(features, config):
 
 
 def register(registry) -> None:
-    """Registers `bert_mtl` with `registry` (a `zoo.registry.Registry`)."""
+    """Registers `bert_mtl`, `shared_bottom`, `mmoe` and `ple` with `registry`."""
     from zoo.registry import ModelSpec
 
-    registry.register(ModelSpec(
-        name=NAME,
-        builder=_build,
-        presets=PRESETS,
-        description=DESCRIPTION,
-        default_preset="small",
-        build_args=("vocabulary",),
-        fit_vocabulary=_fit_vocabulary,
-        keras_module="zoo.models.bert_mtl.task",
-    ))
+    for name, presets, description in (
+            (NAME, PRESETS, DESCRIPTION),
+            *((s, STRUCTURE_PRESETS[s], STRUCTURE_DESCRIPTIONS[s]) for s in STRUCTURE_PRESETS)):
+        registry.register(ModelSpec(
+            name=name,
+            builder=_build,
+            presets=presets,
+            description=description,
+            default_preset="small",
+            build_args=("vocabulary",),
+            fit_vocabulary=_fit_vocabulary,
+            keras_module="zoo.models.bert_mtl.task",
+        ))

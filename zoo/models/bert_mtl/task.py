@@ -8,9 +8,16 @@
 
 Outputs: {"click": [B], "purchase": [B], "price_range": [B, K], "demand": [B]}
   click        p(click)                              sigmoid
-  purchase     p(click) * p(purchase | click)        ESMM: always <= click
+  purchase     p(click) * p(purchase | click)        ESMM (purchase_head="esmm"): <= click
+               p(purchase | click)                   purchase_head="naive": the classic CVR
+                                                     model, trained on clicked impressions
+                                                     only (`losses.per_example_losses`)
   price_range  softmax over K price ranges
   demand       Poisson rate = exp(log_rate), log_rate soft-clipped to (-12, 12)
+
+Between the backbone and the 4 towers (click, conversion, price_range, demand) sits the
+multi-task `structure`: "shared_bottom" (every tower reads concat(CLS, candidate)), "mmoe"
+or "ple" (`zoo.models.multitask_heads`).
 """
 
 from __future__ import annotations
@@ -22,27 +29,35 @@ import keras
 import keras_hub
 from keras import ops
 
-from zoo.models.bert_mtl import vocabulary as vocab_lib
+from zoo.models.bert_mtl import text_encoders, vocabulary as vocab_lib
 from zoo.models.bert_mtl.backbone import BertMtlBackbone
 from zoo.models.bert_mtl.preprocessor import BertMtlPreprocessor
 from zoo.models.features import RAW_FEATURES, TASKS
+from zoo.models.multitask_heads import MMoE, PLE, STRUCTURES, TOWERS
 
 LOG_RATE_BOUND = 12.0
+PURCHASE_HEADS = ("esmm", "naive")
 
 
 @keras.saving.register_keras_serializable(package="ecom_zoo")
 class BertMtl(keras_hub.models.Task):
-    """Backbone + task heads on concat(CLS output, candidate output).
+    """Backbone + multi-task structure + task heads on concat(CLS output, candidate output).
 
     Call it on PREPROCESSED inputs (`model.preprocessor(raw)`); `model.predict` / `fit` /
-    `evaluate` on raw data preprocess automatically (keras-hub `Task` behaviour).
+    `evaluate` on raw data preprocess automatically (keras-hub `Task` behaviour). Any
+    backbone whose outputs hold "cls_output" and "candidate_output" fits (`DnnMtlBackbone`).
 
     Args:
-      backbone: a `BertMtlBackbone`.
+      backbone: a `BertMtlBackbone` (or another backbone with those outputs).
       preprocessor: a `BertMtlPreprocessor` (or None); saved with the model.
       num_price_ranges: K, classes of the price_range head.
       head_hidden_dim: width of each task tower.
-      dropout: dropout inside the towers.
+      dropout: dropout inside the towers (and on the experts).
+      structure: "shared_bottom", "mmoe" or "ple" (`zoo.models.multitask_heads`).
+      num_experts, expert_dim: MMoE experts (expert_dim also sizes the PLE experts).
+      num_shared_experts, num_task_experts, num_levels: PLE.
+      purchase_head: "esmm" (purchase = click x conversion) or "naive" (purchase =
+        conversion, trained on clicks only).
       zoo_config: the resolved zoo config the model was built from (kept for reference).
     """
 
@@ -50,11 +65,30 @@ class BertMtl(keras_hub.models.Task):
     preprocessor_cls = BertMtlPreprocessor
 
     def __init__(self, backbone, preprocessor=None, num_price_ranges=5, head_hidden_dim=128,
-                 dropout=0.1, zoo_config=None, **kwargs):
+                 dropout=0.1, structure="shared_bottom", num_experts=4, expert_dim=128,
+                 num_shared_experts=1, num_task_experts=1, num_levels=2,
+                 purchase_head="esmm", zoo_config=None, **kwargs):
+        if structure not in STRUCTURES:
+            raise ValueError(f"structure must be one of {STRUCTURES}, got {structure!r}")
+        if purchase_head not in PURCHASE_HEADS:
+            raise ValueError(f"purchase_head must be one of {PURCHASE_HEADS}, "
+                             f"got {purchase_head!r}")
         # === Layers ===
         self.backbone = backbone
         self.preprocessor = preprocessor
         init = keras.initializers.TruncatedNormal(stddev=backbone.initializer_range)
+        if structure == "mmoe":
+            self.multitask_heads = MMoE(
+                TOWERS, num_experts=num_experts, expert_dim=expert_dim, dropout=dropout,
+                initializer_range=backbone.initializer_range, name="multitask_heads")
+        elif structure == "ple":
+            self.multitask_heads = PLE(
+                TOWERS, num_shared_experts=num_shared_experts,
+                num_task_experts=num_task_experts, num_levels=num_levels,
+                expert_dim=expert_dim, dropout=dropout,
+                initializer_range=backbone.initializer_range, name="multitask_heads")
+        else:
+            self.multitask_heads = None
         self.towers = {}
         for task, units in (("click", 1), ("conversion", 1),
                             ("price_range", int(num_price_ranges)), ("demand", 1)):
@@ -67,13 +101,15 @@ class BertMtl(keras_hub.models.Task):
 
         # === Functional model ===
         inputs = backbone.input
-        encoded = backbone(inputs)
-        features = ops.concatenate(
-            [encoded["cls_output"], encoded["candidate_output"]], axis=-1)
+        features = self._shared_features(backbone(inputs))
+        if self.multitask_heads is None:
+            tower_inputs = {task: features for task in TOWERS}
+        else:
+            tower_inputs = self.multitask_heads(features)
 
         def tower(task):
             hidden, drop, logits = self.towers[task]
-            return ops.cast(logits(drop(hidden(features))), "float32")
+            return ops.cast(logits(drop(hidden(tower_inputs[task]))), "float32")
 
         click = ops.sigmoid(ops.squeeze(tower("click"), -1))
         conversion = ops.sigmoid(ops.squeeze(tower("conversion"), -1))
@@ -81,7 +117,8 @@ class BertMtl(keras_hub.models.Task):
         log_rate = LOG_RATE_BOUND * ops.tanh(ops.squeeze(tower("demand"), -1) / LOG_RATE_BOUND)
         outputs = {
             "click": click,
-            "purchase": click * conversion,  # ESMM: p(purchase) = p(click) p(purchase|click)
+            # ESMM: p(purchase) = p(click) p(purchase|click); naive: p(purchase|click) only.
+            "purchase": click * conversion if purchase_head == "esmm" else conversion,
             "price_range": price_range,
             "demand": ops.exp(log_rate),
         }
@@ -92,7 +129,26 @@ class BertMtl(keras_hub.models.Task):
         self.num_price_ranges = int(num_price_ranges)
         self.head_hidden_dim = int(head_hidden_dim)
         self.dropout = float(dropout)
+        self.structure = structure
+        self.num_experts = int(num_experts)
+        self.expert_dim = int(expert_dim)
+        self.num_shared_experts = int(num_shared_experts)
+        self.num_task_experts = int(num_task_experts)
+        self.num_levels = int(num_levels)
+        self.purchase_head = purchase_head
         self.zoo_config = dict(zoo_config or {})
+
+    @staticmethod
+    def _shared_features(encoded):
+        return ops.concatenate([encoded["cls_output"], encoded["candidate_output"]], axis=-1)
+
+    def gate_weights(self, inputs, training=False) -> dict:
+        """The experts' softmax gates on preprocessed `inputs` ({} for shared_bottom):
+        MMoE {tower: [B, E]}, PLE {"level{l}/{tower or shared}": [B, n]}."""
+        if self.multitask_heads is None:
+            return {}
+        features = self._shared_features(self.backbone(inputs, training=training))
+        return self.multitask_heads(features, training=training, return_gates=True)[1]
 
     def get_config(self):
         config = super().get_config()
@@ -100,6 +156,13 @@ class BertMtl(keras_hub.models.Task):
             "num_price_ranges": self.num_price_ranges,
             "head_hidden_dim": self.head_hidden_dim,
             "dropout": self.dropout,
+            "structure": self.structure,
+            "num_experts": self.num_experts,
+            "expert_dim": self.expert_dim,
+            "num_shared_experts": self.num_shared_experts,
+            "num_task_experts": self.num_task_experts,
+            "num_levels": self.num_levels,
+            "purchase_head": self.purchase_head,
             "zoo_config": dict(self.zoo_config),
         })
         return config
@@ -118,15 +181,27 @@ def load_vocabulary(vocabulary) -> dict:
     return vocab_lib.validate(vocabulary)
 
 
-def build(config: dict, vocabulary=None) -> BertMtl:
-    """Builds `BertMtl` from a resolved zoo config (see `zoo.get_config("bert_mtl", ...)`).
+# Optional config keys of the multi-task structure and purchase head; a config without
+# them (the `bert_mtl` presets) gets `BertMtl`'s defaults: shared bottom, ESMM.
+STRUCTURE_KEYS = ("structure", "num_experts", "expert_dim", "num_shared_experts",
+                  "num_task_experts", "num_levels", "purchase_head")
 
-    vocabulary: a dict from `fit_vocabulary` (or a JSON path); None = a placeholder of the
-      config's nominal sizes (parameter counts, smoke tests; not for training).
-    """
+
+def head_kwargs(config: dict) -> dict:
+    """`BertMtl` arguments (heads, structure) of a resolved zoo config."""
+    kwargs = {"num_price_ranges": config["num_price_ranges"],
+              "head_hidden_dim": config["head_hidden_dim"],
+              "dropout": config["dropout"]}
+    kwargs.update({k: config[k] for k in STRUCTURE_KEYS if k in config})
+    return kwargs
+
+
+def build_preprocessor(config: dict, vocabulary=None,
+                       name="bert_mtl_preprocessor") -> BertMtlPreprocessor:
+    """The preprocessor of a resolved config; vocabulary as in `build`."""
     vocab = (vocab_lib.placeholder_vocabulary(config) if vocabulary is None
              else load_vocabulary(vocabulary))
-    preprocessor = BertMtlPreprocessor(
+    return BertMtlPreprocessor(
         vocab,
         max_query_tokens=config["max_query_tokens"],
         max_title_tokens=config["max_title_tokens"],
@@ -134,7 +209,23 @@ def build(config: dict, vocabulary=None) -> BertMtl:
         max_position=config["max_position"],
         num_oov_indices=config["num_oov_indices"],
         num_gap_buckets=config["num_gap_buckets"],
-        name="bert_mtl_preprocessor")
+        name=name)
+
+
+def build(config: dict, vocabulary=None) -> BertMtl:
+    """Builds `BertMtl` from a resolved zoo config (see `zoo.get_config("bert_mtl", ...)`).
+
+    vocabulary: a dict from `fit_vocabulary` (or a JSON path); None = a placeholder of the
+      config's nominal sizes (parameter counts, smoke tests; not for training).
+    """
+    preprocessor = build_preprocessor(config, vocabulary)
+    text_encoder = None
+    if text_encoders.check(config.get("text_encoder", "wordpiece")) == "minilm":
+        if len(preprocessor.vocabulary["wordpiece"]) != len(text_encoders.minilm_vocabulary()):
+            raise ValueError("text_encoder=minilm needs MiniLM's vocabulary: fit the "
+                             "vocabulary with the same config (fit_vocabulary)")
+        text_encoder = text_encoders.load_minilm(config.get("text_encoder_layers", 6),
+                                                 dropout=config["dropout"])
     backbone = BertMtlBackbone(
         preprocessor.vocabulary_sizes(),
         hidden_dim=config["hidden_dim"],
@@ -149,12 +240,10 @@ def build(config: dict, vocabulary=None) -> BertMtl:
         dropout=config["dropout"],
         layer_norm_epsilon=config["layer_norm_epsilon"],
         initializer_range=config["initializer_range"],
+        text_encoder=text_encoder,
+        text_encoder_trainable=config.get("text_encoder_trainable", False),
         name="bert_mtl_backbone")
-    return BertMtl(backbone, preprocessor,
-                   num_price_ranges=config["num_price_ranges"],
-                   head_hidden_dim=config["head_hidden_dim"],
-                   dropout=config["dropout"],
-                   zoo_config=config,
+    return BertMtl(backbone, preprocessor, **head_kwargs(config), zoo_config=config,
                    name="bert_mtl")
 
 

@@ -4,7 +4,8 @@ The vocabulary is a JSON-serialisable dict (the trainer saves it next to the run
 model also carries it inside its `.keras` file, in the preprocessor's config):
 
     {"format": "bert_mtl.vocabulary/1",
-     "wordpiece": [...],          # reserved tokens first: [PAD] [CLS] [SEP] [UNK] [MASK]
+     "wordpiece": [...],          # [PAD] first, then [CLS] [SEP] [UNK] [MASK] (learned), or
+                                  # a pretrained text encoder's vocabulary (text_encoder)
      "item_id": [...], "category": [...], "brand": [...],   # most frequent first
      "price_edges": [...]}        # increasing inner edges of the price feature buckets
 """
@@ -125,13 +126,18 @@ def fit_vocabulary(features: dict, config) -> dict:
     def cols(*names):
         return [features[n] for n in names if n in features]
 
-    texts = np.concatenate([_as_str(a) for a in cols("query", "item_title")] or
-                           [np.zeros(0, "U1")])
+    if config.get("text_encoder", "wordpiece") == "minilm":  # the pretrained tower's own
+        from zoo.models.bert_mtl import text_encoders
+        wordpiece = text_encoders.minilm_vocabulary()
+    else:
+        texts = np.concatenate([_as_str(a) for a in cols("query", "item_title")] or
+                               [np.zeros(0, "U1")])
+        wordpiece = wordpiece_vocabulary(texts, int(config["wordpiece_vocab_size"]),
+                                         config.get("wordpiece_max_texts"))
     prices = [np.asarray(a, np.float64).ravel() for a in cols("item_price", "hist_price")]
     return {
         "format": FORMAT,
-        "wordpiece": wordpiece_vocabulary(texts, int(config["wordpiece_vocab_size"]),
-                                          config.get("wordpiece_max_texts")),
+        "wordpiece": wordpiece,
         "item_id": most_frequent(*cols("item_id", "hist_item_id"),
                                  max_size=int(config["item_vocab_size"])),
         "category": most_frequent(*cols("item_category", "hist_category"),
@@ -146,8 +152,12 @@ def fit_vocabulary(features: dict, config) -> dict:
 def placeholder_vocabulary(config) -> dict:
     """A vocabulary of the config's nominal sizes (for parameter counts and smoke tests)."""
     config = _config(config)
-    wp = _fallback_wordpiece()
-    wp += [f"tok{i}" for i in range(max(int(config["wordpiece_vocab_size"]) - len(wp), 0))]
+    if config.get("text_encoder", "wordpiece") == "minilm":
+        from zoo.models.bert_mtl import text_encoders
+        wp = text_encoders.minilm_vocabulary()
+    else:
+        wp = _fallback_wordpiece()
+        wp += [f"tok{i}" for i in range(max(int(config["wordpiece_vocab_size"]) - len(wp), 0))]
     return {
         "format": FORMAT,
         "wordpiece": wp,
@@ -165,8 +175,11 @@ def validate(vocabulary: dict) -> dict:
     if missing:
         raise ValueError(f"bert_mtl vocabulary lacks key(s) {missing}; expected {list(KEYS)}")
     wp = [str(t) for t in vocabulary["wordpiece"]]
-    if tuple(wp[: len(RESERVED_TOKENS)]) != RESERVED_TOKENS:
-        raise ValueError(f"the wordpiece vocabulary must start with {list(RESERVED_TOKENS)}")
+    # [PAD] must be id 0 (the padding value); the other reserved tokens anywhere (a
+    # pretrained vocabulary such as MiniLM's has them at 100..103).
+    if not wp or wp[0] != PAD or not set(RESERVED_TOKENS) <= set(wp):
+        raise ValueError(f"the wordpiece vocabulary must start with {PAD} and hold "
+                         f"{list(RESERVED_TOKENS)}")
     out = {"format": vocabulary.get("format", FORMAT), "wordpiece": wp}
     for key in ("item_id", "category", "brand"):
         values = [str(v) for v in vocabulary[key]]
