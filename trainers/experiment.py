@@ -39,7 +39,8 @@ RUNS = {
     "dnn_mtl": ("dnn_mtl", {}, {}, False),
     "bert_mtl": ("bert_mtl", {}, {}, False),
     "bert_mtl+pretrain": ("bert_mtl", {}, {}, True),
-    "bert_mtl+minilm": ("bert_mtl", {}, {"text_encoder": "minilm"}, False),
+    "bert_mtl+minilm": ("bert_mtl", {}, {"text_encoder": "minilm", "text_encoder_layers": 2},
+                        False),
     "bert_mtl+lora": ("bert_mtl", {"lora_rank": -1}, {}, True),  # -1: --lora_rank
     "bert_mtl-naive": ("bert_mtl", {}, {"purchase_head": "naive"}, False),
     "mmoe": ("mmoe", {}, {}, False),
