@@ -49,6 +49,12 @@ def run(config: multitask.TrainConfig) -> dict:
     from zoo.models.bert_mtl import pretrainer as pretrainer_lib
 
     model_dir = config.model_dir or default_model_dir(config)
+    # Checked before anything is written or prepared.
+    model_config = zoo.get_config(config.model, config.preset,
+                                  num_price_ranges=config.label_config.num_price_buckets,
+                                  **config.model_overrides)
+    if "max_history" not in model_config or "num_layers" not in model_config:
+        raise ValueError(f"--model {config.model} has no transformer encoder to pre-train")
     task_weights = multitask.parse_task_weights(config.task_weights, pretrainer_lib.TASKS)
     strategy = distribute.make_strategy(config.strategy)
     chief = distribute.is_chief(strategy)
@@ -64,11 +70,6 @@ def run(config: multitask.TrainConfig) -> dict:
     num_train = builder.info.splits["train"].num_examples
     steps = config.steps or max(1, math.ceil(config.epochs * num_train / config.batch_size))
 
-    model_config = zoo.get_config(config.model, config.preset,
-                                  num_price_ranges=config.label_config.num_price_buckets,
-                                  **config.model_overrides)
-    if "max_history" not in model_config or "hidden_dim" not in model_config:
-        raise ValueError(f"--model {config.model} has no transformer encoder to pre-train")
     multitask.check_same_run(model_dir, write_dir, {
         "model": config.model, "preset": config.preset, "model_config": model_config,
         "label_config": dataclasses.asdict(config.label_config), "task": "pretrain"})
