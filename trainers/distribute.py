@@ -2,7 +2,8 @@
 
 Keras 3's `model.fit` fails under MultiWorkerMirroredStrategy and ParameterServerStrategy
 (keras-team/keras#20329, #20585), so the trainers drive one custom loop under every
-strategy; this module only picks the strategy and the chief.
+strategy; this module picks the strategy, the chief, and (parameter_server) runs the
+worker and ps tasks, which only serve the coordinator's functions and variables.
 """
 
 from __future__ import annotations
@@ -13,7 +14,11 @@ import tempfile
 
 import tensorflow as tf
 
-STRATEGIES = ("one_device", "mirrored", "multi_worker_mirrored")
+STRATEGIES = ("one_device", "mirrored", "multi_worker_mirrored", "parameter_server")
+# A variable of at least this many bytes is split across the parameter servers (one shard
+# per ps at most). 1 MiB keeps the id embedding tables of a real shop sharded and the
+# encoder's dense weights, which every step reads whole anyway, in one piece.
+DEFAULT_MIN_SHARD_BYTES = 1 << 20
 
 
 def configure_cpu_devices(count: int) -> None:
@@ -24,7 +29,23 @@ def configure_cpu_devices(count: int) -> None:
             cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(count)])
 
 
-def make_strategy(name: str) -> tf.distribute.Strategy:
+class TablePartitioner(tf.distribute.experimental.partitioners.MinSizePartitioner):
+    """MinSizePartitioner for the id embedding tables only.
+
+    Dense weights are read whole by every step, so sharding them saves nothing, and Keras
+    variables cannot checkpoint a ShardedVariable; `zoo.models.layers.IdEmbedding` is the
+    layer that can. Other variables go whole to one parameter server, round robin."""
+
+    def __call__(self, shape, dtype, axis=0):
+        from zoo.models import layers
+
+        if not layers.creating_table():
+            return [1] * len(shape)
+        return super().__call__(shape, dtype, axis)
+
+
+def make_strategy(name: str, min_shard_bytes: int = DEFAULT_MIN_SHARD_BYTES
+                  ) -> tf.distribute.Strategy:
     if name == "one_device":
         gpus = tf.config.list_logical_devices("GPU")
         return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
@@ -37,7 +58,49 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
             raise ValueError("--strategy=multi_worker_mirrored needs the cluster in TF_CONFIG "
                              "(see README: training on a cluster)")
         return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "parameter_server":
+        resolver = _cluster_resolver(name)
+        num_ps = len(resolver.cluster_spec().as_dict().get("ps", []))
+        if not num_ps or resolver.task_type not in (None, "chief"):
+            raise ValueError("--strategy=parameter_server needs a TF_CONFIG cluster with "
+                             "'chief', 'worker' and 'ps' jobs, the coordinator being the "
+                             f"chief (got {os.environ.get('TF_CONFIG')})")
+        partitioner = TablePartitioner(min_shard_bytes=min_shard_bytes, max_shards=num_ps)
+        return tf.distribute.ParameterServerStrategy(resolver, variable_partitioner=partitioner)
     raise ValueError(f"unknown strategy {name!r}; expected one of {list(STRATEGIES)}")
+
+
+def _cluster_resolver(strategy: str):
+    if "TF_CONFIG" not in os.environ:
+        raise ValueError(f"--strategy={strategy} needs the cluster in TF_CONFIG (see README: "
+                         "training on a cluster, or python -m trainers.launch)")
+    return tf.distribute.cluster_resolver.TFConfigClusterResolver()
+
+
+def serves_only(strategy: str) -> bool:
+    """True for a parameter_server cluster's worker and ps tasks: they run no Python of
+    the trainer, only a server for the coordinator's functions and variables."""
+    return strategy == "parameter_server" and task_info()[0] in ("worker", "ps")
+
+
+def serve_forever(strategy: str) -> None:
+    """Runs this worker or ps task's server until the process is stopped."""
+    from absl import logging
+    import tensorflow_text  # noqa: F401  registers the tokenizer ops the input pipeline runs
+
+    resolver = _cluster_resolver(strategy)
+    server = tf.distribute.Server(resolver.cluster_spec(), job_name=resolver.task_type,
+                                  task_index=resolver.task_id,
+                                  protocol=resolver.rpc_layer or "grpc", start=True)
+    logging.info("%s:%d serving for the coordinator", resolver.task_type, resolver.task_id)
+    print(f"{resolver.task_type}:{resolver.task_id} serving at "
+          f"{resolver.cluster_spec().task_address(resolver.task_type, resolver.task_id)}",
+          flush=True)
+    server.join()
+
+
+def is_parameter_server(strategy: tf.distribute.Strategy) -> bool:
+    return isinstance(strategy, tf.distribute.ParameterServerStrategy)
 
 
 def task_info() -> tuple[str | None, int]:
@@ -63,3 +126,13 @@ def write_dir(model_dir: str, strategy: tf.distribute.Strategy) -> str:
         return model_dir
     task_type, task_id = task_info()
     return tempfile.mkdtemp(prefix=f"ecom_zoo_{task_type}_{task_id}_")
+
+
+def sharded_tables(model) -> dict:
+    """{variable path: [(rows, device) per shard]} of the model's sharded variables."""
+    out = {}
+    for v in model.weights:
+        inner = getattr(v, "value", v)
+        if isinstance(inner, tf.__internal__.distribute.ShardedVariable):
+            out[v.path] = [(int(s.shape[0]), s.device) for s in inner.variables]
+    return out

@@ -6,6 +6,11 @@ model while string preprocessing stays in tf.data. Losses are per example and av
 over the GLOBAL batch (`tf.nn.compute_average_loss`), so gradients summed across replicas
 equal the single-device gradient. The Keras model, optimizer and progress bar are used as
 they are: no Keras internals are patched.
+
+Under ParameterServerStrategy the same loop function is `schedule`d on the workers by a
+`ClusterCoordinator`; large tables are ShardedVariables on the parameter servers, and the
+optimizer updates their shards (Keras cannot take the gradient of a Keras variable that
+holds a ShardedVariable: BUILD_NOTES.md has the reproduction).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import sys
 import time
 from typing import Callable
 
@@ -23,6 +29,25 @@ from absl import logging
 
 from zoo.models import losses as losses_lib
 from zoo.models.features import TASKS
+
+# Steps per closure scheduled on a parameter-server worker: small enough that a killed
+# worker loses little and the workers share the remaining steps evenly.
+PS_STEPS_PER_CLOSURE = 5
+# Exit code of a worker that saved a checkpoint on SIGTERM (preemption) and stopped.
+PREEMPTED_EXIT_CODE = 42
+
+
+def train_variables(model: keras.Model) -> list:
+    """What the optimizer updates: the model's trainable variables, with a sharded table
+    replaced by its shards (each shard is a plain variable on one parameter server)."""
+    out = []
+    for v in model.trainable_variables:
+        inner = getattr(v, "value", v)
+        if isinstance(inner, tf.__internal__.distribute.ShardedVariable):
+            out.extend(inner.variables)
+        else:
+            out.append(v)
+    return out
 
 
 @dataclasses.dataclass
@@ -63,8 +88,14 @@ class Trainer:
         self._tasks = list(tasks)
         self.loss_fn = loss_fn
         self.history: list[dict] = []  # mean losses per loop call, for curves and tests
-        self._forward_backward = tf.function(self._forward_backward_fn,
-                                             jit_compile=config.jit_compile)
+        self.coordinator = (tf.distribute.coordinator.ClusterCoordinator(strategy)
+                            if isinstance(strategy, tf.distribute.ParameterServerStrategy)
+                            else None)
+        self.preemption = None  # multi-worker: saves and exits on SIGTERM (see restore)
+        self._variables = train_variables(model)
+        # XLA cannot compile a step whose variables live on other tasks (parameter servers).
+        self._forward_backward = tf.function(
+            self._forward_backward_fn, jit_compile=config.jit_compile and not self.coordinator)
         self._train_loop = tf.function(self._train_loop_fn)
 
     # --- state ---------------------------------------------------------------------------
@@ -73,7 +104,17 @@ class Trainer:
         return int(self.optimizer.iterations.numpy())
 
     def restore(self) -> int:
-        """Restores the latest checkpoint, if any; returns the step reached."""
+        """Restores the latest checkpoint, if any; returns the step reached.
+
+        Under multi_worker_mirrored it also installs TF's PreemptionCheckpointHandler: a
+        SIGTERM to any worker makes every worker save at the same step and exit with
+        PREEMPTED_EXIT_CODE; a re-launch resumes there."""
+        if isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            self.preemption = tf.distribute.experimental.PreemptionCheckpointHandler(
+                self.strategy.cluster_resolver, self.checkpoint,
+                checkpoint_dir=self.restore_dir,
+                termination_config=tf.distribute.experimental.TerminationConfig(
+                    exit_fn=_exit_preempted, grace_period=0))
         latest = tf.train.latest_checkpoint(self.restore_dir)
         if latest:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
@@ -94,7 +135,7 @@ class Trainer:
             per_example = losses_lib.combine(per_task, self.config.task_weights)
             loss = tf.nn.compute_average_loss(
                 per_example, global_batch_size=self.config.global_batch_size)
-        grads = tape.gradient(loss, self.model.trainable_variables)
+        grads = tape.gradient(loss, self._variables)
         task_means = {t: tf.nn.compute_average_loss(
             v, global_batch_size=self.config.global_batch_size) for t, v in per_task.items()}
         return loss, task_means, grads
@@ -102,22 +143,54 @@ class Trainer:
     def _replica_step(self, batch):
         features, labels = batch
         loss, task_means, grads = self._forward_backward(features, labels)
-        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+        self.optimizer.apply_gradients(zip(grads, self._variables))
         return loss, task_means
 
-    def _train_loop_fn(self, iterator, num_steps):
+    def _train_loop_fn(self, iterator, num_steps, limit):
+        """Up to num_steps steps, none past step `limit` (a parameter-server closure that is
+        re-run after its worker died must not train past the configured steps)."""
         sums = tf.zeros([1 + len(self._tasks)])  # total loss, then one per task
+        count = tf.constant(0.0)
         for _ in tf.range(num_steps):
+            if self.optimizer.iterations >= limit:
+                break
             loss, task_means = self.strategy.run(self._replica_step, args=(next(iterator),))
             values = [loss] + [task_means[t] for t in self._tasks]
             sums += tf.stack([self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
                               for v in values])
-        means = sums / tf.cast(num_steps, tf.float32)
-        return means[0], {t: means[i + 1] for i, t in enumerate(self._tasks)}
+            count += 1.0
+        return sums, count
 
     def run_steps(self, iterator, num_steps: int):
-        """Runs `num_steps` training steps in one tf.function call; returns mean losses."""
-        return self._train_loop(iterator, tf.constant(num_steps))
+        """Runs `num_steps` training steps; returns their mean losses.
+
+        One tf.function call, or under parameter_server closures of PS_STEPS_PER_CLOSURE
+        steps scheduled on whichever worker is free (a dead worker's closures go to the
+        others), joined before returning."""
+        limit = tf.constant(self.step + num_steps, tf.int64)
+        if self.coordinator is None:
+            sums, count = self._train_loop(iterator, tf.constant(num_steps), limit)
+            sums, count = sums.numpy(), float(count)
+        else:
+            remote = []
+            for start in range(0, num_steps, PS_STEPS_PER_CLOSURE):
+                n = min(PS_STEPS_PER_CLOSURE, num_steps - start)
+                remote.append(self.coordinator.schedule(
+                    self._train_loop, args=(iterator, tf.constant(n), limit)))
+            self.coordinator.join()
+            fetched = [r.fetch() for r in remote]
+            sums = np.sum([f[0] for f in fetched], axis=0)
+            count = float(sum(f[1] for f in fetched))
+        means = sums / max(count, 1.0)
+        return means[0], {t: means[i + 1] for i, t in enumerate(self._tasks)}
+
+    def distribute_dataset(self, dataset_fn: Callable):
+        """The strategy's distributed dataset of `dataset_fn(input_context)`: per worker
+        under parameter_server (each worker runs its own pipeline)."""
+        if self.coordinator is not None:
+            return self.coordinator.create_per_worker_dataset(
+                lambda: self.strategy.distribute_datasets_from_function(dataset_fn))
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
 
     # --- the loop ------------------------------------------------------------------------
     def train(self, dist_dataset, evaluate: Callable[[int], dict] | None = None,
@@ -159,6 +232,8 @@ class Trainer:
             if step >= next_ckpt or step >= cfg.total_steps:
                 self.save()
                 next_ckpt = (step // every + 1) * every
+            if self.preemption is not None:
+                self.preemption.save_checkpoint_if_preempted(checkpoint_number=step)
             if next_eval and step >= next_eval and step < cfg.total_steps and evaluate:
                 metrics = evaluate(step)
                 with self.summary.as_default(step=step):
@@ -170,6 +245,12 @@ class Trainer:
             self.save()
         self.summary.flush()
         return last
+
+
+def _exit_preempted():
+    logging.info("preempted: checkpoint saved, exiting with %d", PREEMPTED_EXIT_CODE)
+    sys.stdout.flush()
+    sys.exit(PREEMPTED_EXIT_CODE)
 
 
 def cleanup_worker_dir(path: str, chief_dir: str) -> None:

@@ -42,6 +42,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     task_weights: str = DEFAULT_TASK_WEIGHTS
     strategy: str = "one_device"
+    ps_min_shard_bytes: int = 1 << 20  # parameter_server: variables this big are sharded
     jit_compile: str = "auto"  # "auto" | "true" | "false"
     seed: int = 42
     steps_per_loop: int = 50
@@ -244,9 +245,13 @@ def run(config: TrainConfig) -> dict:
     from zoo.data import pipeline
     from zoo.models.features import split_labels
 
+    if distribute.serves_only(config.strategy):  # a parameter_server worker or ps task
+        distribute.serve_forever(config.strategy)
+        return {}
     model_dir = config.model_dir or default_model_dir(config)
     task_weights = parse_task_weights(config.task_weights)
-    strategy = distribute.make_strategy(config.strategy)
+    strategy = distribute.make_strategy(config.strategy, config.ps_min_shard_bytes)
+    parameter_server = distribute.is_parameter_server(strategy)
     chief = distribute.is_chief(strategy)
     write_dir = distribute.write_dir(model_dir, strategy)
     os.makedirs(write_dir, exist_ok=True)
@@ -280,33 +285,45 @@ def run(config: TrainConfig) -> dict:
     vocabulary = load_or_fit_vocabulary(config, model_config, train_files, model_dir,
                                         write_dir)
 
+    sample = next(iter(pipeline.make_dataset(train_files, batch_size=2, history_length=
+                                             config.label_config.history_length)))
     with strategy.scope():
-        model = zoo.get(config.model, config.preset, vocabulary=vocabulary,
-                        num_price_ranges=config.label_config.num_price_buckets,
-                        **config.model_overrides)
+        model = build_model(config, vocabulary, sample)
         # No gradient clipping: Keras clips each replica's gradient before the cross-replica
         # sum, which would make multi-replica training differ from one device.
         optimizer = keras.optimizers.AdamW(learning_rate=learning_rate_schedule(config, steps),
                                            weight_decay=config.weight_decay)
-        # Build weights and optimizer slots now, so a restore can match every object.
-        sample = next(iter(pipeline.make_dataset(train_files, batch_size=2, history_length=
-                                                 config.label_config.history_length)))
-        model(model.preprocessor(raw_features(sample)))
-        if config.init_checkpoint:
-            init_encoder(model, config.init_checkpoint)
-        adapt_for_fine_tuning(model, config)
-        optimizer.build(model.trainable_variables)
+        # Build the optimizer slots now, so a restore can match every object.
+        optimizer.build(loop.train_variables(model))
     preprocessor = model.preprocessor
+    if parameter_server and config.verbose:
+        tables = distribute.sharded_tables(model)
+        print(f"sharded across the parameter servers ({len(tables)} tables; other variables "
+              "whole, round robin):")
+        for path, shards in tables.items():
+            print(f"  {path}: " + ", ".join(f"{rows} rows on {device}"
+                                            for rows, device in shards))
+
+    def local_model():
+        """The model to evaluate, save and export: under parameter_server a copy on this
+        process with the sharded tables gathered (same weights, one variable per table),
+        so the saved model is the same as any other strategy's."""
+        if not parameter_server:
+            return model
+        return gathered_copy(model, build_model(config, vocabulary, sample))
 
     def train_input(ctx: tf.distribute.InputContext):
         per_replica = ctx.get_per_replica_batch_size(global_batch)
         # Each step takes one batch per replica fed by this pipeline.
         per_step = ctx.num_replicas_in_sync // ctx.num_input_pipelines
+        # parameter_server: every worker runs this same pipeline, asynchronously; an
+        # unseeded shuffle gives each its own order (a seeded one would repeat batches).
         ds = pipeline.make_dataset(
             train_files, batch_size=per_replica, shuffle=True, repeat=True,
-            seed=config.seed, cache=config.cache_dataset, drop_remainder=True,
-            history_length=config.label_config.history_length, input_context=ctx,
-            skip_batches=start_step * per_step, keep_fraction=config.labels_fraction)
+            seed=None if parameter_server else config.seed, cache=config.cache_dataset,
+            drop_remainder=True, history_length=config.label_config.history_length,
+            input_context=ctx, skip_batches=0 if parameter_server else start_step * per_step,
+            keep_fraction=config.labels_fraction)
         return ds.map(features_and_labels, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
             tf.data.AUTOTUNE)
 
@@ -324,11 +341,12 @@ def run(config: TrainConfig) -> dict:
                            summary_dir=os.path.join(write_dir, "train"),
                            restore_dir=os.path.join(model_dir, "checkpoints"))
     start_step = trainer.restore()  # every worker restores the chief's latest checkpoint
-    dist_ds = strategy.distribute_datasets_from_function(train_input)
+    dist_ds = trainer.distribute_dataset(train_input)
     eval_ds = (eval_dataset(builder, "eval", preprocessor, config) if has_eval else None)
 
     def evaluate(step):
-        preds, extras = loop.predict_dataset(model, eval_ds, jit_compile=loop_config.jit_compile)
+        preds, extras = loop.predict_dataset(local_model(), eval_ds,
+                                             jit_compile=loop_config.jit_compile)
         return metrics_lib.multitask_metrics(extras, preds, extras["user_id"])
 
     if config.verbose:
@@ -340,6 +358,7 @@ def run(config: TrainConfig) -> dict:
     trainer.train(dist_ds, evaluate=evaluate if eval_ds is not None else None,
                   verbose=config.verbose)
     train_seconds = time.time() - t0
+    model = local_model()
     result = {"step": trainer.step, "train_seconds": train_seconds,
               "parameters": model.count_params(), "trainable_parameters":
               trainable_parameters(model),
@@ -377,6 +396,33 @@ def run(config: TrainConfig) -> dict:
     else:
         loop.cleanup_worker_dir(write_dir, model_dir)
     return result
+
+
+def build_model(config: TrainConfig, vocabulary: dict, sample: dict):
+    """The zoo model with its weights built (by a call on `sample`), the pre-trained encoder
+    loaded and LoRA / freezing applied: the same construction in and out of a strategy."""
+    import zoo
+
+    model = zoo.get(config.model, config.preset, vocabulary=vocabulary,
+                    num_price_ranges=config.label_config.num_price_buckets,
+                    **config.model_overrides)
+    model(model.preprocessor(raw_features(sample)))
+    if config.init_checkpoint:
+        init_encoder(model, config.init_checkpoint)
+    adapt_for_fine_tuning(model, config)
+    return model
+
+
+def gathered_copy(source, target):
+    """Copies source's weights into target (built the same way, outside any strategy): a
+    sharded table is read whole here, once."""
+    import tensorflow as tf
+
+    if [tuple(w.shape) for w in source.weights] != [tuple(w.shape) for w in target.weights]:
+        raise ValueError("gathered_copy: the two models differ in their weights")
+    for s, t in zip(source.weights, target.weights):
+        t.assign(tf.convert_to_tensor(getattr(s, "value", s)))
+    return target
 
 
 def write_serving_examples(model_dir: str, train_config: dict | None = None, builder=None,
@@ -478,8 +524,13 @@ def define_flags():
     flags.DEFINE_integer("warmup_steps", 100, "Linear warmup steps.")
     flags.DEFINE_string("task_weights", DEFAULT_TASK_WEIGHTS, "Loss weight per task.")
     flags.DEFINE_enum("strategy", "one_device", ["one_device", "mirrored",
-                                                 "multi_worker_mirrored"],
-                      "tf.distribute strategy (multi_worker_mirrored reads TF_CONFIG).")
+                                                 "multi_worker_mirrored", "parameter_server"],
+                      "tf.distribute strategy (multi_worker_mirrored and parameter_server read "
+                      "the cluster from TF_CONFIG; python -m trainers.launch starts a local "
+                      "one).")
+    flags.DEFINE_integer("ps_min_shard_bytes", 1 << 20, "parameter_server: a variable of at "
+                         "least this many bytes (the id embedding tables) is sharded across "
+                         "the parameter servers.")
     flags.DEFINE_integer("cpu_devices", 1, "Split the CPU into this many logical devices "
                          "(lets --strategy=mirrored run on a CPU-only machine).")
     flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"],
@@ -532,6 +583,7 @@ def config_from_flags() -> TrainConfig:
         epochs=FLAGS.epochs, steps=FLAGS.steps, batch_size=FLAGS.batch_size,
         learning_rate=FLAGS.learning_rate, warmup_steps=FLAGS.warmup_steps,
         task_weights=FLAGS.task_weights, strategy=FLAGS.strategy,
+        ps_min_shard_bytes=FLAGS.ps_min_shard_bytes,
         jit_compile=FLAGS.jit_compile, seed=FLAGS.seed, steps_per_loop=FLAGS.steps_per_loop,
         checkpoint_every=FLAGS.checkpoint_every, eval_every=FLAGS.eval_every,
         export_base=FLAGS.export_base, export_name=FLAGS.export_name,

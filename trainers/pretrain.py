@@ -56,7 +56,10 @@ def run(config: multitask.TrainConfig) -> dict:
     if "max_history" not in model_config or "num_layers" not in model_config:
         raise ValueError(f"--model {config.model} has no transformer encoder to pre-train")
     task_weights = multitask.parse_task_weights(config.task_weights, pretrainer_lib.TASKS)
-    strategy = distribute.make_strategy(config.strategy)
+    if distribute.serves_only(config.strategy):  # a parameter_server worker or ps task
+        distribute.serve_forever(config.strategy)
+        return {}
+    strategy = distribute.make_strategy(config.strategy, config.ps_min_shard_bytes)
     chief = distribute.is_chief(strategy)
     write_dir = distribute.write_dir(model_dir, strategy)
     os.makedirs(write_dir, exist_ok=True)
@@ -89,7 +92,7 @@ def run(config: multitask.TrainConfig) -> dict:
         sample = next(iter(pipeline.make_dataset(
             train_files, batch_size=2, history_length=config.label_config.history_length)))
         net(masker(model.preprocessor(multitask.raw_features(sample)))[0])
-        optimizer.build(net.trainable_variables)
+        optimizer.build(loop.train_variables(net))
     preprocessor = model.preprocessor
 
     def masked(batch):
@@ -116,7 +119,7 @@ def run(config: multitask.TrainConfig) -> dict:
                            loss_fn=pretrainer_lib.per_example_losses,
                            tasks=pretrainer_lib.TASKS)
     start_step = trainer.restore()
-    dist_ds = strategy.distribute_datasets_from_function(train_input)
+    dist_ds = trainer.distribute_dataset(train_input)
     if config.verbose:
         print(f"pre-training the {config.model}/{config.preset} encoder "
               f"({model.backbone.count_params():,} parameters; heads "

@@ -25,6 +25,7 @@ import keras_hub
 from keras import ops
 
 from zoo.models.bert_mtl.preprocessor import HISTORY_OUTPUTS, SCALAR_OUTPUTS
+from zoo.models.layers import IdEmbedding
 
 SEGMENT_QUERY, SEGMENT_HISTORY, SEGMENT_CANDIDATE = 0, 1, 2
 
@@ -59,8 +60,8 @@ class EventSequenceEmbedding(keras.layers.Layer):
         sizes = self.vocabulary_sizes
 
         def emb(name, key):
-            return keras.layers.Embedding(sizes[key], self.hidden_dim,
-                                          embeddings_initializer=init, name=name)
+            return IdEmbedding(sizes[key], self.hidden_dim, embeddings_initializer=init,
+                               name=name)
 
         if self.use_text_tower:
             self.word_embedding = None

@@ -23,6 +23,7 @@ import keras_hub
 from keras import ops
 
 from zoo.models.bert_mtl.preprocessor import HISTORY_OUTPUTS, SCALAR_OUTPUTS
+from zoo.models.layers import IdEmbedding
 
 _TABLES = (("word_embedding", "wordpiece"), ("item_embedding", "item"),
            ("category_embedding", "category"), ("brand_embedding", "brand"),
@@ -50,7 +51,7 @@ class PooledFieldEmbedding(keras.layers.Layer):
         self.initializer_range = float(initializer_range)
         init = keras.initializers.TruncatedNormal(stddev=self.initializer_range)
         for attr, key in _TABLES:
-            setattr(self, attr, keras.layers.Embedding(
+            setattr(self, attr, IdEmbedding(
                 self.vocabulary_sizes[key], self.embedding_dim, embeddings_initializer=init,
                 dtype=self.dtype_policy, name=attr))
 
