@@ -401,8 +401,13 @@ def run(config: TrainConfig) -> dict:
 def build_model(config: TrainConfig, vocabulary: dict, sample: dict):
     """The zoo model with its weights built (by a call on `sample`), the pre-trained encoder
     loaded and LoRA / freezing applied: the same construction in and out of a strategy."""
+    import keras
     import zoo
 
+    # Seeded here, not only at the start: what ran before (data preparation, vocabulary
+    # fitting) must not change the initial weights, or a resumed or relaunched cluster
+    # task would start from other weights than its peers.
+    keras.utils.set_random_seed(config.seed)
     model = zoo.get(config.model, config.preset, vocabulary=vocabulary,
                     num_price_ranges=config.label_config.num_price_buckets,
                     **config.model_overrides)

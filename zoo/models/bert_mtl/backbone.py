@@ -56,17 +56,19 @@ class EventSequenceEmbedding(keras.layers.Layer):
         self.dropout = float(dropout)
         self.layer_norm_epsilon = float(layer_norm_epsilon)
         self.initializer_range = float(initializer_range)
-        init = keras.initializers.TruncatedNormal(stddev=self.initializer_range)
+        # A new initializer per weight: one unseeded instance gives every weight the same values.
+        def init():
+            return keras.initializers.TruncatedNormal(stddev=self.initializer_range)
         sizes = self.vocabulary_sizes
 
         def emb(name, key):
-            return IdEmbedding(sizes[key], self.hidden_dim, embeddings_initializer=init,
+            return IdEmbedding(sizes[key], self.hidden_dim, embeddings_initializer=init(),
                                name=name)
 
         if self.use_text_tower:
             self.word_embedding = None
             self.separator_embedding = keras.layers.Embedding(
-                1, self.hidden_dim, embeddings_initializer=init, name="separator_embedding")
+                1, self.hidden_dim, embeddings_initializer=init(), name="separator_embedding")
         else:
             self.word_embedding = emb("word_embedding", "wordpiece")
         self.item_embedding = emb("item_embedding", "item")
@@ -79,10 +81,10 @@ class EventSequenceEmbedding(keras.layers.Layer):
         self.clicks_embedding = emb("item_clicks_7d_embedding", "count")
         self.purchases_embedding = emb("item_purchases_7d_embedding", "count")
         self.segment_embedding = keras.layers.Embedding(
-            3, self.hidden_dim, embeddings_initializer=init, name="segment_embedding")
+            3, self.hidden_dim, embeddings_initializer=init(), name="segment_embedding")
         self.position_embedding = keras_hub.layers.PositionEmbedding(
             sequence_length=sequence_length(self.max_query_tokens, self.max_history),
-            initializer=init, name="position_embedding")
+            initializer=init(), name="position_embedding")
         self.layer_norm = keras.layers.LayerNormalization(
             epsilon=self.layer_norm_epsilon, name="embeddings_layer_norm")
         self.dropout_layer = keras.layers.Dropout(self.dropout, name="embeddings_dropout")
@@ -241,17 +243,19 @@ class BertMtlBackbone(keras_hub.models.Backbone):
         Q, T, H = int(max_query_tokens), int(max_title_tokens), int(max_history)
         if isinstance(text_encoder, dict):  # from get_config
             text_encoder = keras.saving.deserialize_keras_object(text_encoder)
-        init = keras.initializers.TruncatedNormal(stddev=initializer_range)
+        # A new initializer per weight: one unseeded instance gives every weight the same values.
+        def init():
+            return keras.initializers.TruncatedNormal(stddev=initializer_range)
         # === Layers ===
         self.text_encoder = text_encoder
         if text_encoder is not None:
             text_encoder.trainable = bool(text_encoder_trainable)
             self.text_inputs = TextTowerInputs(cls_id, sep_id, name="text_tower_inputs")
             self.query_projection = keras.layers.Dense(
-                hidden_dim, kernel_initializer=init, dtype=dtype, name="query_projection")
+                hidden_dim, kernel_initializer=init(), dtype=dtype, name="query_projection")
             self.title_pool = MaskedMeanPool(name="title_pool")
             self.title_projection = keras.layers.Dense(
-                hidden_dim, kernel_initializer=init, dtype=dtype, name="title_projection")
+                hidden_dim, kernel_initializer=init(), dtype=dtype, name="title_projection")
         self.embeddings = EventSequenceEmbedding(
             vocabulary_sizes, hidden_dim, Q, T, H, cls_id=cls_id, sep_id=sep_id,
             dropout=dropout, layer_norm_epsilon=layer_norm_epsilon,

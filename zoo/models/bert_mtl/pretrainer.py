@@ -89,12 +89,14 @@ class BertMtlPretrainer(keras.Model):
     def __init__(self, backbone, num_masked_events, num_masked_tokens, **kwargs):
         Q, H = backbone.max_query_tokens, backbone.max_history
         sizes = backbone.vocabulary_sizes
-        init = keras.initializers.TruncatedNormal(stddev=backbone.initializer_range)
+        # A new initializer per weight: one unseeded instance gives every weight the same values.
+        def init():
+            return keras.initializers.TruncatedNormal(stddev=backbone.initializer_range)
 
         def head(name, size):
             return keras_hub.layers.MaskedLMHead(
                 vocabulary_size=size, intermediate_activation="gelu",
-                kernel_initializer=init, layer_norm_epsilon=backbone.layer_norm_epsilon,
+                kernel_initializer=init(), layer_norm_epsilon=backbone.layer_norm_epsilon,
                 dtype="float32", name=name)
 
         self.backbone = backbone

@@ -76,7 +76,9 @@ class BertMtl(keras_hub.models.Task):
         # === Layers ===
         self.backbone = backbone
         self.preprocessor = preprocessor
-        init = keras.initializers.TruncatedNormal(stddev=backbone.initializer_range)
+        # A new initializer per weight: one unseeded instance gives every weight the same values.
+        def init():
+            return keras.initializers.TruncatedNormal(stddev=backbone.initializer_range)
         if structure == "mmoe":
             self.multitask_heads = MMoE(
                 TOWERS, num_experts=num_experts, expert_dim=expert_dim, dropout=dropout,
@@ -94,9 +96,9 @@ class BertMtl(keras_hub.models.Task):
                             ("price_range", int(num_price_ranges)), ("demand", 1)):
             self.towers[task] = (
                 keras.layers.Dense(int(head_hidden_dim), activation="gelu",
-                                   kernel_initializer=init, name=f"{task}_hidden"),
+                                   kernel_initializer=init(), name=f"{task}_hidden"),
                 keras.layers.Dropout(float(dropout), name=f"{task}_dropout"),
-                keras.layers.Dense(units, kernel_initializer=init, dtype="float32",
+                keras.layers.Dense(units, kernel_initializer=init(), dtype="float32",
                                    name=f"{task}_logits"))
 
         # === Functional model ===

@@ -49,10 +49,12 @@ class PooledFieldEmbedding(keras.layers.Layer):
         self.embedding_dim = int(embedding_dim)
         self.max_title_tokens = int(max_title_tokens)
         self.initializer_range = float(initializer_range)
-        init = keras.initializers.TruncatedNormal(stddev=self.initializer_range)
+        # A new initializer per weight: one unseeded instance gives every weight the same values.
+        def init():
+            return keras.initializers.TruncatedNormal(stddev=self.initializer_range)
         for attr, key in _TABLES:
             setattr(self, attr, IdEmbedding(
-                self.vocabulary_sizes[key], self.embedding_dim, embeddings_initializer=init,
+                self.vocabulary_sizes[key], self.embedding_dim, embeddings_initializer=init(),
                 dtype=self.dtype_policy, name=attr))
 
     @property
