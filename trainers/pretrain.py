@@ -56,9 +56,11 @@ def run(config: multitask.TrainConfig) -> dict:
     if "max_history" not in model_config or "num_layers" not in model_config:
         raise ValueError(f"--model {config.model} has no transformer encoder to pre-train")
     task_weights = multitask.parse_task_weights(config.task_weights, pretrainer_lib.TASKS)
-    if distribute.serves_only(config.strategy):  # a parameter_server worker or ps task
-        distribute.serve_forever(config.strategy)
-        return {}
+    if config.strategy == "parameter_server":
+        # The masked-item head is tied to the item table: every step would read the whole
+        # table from the parameter servers (a sampled softmax would be needed first).
+        raise ValueError("trainers.pretrain does not support --strategy=parameter_server "
+                         "yet; use one_device, mirrored or multi_worker_mirrored")
     strategy = distribute.make_strategy(config.strategy, config.ps_min_shard_bytes)
     chief = distribute.is_chief(strategy)
     write_dir = distribute.write_dir(model_dir, strategy)
