@@ -189,7 +189,7 @@ def test_sigterm_checkpoints_every_worker_and_the_relaunch_matches_an_uninterrup
         shop, tmp_path, uninterrupted):
     from trainers import loop
 
-    at = RNG.randrange(10, 120)
+    at = RNG.randrange(10, 80)
     print(f"SIGTERM to worker:1 at step {at}")
     model_dir = tmp_path / "run"
     # No periodic checkpoint before the end: the only one is the preemption's.
@@ -245,6 +245,7 @@ def test_a_kill_during_checkpointing_leaves_the_previous_checkpoint_usable(shop,
             time.sleep(0.05)
         assert state.exists(), "no checkpoint was written"
         time.sleep(RNG.uniform(0.5, 3.0))
+        assert proc.poll() is None, "the run ended before the kill"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     finally:

@@ -110,8 +110,11 @@ class Trainer:
         SIGTERM to any worker makes every worker save at the same step and exit with
         PREEMPTED_EXIT_CODE; a re-launch resumes there."""
         if isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            # Its own Checkpoint object: the handler adds a run counter to the one it gets,
+            # which would make checkpoints written without it fail to restore.
             self.preemption = tf.distribute.experimental.PreemptionCheckpointHandler(
-                self.strategy.cluster_resolver, self.checkpoint,
+                self.strategy.cluster_resolver,
+                tf.train.Checkpoint(model=self.model, optimizer=self.optimizer),
                 checkpoint_dir=self.restore_dir,
                 termination_config=tf.distribute.experimental.TerminationConfig(
                     exit_fn=_exit_preempted, grace_period=0))

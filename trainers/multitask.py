@@ -304,23 +304,32 @@ def run(config: TrainConfig) -> dict:
             print(f"  {path}: " + ", ".join(f"{rows} rows on {device}"
                                             for rows, device in shards))
 
+    copies = []
+
     def local_model():
         """The model to evaluate, save and export: under parameter_server a copy on this
         process with the sharded tables gathered (same weights, one variable per table),
-        so the saved model is the same as any other strategy's."""
+        so the saved model is the same as any other strategy's. Built once; each call
+        copies the current weights."""
         if not parameter_server:
             return model
-        return gathered_copy(model, build_model(config, vocabulary, sample))
+        if not copies:
+            copies.append(build_model(config, vocabulary, sample))
+        return gathered_copy(model, copies[0])
 
     def train_input(ctx: tf.distribute.InputContext):
         per_replica = ctx.get_per_replica_batch_size(global_batch)
         # Each step takes one batch per replica fed by this pipeline.
         per_step = ctx.num_replicas_in_sync // ctx.num_input_pipelines
-        # parameter_server: every worker runs this same pipeline, asynchronously; an
-        # unseeded shuffle gives each its own order (a seeded one would repeat batches).
+        # parameter_server: every worker runs this same (once traced) pipeline,
+        # asynchronously; the worker's index in the seed gives each its own order.
+        seed = config.seed
+        if parameter_server:
+            seed = tf.cast(tf.distribute.coordinator.experimental_get_current_worker_index(),
+                           tf.int64) + config.seed
         ds = pipeline.make_dataset(
             train_files, batch_size=per_replica, shuffle=True, repeat=True,
-            seed=None if parameter_server else config.seed, cache=config.cache_dataset,
+            seed=seed, cache=config.cache_dataset,
             drop_remainder=True, history_length=config.label_config.history_length,
             input_context=ctx, skip_batches=0 if parameter_server else start_step * per_step,
             keep_fraction=config.labels_fraction)
