@@ -89,6 +89,11 @@ def serve_forever(strategy: str) -> None:
     import tensorflow_text  # noqa: F401  registers the tokenizer ops the input pipeline runs
 
     resolver = _cluster_resolver(strategy)
+    jobs = resolver.cluster_spec().as_dict()
+    if not (jobs.get("chief") and jobs.get("ps")):
+        # Without a coordinator or a ps nobody would ever call this server: refuse, not hang.
+        raise ValueError("--strategy=parameter_server needs a TF_CONFIG cluster with 'chief', "
+                         f"'worker' and 'ps' jobs (got jobs {sorted(jobs)})")
     server = tf.distribute.Server(resolver.cluster_spec(), job_name=resolver.task_type,
                                   task_index=resolver.task_id,
                                   protocol=resolver.rpc_layer or "grpc", start=True)
