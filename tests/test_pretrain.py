@@ -125,3 +125,45 @@ def test_freeze_encoder_trains_the_heads_only():
     assert trainable and not trainable & {id(v) for v in model.backbone.weights}
     with pytest.raises(ValueError, match="exclude"):
         multitask.adapt_for_fine_tuning(model, dataclasses.replace(config, lora_rank=2))
+
+
+@pytest.mark.parametrize("unit", ["item", "position"])
+def test_masking_by_item_leaves_no_visible_copy_of_a_masked_item(unit):
+    import tensorflow as tf
+    from zoo.models.bert_mtl.pretrainer import EventMasker
+
+    tf.random.set_seed(3)
+    rng = np.random.default_rng(0)
+    B, H = 64, 20
+    items = rng.integers(1, 8, (B, H))  # few items: every row repeats some
+    items[:, 15:] = 0                   # padding
+    x = {"hist_item_index": tf.constant(items, tf.int32),
+         "hist_category_index": tf.constant(items % 3 + 1, tf.int32),
+         "hist_brand_index": tf.constant(items % 5 + 1, tf.int32),
+         "hist_price_bucket": tf.constant(items % 4 + 1, tf.int32),
+         "query_tokens": tf.constant(rng.integers(5, 50, (B, 8)), tf.int32)}
+    masker = EventMasker({"item": 8, "wordpiece": 50}, max_history=H, max_query_tokens=8,
+                         mask_token_id=4, event_rate=0.15, mask_unit=unit)
+    inputs, targets = masker(x)
+    masked_items = inputs["hist_item_index"].numpy()
+    target_items = targets["item"].numpy()
+    weights = targets["event_weights"].numpy()
+    positions = inputs["event_mask_positions"].numpy()
+    visible_copies = 0
+    for b in range(B):
+        for t, w, p in zip(target_items[b], weights[b], positions[b]):
+            if w > 0:
+                assert t == items[b, p] and masked_items[b, p] == 0  # the target is masked
+                assert inputs["hist_category_index"].numpy()[b, p] == 0
+                visible_copies += int((masked_items[b] == t).any())
+    assert weights.sum() > 0
+    # Padding stays padding; events of unmasked items keep every field.
+    kept = masked_items != 0
+    np.testing.assert_array_equal(masked_items[kept], items[kept])
+    assert (masked_items[:, 15:] == 0).all()
+    if unit == "item":
+        assert visible_copies == 0
+    else:  # masking by position leaves copies (this data repeats every item)
+        assert visible_copies > 0
+    with pytest.raises(ValueError, match="pretrain_mask_unit"):
+        EventMasker({"item": 8, "wordpiece": 50}, H, 8, 4, mask_unit="token")

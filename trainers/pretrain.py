@@ -82,6 +82,9 @@ def run(config: multitask.TrainConfig) -> dict:
                                                   model_dir, write_dir)
 
     with strategy.scope():
+        # Seeded right before the build (as multitask.build_model): preparation and
+        # vocabulary fitting, which a resumed run skips, must not move the initial weights.
+        keras.utils.set_random_seed(config.seed)
         model = zoo.get(config.model, config.preset, vocabulary=vocabulary,
                         num_price_ranges=config.label_config.num_price_buckets,
                         **config.model_overrides)

@@ -15,7 +15,8 @@ LayerNorm, dropout, then `num_layers` x `keras_hub.layers.TransformerEncoder` wi
 padding mask (query [PAD]s and history padding are masked out).
 
 Numeric only (int32 in, float out): XLA-compilable (`jit_compile=True`).
-Outputs: {"sequence_output": [B, S, D], "cls_output": [B, D], "candidate_output": [B, D]}.
+Outputs: {"sequence_output": [B, S, D], "cls_output": [B, D], "candidate_output": [B, D],
+"candidate_embedding": [B, D] (the candidate token before the transformer layers)}.
 """
 
 from __future__ import annotations
@@ -286,10 +287,15 @@ class BertMtlBackbone(keras_hub.models.Backbone):
                 embedding_inputs["title_embedding"] = self.title_projection(
                     self.title_pool(title, inputs["title_tokens"]))
         x, padding_mask = self.embeddings(embedding_inputs)
+        # The candidate's own embedding (before any attention), a direct path for the heads
+        # (as dnn_mtl's candidate fields and BST's concatenation): rank, popularity and item
+        # identity reach them whatever the encoder learned in pre-training.
+        candidate_embedding = x[:, -1, :]
         for layer in self.transformer_layers:
             x = layer(x, padding_mask=padding_mask)
         outputs = {"sequence_output": x, "cls_output": x[:, 0, :],
-                   "candidate_output": x[:, -1, :]}
+                   "candidate_output": x[:, -1, :],
+                   "candidate_embedding": candidate_embedding}
         super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
 
         # === Config ===

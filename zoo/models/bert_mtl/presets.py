@@ -34,6 +34,13 @@ _COMMON = {
     "text_encoder": "wordpiece",
     "text_encoder_layers": 6,
     "text_encoder_trainable": False,  # MiniLM frozen; its projections train
+    # Pre-training (`trainers.pretrain`): masked fractions of history events and query
+    # tokens; "position" masks the chosen events only (BERT4Rec as published), "item" also
+    # every other event of a chosen event's item (a click, its cart and its purchase are one
+    # item). Measured at 10 % labels (BUILD_NOTES.md), "item" fine-tunes worse.
+    "pretrain_event_mask_rate": 0.15,
+    "pretrain_token_mask_rate": 0.15,
+    "pretrain_mask_unit": "position",
 }
 
 PRESETS = {

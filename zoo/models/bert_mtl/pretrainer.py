@@ -31,6 +31,7 @@ from zoo.models.bert_mtl import vocabulary as vocab_lib
 MASKED_EVENT_FIELDS = ("hist_item_index", "hist_category_index", "hist_brand_index",
                        "hist_price_bucket")
 TASKS = ("item", "category", "query")
+MASK_UNITS = ("item", "position")
 
 
 def num_selections(length: int, rate: float) -> int:
@@ -42,10 +43,18 @@ class EventMasker:
 
     Built from keras-hub's `MaskedLMMaskGenerator`: padding is never selected; events are
     always fully masked (a random replacement would leave its category and brand behind).
+    mask_unit="item" also masks every other event of a chosen event's item (not a target):
+    the log repeats an item (click, cart, purchase), and a visible copy makes the masked
+    item a copy task. "position" masks the chosen events only.
     """
 
     def __init__(self, vocabulary_sizes: dict, max_history: int, max_query_tokens: int,
-                 mask_token_id: int, event_rate: float = 0.15, token_rate: float = 0.15):
+                 mask_token_id: int, event_rate: float = 0.15, token_rate: float = 0.15,
+                 mask_unit: str = "position"):
+        if mask_unit not in MASK_UNITS:
+            raise ValueError(f"pretrain_mask_unit must be one of {MASK_UNITS}, "
+                             f"got {mask_unit!r}")
+        self.mask_unit = mask_unit
         self.num_events = num_selections(max_history, event_rate)
         self.num_tokens = num_selections(max_query_tokens, token_rate)
         self.events = keras_hub.layers.MaskedLMMaskGenerator(
@@ -65,6 +74,11 @@ class EventMasker:
         selected = tf.reduce_max(
             tf.one_hot(positions, tf.shape(x["hist_item_index"])[1], dtype=tf.int32)
             * tf.cast(weights[..., None] > 0, tf.int32), axis=1)  # [B, H] 1 = masked
+        if self.mask_unit == "item":
+            items = x["hist_item_index"]
+            same = tf.equal(items[:, :, None], items[:, None, :])  # [B, H, H]
+            hit = tf.reduce_any(same & (selected[:, None, :] > 0), axis=2)
+            selected = tf.cast(hit & (items > 0), tf.int32)
         targets = {
             "item": events["mask_ids"],
             "category": tf.gather(x["hist_category_index"], positions, batch_dims=1),
@@ -165,7 +179,8 @@ def make_masker(preprocessor, config: dict) -> EventMasker:
     return EventMasker(preprocessor.vocabulary_sizes(), config["max_history"],
                        config["max_query_tokens"], preprocessor.token_id(vocab_lib.MASK),
                        event_rate=config.get("pretrain_event_mask_rate", 0.15),
-                       token_rate=config.get("pretrain_token_mask_rate", 0.15))
+                       token_rate=config.get("pretrain_token_mask_rate", 0.15),
+                       mask_unit=config.get("pretrain_mask_unit", "position"))
 
 
 def save_encoder(backbone, path: str) -> str:

@@ -16,7 +16,7 @@ Outputs: {"click": [B], "purchase": [B], "price_range": [B, K], "demand": [B]}
   demand       Poisson rate = exp(log_rate), log_rate soft-clipped to (-12, 12)
 
 Between the backbone and the 4 towers (click, conversion, price_range, demand) sits the
-multi-task `structure`: "shared_bottom" (every tower reads concat(CLS, candidate)), "mmoe"
+multi-task `structure`: "shared_bottom" (every tower reads concat(CLS, candidate, candidate embedding)), "mmoe"
 or "ple" (`zoo.models.multitask_heads`).
 """
 
@@ -41,7 +41,8 @@ PURCHASE_HEADS = ("esmm", "naive")
 
 @keras.saving.register_keras_serializable(package="ecom_zoo")
 class BertMtl(keras_hub.models.Task):
-    """Backbone + multi-task structure + task heads on concat(CLS output, candidate output).
+    """Backbone + multi-task structure + task heads on concat(CLS output, candidate output,
+    candidate embedding when the backbone gives one).
 
     Call it on PREPROCESSED inputs (`model.preprocessor(raw)`); `model.predict` / `fit` /
     `evaluate` on raw data preprocess automatically (keras-hub `Task` behaviour). Any
@@ -142,7 +143,10 @@ class BertMtl(keras_hub.models.Task):
 
     @staticmethod
     def _shared_features(encoded):
-        return ops.concatenate([encoded["cls_output"], encoded["candidate_output"]], axis=-1)
+        parts = [encoded["cls_output"], encoded["candidate_output"]]
+        if "candidate_embedding" in encoded:
+            parts.append(encoded["candidate_embedding"])
+        return ops.concatenate(parts, axis=-1)
 
     def gate_weights(self, inputs, training=False) -> dict:
         """The experts' softmax gates on preprocessed `inputs` ({} for shared_bottom):
