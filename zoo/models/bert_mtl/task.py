@@ -59,6 +59,8 @@ class BertMtl(keras_hub.models.Task):
       num_shared_experts, num_task_experts, num_levels: PLE.
       purchase_head: "esmm" (purchase = click x conversion) or "naive" (purchase =
         conversion, trained on clicks only).
+      candidate_embedding_to_heads: the towers also read the backbone's
+        "candidate_embedding" (the candidate before the encoder), when it has one.
       zoo_config: the resolved zoo config the model was built from (kept for reference).
     """
 
@@ -68,7 +70,8 @@ class BertMtl(keras_hub.models.Task):
     def __init__(self, backbone, preprocessor=None, num_price_ranges=5, head_hidden_dim=128,
                  dropout=0.1, structure="shared_bottom", num_experts=4, expert_dim=128,
                  num_shared_experts=1, num_task_experts=1, num_levels=2,
-                 purchase_head="esmm", zoo_config=None, **kwargs):
+                 purchase_head="esmm", candidate_embedding_to_heads=True, zoo_config=None,
+                 **kwargs):
         if structure not in STRUCTURES:
             raise ValueError(f"structure must be one of {STRUCTURES}, got {structure!r}")
         if purchase_head not in PURCHASE_HEADS:
@@ -77,6 +80,7 @@ class BertMtl(keras_hub.models.Task):
         # === Layers ===
         self.backbone = backbone
         self.preprocessor = preprocessor
+        self.candidate_embedding_to_heads = bool(candidate_embedding_to_heads)
         # A new initializer per weight: one unseeded instance gives every weight the same values.
         def init():
             return keras.initializers.TruncatedNormal(stddev=backbone.initializer_range)
@@ -141,10 +145,9 @@ class BertMtl(keras_hub.models.Task):
         self.purchase_head = purchase_head
         self.zoo_config = dict(zoo_config or {})
 
-    @staticmethod
-    def _shared_features(encoded):
+    def _shared_features(self, encoded):
         parts = [encoded["cls_output"], encoded["candidate_output"]]
-        if "candidate_embedding" in encoded:
+        if self.candidate_embedding_to_heads and "candidate_embedding" in encoded:
             parts.append(encoded["candidate_embedding"])
         return ops.concatenate(parts, axis=-1)
 
@@ -169,6 +172,7 @@ class BertMtl(keras_hub.models.Task):
             "num_task_experts": self.num_task_experts,
             "num_levels": self.num_levels,
             "purchase_head": self.purchase_head,
+            "candidate_embedding_to_heads": self.candidate_embedding_to_heads,
             "zoo_config": dict(self.zoo_config),
         })
         return config
@@ -199,6 +203,8 @@ def head_kwargs(config: dict) -> dict:
               "head_hidden_dim": config["head_hidden_dim"],
               "dropout": config["dropout"]}
     kwargs.update({k: config[k] for k in STRUCTURE_KEYS if k in config})
+    if "candidate_embedding_to_heads" in config:
+        kwargs["candidate_embedding_to_heads"] = config["candidate_embedding_to_heads"]
     return kwargs
 
 
