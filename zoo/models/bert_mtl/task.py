@@ -16,8 +16,8 @@ Outputs: {"click": [B], "purchase": [B], "price_range": [B, K], "demand": [B]}
   demand       Poisson rate = exp(log_rate), log_rate soft-clipped to (-12, 12)
 
 Between the backbone and the 4 towers (click, conversion, price_range, demand) sits the
-multi-task `structure`: "shared_bottom" (every tower reads concat(CLS, candidate, candidate embedding)), "mmoe"
-or "ple" (`zoo.models.multitask_heads`).
+multi-task `structure`: "shared_bottom" (every tower reads concat(CLS output, candidate
+output, candidate embedding)), "mmoe" or "ple" (`zoo.models.multitask_heads`).
 """
 
 from __future__ import annotations
