@@ -259,3 +259,39 @@ def test_heads_read_the_candidate_embedding_past_the_encoder(vocab, batch, to_he
     reloaded = keras.models.load_model(path)
     assert reloaded.candidate_embedding_to_heads == to_heads
     np.testing.assert_allclose(_np(reloaded(x)["click"]), click, rtol=1e-5, atol=1e-7)
+
+
+def test_history_titles_come_from_the_vocabularys_catalogue(vocab, batch, tmp_path):
+    import keras
+    features, _ = batch
+    from zoo.models.bert_mtl.vocabulary import item_titles
+    # The first non-empty title an item had as a candidate; "" when it never had one.
+    assert item_titles(["a", "b", "c"], {
+        "item_id": np.array([b"b", b"a", b"a", b"b"], dtype=object),
+        "item_title": np.array([b"", b"red shoe", b"blue shoe", b"hat"], dtype=object),
+    }) == ["red shoe", "hat", ""]
+    titles = dict(zip(vocab["item_id"], vocab["item_titles"]))
+    assert sum(t != "" for t in titles.values()) > 10
+    model = zoo.get("bert_mtl", "tiny", vocabulary=vocab, history_titles=True)
+    x = model.preprocessor(features)
+    hist = _np(x["hist_title_tokens"])
+    assert hist.shape == (32, 16, 8)
+    # Each history event carries its item's title, tokenised as a candidate title is.
+    rows = model.preprocessor({**features, "item_title": np.asarray(
+        [titles.get(i.decode() if isinstance(i, bytes) else str(i), "")
+         for i in np.asarray(features["hist_item_id"])[:, 0]], dtype=object)})
+    np.testing.assert_array_equal(hist[:, 0, :], _np(rows["title_tokens"]) * _np(
+        x["hist_mask"])[:, :1] * (_np(x["hist_item_index"])[:, :1] > 2))
+    assert (hist[_np(x["hist_mask"]) == 0] == 0).all()
+    out = model(x)
+    # The titles reach the encoder: changing them changes the outputs.
+    y = dict(x)
+    y["hist_title_tokens"] = tf.zeros_like(x["hist_title_tokens"])
+    assert np.abs(_np(model(y)["click"]) - _np(out["click"])).max() > 1e-6
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    reloaded = keras.models.load_model(path)
+    np.testing.assert_allclose(_np(reloaded(reloaded.preprocessor(features))["click"]),
+                               _np(out["click"]), rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="history_titles"):
+        zoo.get("bert_mtl", "tiny", vocabulary=vocab, history_titles=True, max_title_tokens=0)

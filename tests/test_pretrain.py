@@ -141,7 +141,9 @@ def test_masking_by_item_leaves_no_visible_copy_of_a_masked_item(unit):
          "hist_category_index": tf.constant(items % 3 + 1, tf.int32),
          "hist_brand_index": tf.constant(items % 5 + 1, tf.int32),
          "hist_price_bucket": tf.constant(items % 4 + 1, tf.int32),
-         "query_tokens": tf.constant(rng.integers(5, 50, (B, 8)), tf.int32)}
+         "query_tokens": tf.constant(rng.integers(5, 50, (B, 8)), tf.int32),
+         "hist_title_tokens": tf.constant(np.repeat(items[:, :, None], 3, axis=2) + 10,
+                                          tf.int32)}
     masker = EventMasker({"item": 8, "wordpiece": 50}, max_history=H, max_query_tokens=8,
                          mask_token_id=4, event_rate=0.15, mask_unit=unit)
     inputs, targets = masker(x)
@@ -155,11 +157,14 @@ def test_masking_by_item_leaves_no_visible_copy_of_a_masked_item(unit):
             if w > 0:
                 assert t == items[b, p] and masked_items[b, p] == 0  # the target is masked
                 assert inputs["hist_category_index"].numpy()[b, p] == 0
+                assert (inputs["hist_title_tokens"].numpy()[b, p] == 0).all()  # no title
                 visible_copies += int((masked_items[b] == t).any())
     assert weights.sum() > 0
     # Padding stays padding; events of unmasked items keep every field.
     kept = masked_items != 0
     np.testing.assert_array_equal(masked_items[kept], items[kept])
+    np.testing.assert_array_equal(inputs["hist_title_tokens"].numpy()[kept][:, 0],
+                                  items[kept] + 10)
     assert (masked_items[:, 15:] == 0).all()
     if unit == "item":
         assert visible_copies == 0

@@ -41,8 +41,12 @@ class EventSequenceEmbedding(keras.layers.Layer):
 
     def __init__(self, vocabulary_sizes, hidden_dim, max_query_tokens, max_title_tokens,
                  max_history, cls_id=1, sep_id=2, dropout=0.0, layer_norm_epsilon=1e-12,
-                 initializer_range=0.02, use_text_tower=False, **kwargs):
+                 initializer_range=0.02, use_text_tower=False, history_titles=False,
+                 **kwargs):
         super().__init__(**kwargs)
+        # history_titles: every history event also gets the mean WordPiece embedding of its
+        # item's title ("hist_title_tokens", [B, H, T]), as the candidate does.
+        self.history_titles = bool(history_titles)
         # With a text tower the query arrives embedded ("query_embedding", [B, Q + 2, D],
         # [CLS] and [SEP] included) and the title too ("title_embedding", [B, D]); only the
         # separator before the candidate needs an embedding of its own.
@@ -124,6 +128,11 @@ class EventSequenceEmbedding(keras.layers.Layer):
                    + self.event_embedding(inputs["hist_event_index"])
                    + self.price_embedding(inputs["hist_price_bucket"])
                    + self.gap_embedding(inputs["hist_gap_bucket"]))  # [B, H, D]
+        if self.history_titles:
+            words = inputs["hist_title_tokens"]  # [B, H, T]
+            word_mask = ops.expand_dims(ops.cast(ops.not_equal(words, 0), self.compute_dtype), -1)
+            history = history + (ops.sum(self.word_embedding(words) * word_mask, axis=2)
+                                 / ops.maximum(ops.sum(word_mask, axis=2), 1.0))
 
         candidate = (self.item_embedding(inputs["item_index"])
                      + self.category_embedding(inputs["category_index"])
@@ -240,8 +249,11 @@ class BertMtlBackbone(keras_hub.models.Backbone):
                  intermediate_dim=512, max_query_tokens=12, max_title_tokens=12,
                  max_history=30, cls_id=1, sep_id=2, dropout=0.1, layer_norm_epsilon=1e-12,
                  initializer_range=0.02, text_encoder=None, text_encoder_trainable=False,
-                 dtype=None, **kwargs):
+                 history_titles=False, dtype=None, **kwargs):
         Q, T, H = int(max_query_tokens), int(max_title_tokens), int(max_history)
+        if history_titles and (T == 0 or text_encoder is not None):
+            raise ValueError("history_titles needs max_title_tokens > 0 and the wordpiece "
+                             "text tower (not a pretrained text encoder)")
         if isinstance(text_encoder, dict):  # from get_config
             text_encoder = keras.saving.deserialize_keras_object(text_encoder)
         # A new initializer per weight: one unseeded instance gives every weight the same values.
@@ -261,7 +273,7 @@ class BertMtlBackbone(keras_hub.models.Backbone):
             vocabulary_sizes, hidden_dim, Q, T, H, cls_id=cls_id, sep_id=sep_id,
             dropout=dropout, layer_norm_epsilon=layer_norm_epsilon,
             initializer_range=initializer_range, use_text_tower=text_encoder is not None,
-            dtype=dtype, name="embeddings")
+            history_titles=history_titles, dtype=dtype, name="embeddings")
         self.transformer_layers = [
             keras_hub.layers.TransformerEncoder(
                 num_heads=num_heads, intermediate_dim=intermediate_dim, activation="gelu",
@@ -278,6 +290,9 @@ class BertMtlBackbone(keras_hub.models.Backbone):
             inputs[name] = keras.Input((), dtype="int32", name=name)
         for name in HISTORY_OUTPUTS:
             inputs[name] = keras.Input((H,), dtype="int32", name=name)
+        if history_titles:
+            inputs["hist_title_tokens"] = keras.Input((H, T), dtype="int32",
+                                                      name="hist_title_tokens")
         embedding_inputs = dict(inputs)
         if text_encoder is not None:
             text = text_encoder(self.text_inputs(inputs["query_tokens"]))["sequence_output"]
@@ -313,6 +328,7 @@ class BertMtlBackbone(keras_hub.models.Backbone):
         self.layer_norm_epsilon = float(layer_norm_epsilon)
         self.initializer_range = float(initializer_range)
         self.text_encoder_trainable = bool(text_encoder_trainable)
+        self.history_titles = bool(history_titles)
 
     def get_config(self):
         config = super().get_config()
@@ -320,6 +336,7 @@ class BertMtlBackbone(keras_hub.models.Backbone):
             "text_encoder": (None if self.text_encoder is None else
                              keras.saving.serialize_keras_object(self.text_encoder)),
             "text_encoder_trainable": self.text_encoder_trainable,
+            "history_titles": self.history_titles,
             "vocabulary_sizes": self.vocabulary_sizes,
             "hidden_dim": self.hidden_dim,
             "num_layers": self.num_layers,

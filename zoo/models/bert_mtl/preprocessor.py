@@ -14,6 +14,9 @@ Outputs (int32; B = batch, Q = max_query_tokens, T = max_title_tokens, H = max_h
   hist_item_index, hist_category_index, hist_brand_index, hist_event_index [B, H]
   hist_price_bucket, hist_gap_bucket [B, H]          0 on padding
   hist_mask [B, H]        1 = real event, 0 = padding (history shorter than H is padded)
+  hist_title_tokens [B, H, T]  (history_titles only) WordPiece ids of each history item's
+                          title, from the vocabulary's catalogue (`item_titles`); all 0 for
+                          padding, OOV items and items without a known title
 """
 
 from __future__ import annotations
@@ -57,7 +60,8 @@ class BertMtlPreprocessor(keras_hub.models.Preprocessor):
     """
 
     def __init__(self, vocabulary, max_query_tokens=12, max_title_tokens=12, max_history=30,
-                 max_position=64, num_oov_indices=1, num_gap_buckets=24, **kwargs):
+                 max_position=64, num_oov_indices=1, num_gap_buckets=24,
+                 history_titles=False, **kwargs):
         super().__init__(**kwargs)
         # Plain attribute (not Keras-tracked: tracking walks every string of the lists).
         object.__setattr__(self, "vocabulary", vocab_lib.validate(vocabulary))
@@ -67,6 +71,9 @@ class BertMtlPreprocessor(keras_hub.models.Preprocessor):
         self.max_position = int(max_position)
         self.num_oov_indices = int(num_oov_indices)
         self.num_gap_buckets = int(num_gap_buckets)
+        self.history_titles = bool(history_titles)
+        if self.history_titles and self.max_title_tokens <= 0:
+            raise ValueError("history_titles needs max_title_tokens > 0")
         v = self.vocabulary
         self.tokenizer = keras_hub.tokenizers.WordPieceTokenizer(
             vocabulary=v["wordpiece"], lowercase=True, strip_accents=True,
@@ -88,6 +95,16 @@ class BertMtlPreprocessor(keras_hub.models.Preprocessor):
             bin_boundaries=gap_edges(self.num_gap_buckets), name="gap_buckets")
         self.count_discretization = keras.layers.Discretization(
             bin_boundaries=COUNT_EDGES, name="count_buckets")
+        if self.history_titles:
+            # Row i = the title tokens of item lookup index i (0: padding, then the OOV
+            # buckets, then the vocabulary's items): a constant, tokenised once here.
+            titles = [""] * (1 + self.num_oov_indices) + list(
+                v.get("item_titles") or [""] * len(v["item_id"]))
+            tokens = self.tokenizer(tf.constant(titles))
+            if isinstance(tokens, list):  # eager keras-hub tokenizers return Python lists
+                tokens = tf.ragged.constant(tokens, dtype=tf.int32, ragged_rank=1)
+            object.__setattr__(self, "_item_title_tokens", tf.cast(tokens.to_tensor(
+                default_value=0, shape=[None, self.max_title_tokens]), tf.int32))
         self.built = True
 
     # ---- sizes the backbone needs (embedding input dims, padding index 0 included) ----
@@ -158,6 +175,9 @@ class BertMtlPreprocessor(keras_hub.models.Preprocessor):
         hist_gap = self._history(tf.cast(f["hist_gap"], tf.float32), 0.0)
         out["hist_gap_bucket"] = (self._index(self.gap_discretization, hist_gap) + 1) * mask
         out["hist_mask"] = mask
+        if self.history_titles:
+            out["hist_title_tokens"] = tf.gather(self._item_title_tokens,
+                                                 out["hist_item_index"])
         return keras.utils.pack_x_y_sample_weight(out, y, sample_weight)
 
     def output_shapes(self, batch_size=None) -> dict:
@@ -166,6 +186,8 @@ class BertMtlPreprocessor(keras_hub.models.Preprocessor):
             shapes["title_tokens"] = (batch_size, self.max_title_tokens)
         shapes.update({k: (batch_size,) for k in SCALAR_OUTPUTS})
         shapes.update({k: (batch_size, self.max_history) for k in HISTORY_OUTPUTS})
+        if self.history_titles:
+            shapes["hist_title_tokens"] = (batch_size, self.max_history, self.max_title_tokens)
         return shapes
 
     def compute_output_spec(self, x, y=None, sample_weight=None):
@@ -184,6 +206,7 @@ class BertMtlPreprocessor(keras_hub.models.Preprocessor):
             "max_position": self.max_position,
             "num_oov_indices": self.num_oov_indices,
             "num_gap_buckets": self.num_gap_buckets,
+            "history_titles": self.history_titles,
         })
         return config
 

@@ -37,6 +37,10 @@ _COMMON = {
     "text_encoder": "wordpiece",
     "text_encoder_layers": 6,
     "text_encoder_trainable": False,  # MiniLM frozen; its projections train
+    # History events also carry their item's title (mean WordPiece embedding), looked up
+    # in the catalogue the vocabulary learned from the training candidates (unknown items:
+    # no title). Off by default until measured on the demo (BUILD_NOTES.md).
+    "history_titles": False,
     # Pre-training (`trainers.pretrain`): masked fractions of history events and query
     # tokens; "position" masks the chosen events only (BERT4Rec as published), "item" also
     # every other event of a chosen event's item (a click, its cart and its purchase are one

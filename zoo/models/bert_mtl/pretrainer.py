@@ -86,6 +86,8 @@ class EventMasker:
         }
         for name in MASKED_EVENT_FIELDS:
             x[name] = x[name] * (1 - selected)
+        if "hist_title_tokens" in x:  # a masked event's title would give its item away
+            x["hist_title_tokens"] = x["hist_title_tokens"] * (1 - selected)[:, :, None]
         tokens = self.tokens(x["query_tokens"])
         x["query_tokens"] = tokens["token_ids"]
         targets["query"] = tokens["mask_ids"]

@@ -221,6 +221,7 @@ def build_preprocessor(config: dict, vocabulary=None,
         max_position=config["max_position"],
         num_oov_indices=config["num_oov_indices"],
         num_gap_buckets=config["num_gap_buckets"],
+        history_titles=config.get("history_titles", False),
         name=name)
 
 
@@ -254,6 +255,7 @@ def build(config: dict, vocabulary=None) -> BertMtl:
         initializer_range=config["initializer_range"],
         text_encoder=text_encoder,
         text_encoder_trainable=config.get("text_encoder_trainable", False),
+        history_titles=config.get("history_titles", False),
         name="bert_mtl_backbone")
     return BertMtl(backbone, preprocessor, **head_kwargs(config), zoo_config=config,
                    name="bert_mtl")

@@ -7,7 +7,9 @@ model also carries it inside its `.keras` file, in the preprocessor's config):
      "wordpiece": [...],          # [PAD] first, then [CLS] [SEP] [UNK] [MASK] (learned), or
                                   # a pretrained text encoder's vocabulary (text_encoder)
      "item_id": [...], "category": [...], "brand": [...],   # most frequent first
-     "price_edges": [...]}        # increasing inner edges of the price feature buckets
+     "price_edges": [...],        # increasing inner edges of the price feature buckets
+     "item_titles": [...]}        # optional: title of each item_id ("" = not seen as a
+                                  # candidate), for history_titles
 """
 
 from __future__ import annotations
@@ -135,11 +137,13 @@ def fit_vocabulary(features: dict, config) -> dict:
         wordpiece = wordpiece_vocabulary(texts, int(config["wordpiece_vocab_size"]),
                                          config.get("wordpiece_max_texts"))
     prices = [np.asarray(a, np.float64).ravel() for a in cols("item_price", "hist_price")]
+    items = most_frequent(*cols("item_id", "hist_item_id"),
+                          max_size=int(config["item_vocab_size"]))
     return {
         "format": FORMAT,
         "wordpiece": wordpiece,
-        "item_id": most_frequent(*cols("item_id", "hist_item_id"),
-                                 max_size=int(config["item_vocab_size"])),
+        "item_id": items,
+        "item_titles": item_titles(items, features),
         "category": most_frequent(*cols("item_category", "hist_category"),
                                   max_size=int(config["category_vocab_size"])),
         "brand": most_frequent(*cols("item_brand", "hist_brand"),
@@ -190,4 +194,21 @@ def validate(vocabulary: dict) -> dict:
     if not edges or any(b <= a for a, b in zip(edges, edges[1:])):
         raise ValueError("vocabulary['price_edges'] must be non-empty and strictly increasing")
     out["price_edges"] = edges
+    if "item_titles" in vocabulary:
+        titles = [str(t) for t in vocabulary["item_titles"]]
+        if len(titles) != len(out["item_id"]):
+            raise ValueError(f"vocabulary['item_titles'] holds {len(titles)} titles for "
+                             f"{len(out['item_id'])} item ids; expected one per item id")
+        out["item_titles"] = titles
     return out
+
+
+def item_titles(item_ids: list, features: dict) -> list[str]:
+    """The title of each of `item_ids` as a training candidate ("" when never one)."""
+    if "item_id" not in features or "item_title" not in features:
+        return [""] * len(item_ids)
+    ids, titles = _as_str(features["item_id"]), _as_str(features["item_title"])
+    ids, titles = ids[titles != ""], titles[titles != ""]
+    _, first = np.unique(ids, return_index=True)
+    known = dict(zip(ids[first].tolist(), titles[first].tolist()))
+    return [known.get(i, "") for i in item_ids]
