@@ -297,3 +297,31 @@ def test_history_titles_come_from_the_vocabularys_catalogue(vocab, batch, tmp_pa
                                _np(out["click"]), rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="history_titles"):
         zoo.get("bert_mtl", "tiny", vocabulary=vocab, history_titles=True, max_title_tokens=0)
+
+
+@pytest.mark.parametrize("family", ["bert_mtl", "dnn_mtl"])
+def test_user_embedding_known_users_differ_new_users_share_oov(vocab, batch, family, tmp_path):
+    import keras
+    features, _ = batch
+    users = vocab["user_id"]
+    assert len(users) == 3 and set(users) == {"u0", "u1", "u2"}  # random_raw_batch's users
+    model = zoo.get(family, "tiny", vocabulary=vocab)
+    one = {k: np.asarray(v)[:1].repeat(4, axis=0) for k, v in features.items()}
+    one["user_id"] = np.array(["u0", "u1", "never-seen-a", "never-seen-b"], dtype=object)
+    x = model.preprocessor(one)
+    index = _np(x["user_index"])
+    num_oov = zoo.get_config(family, "tiny")["num_oov_indices"]
+    assert index[0] != index[1] and min(index[:2]) > num_oov  # own rows past the OOV buckets
+    assert 1 <= index[2] <= num_oov and 1 <= index[3] <= num_oov
+    click = _np(model(x)["click"])
+    # Same impression, other user: the user reaches the outputs.
+    assert abs(click[0] - click[1]) > 1e-6
+    # The user embedding is off with user_vocab_size=0: no user input at all.
+    off = zoo.get(family, "tiny", user_vocab_size=0,
+                  vocabulary={k: v for k, v in vocab.items() if k != "user_id"})
+    assert "user_index" not in off.preprocessor(one)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    reloaded = keras.models.load_model(path)
+    np.testing.assert_allclose(_np(reloaded(reloaded.preprocessor(one))["click"]), click,
+                               rtol=1e-5, atol=1e-7)

@@ -62,6 +62,7 @@ def hand_features(rows=ROWS, histories=HISTORIES, length=4):
     n = len(rows)
     col = list(zip(*rows))
     return {
+        "user_id": np.array(["u0"] * n, dtype=object),
         "query": np.array([""] * n, dtype=object),
         "item_id": np.array(col[0], dtype=object),
         "item_category": np.array(col[1], dtype=object),

@@ -2,13 +2,16 @@
 
 A batch is a dict of dense tensors (B = batch, L = history length). History columns are
 MOST RECENT FIRST (column 0 = latest event) and padded with "" / 0. Keys not listed here
-(`event_id`, `user_id`, `timestamp`, the labels, ...) are ignored by the models.
+(`event_id`, `timestamp`, the labels, ...) are ignored by the models.
 """
 
 from __future__ import annotations
 
 # name -> (dtype, rank): rank 1 = [B], rank 2 = [B, L].
 RAW_FEATURES = {
+    # Who sees the impression: models with a user embedding look it up (users not seen in
+    # training share OOV buckets); the others ignore it.
+    "user_id": ("string", 1),
     "query": ("string", 1),
     "item_id": ("string", 1),
     "item_category": ("string", 1),

@@ -85,6 +85,9 @@ class EventSequenceEmbedding(keras.layers.Layer):
         self.position_bucket_embedding = emb("impression_position_embedding", "position")
         self.clicks_embedding = emb("item_clicks_7d_embedding", "count")
         self.purchases_embedding = emb("item_purchases_7d_embedding", "count")
+        # Added to the candidate token: the user's own bias and tastes meet the candidate
+        # in the encoder and on the heads' direct path.
+        self.user_embedding = emb("user_embedding", "user") if "user" in sizes else None
         self.segment_embedding = keras.layers.Embedding(
             3, self.hidden_dim, embeddings_initializer=init(), name="segment_embedding")
         self.position_embedding = keras_hub.layers.PositionEmbedding(
@@ -105,7 +108,8 @@ class EventSequenceEmbedding(keras.layers.Layer):
                       self.category_embedding, self.brand_embedding, self.event_embedding,
                       self.price_embedding, self.gap_embedding, self.position_bucket_embedding,
                       self.clicks_embedding, self.purchases_embedding,
-                      self.segment_embedding):
+                      self.segment_embedding, *([self.user_embedding]
+                                                if self.user_embedding else [])):
             layer.build((None,))
         self.position_embedding.build((None, seq, self.hidden_dim))
         self.layer_norm.build((None, seq, self.hidden_dim))
@@ -141,6 +145,8 @@ class EventSequenceEmbedding(keras.layers.Layer):
                      + self.position_bucket_embedding(inputs["position_bucket"])
                      + self.clicks_embedding(inputs["item_clicks_bucket"])
                      + self.purchases_embedding(inputs["item_purchases_bucket"]))  # [B, D]
+        if self.user_embedding is not None:
+            candidate = candidate + self.user_embedding(inputs["user_index"])
         if self.max_title_tokens > 0 and self.use_text_tower:
             candidate = candidate + ops.cast(inputs["title_embedding"], self.compute_dtype)
         elif self.max_title_tokens > 0:
@@ -288,6 +294,8 @@ class BertMtlBackbone(keras_hub.models.Backbone):
             inputs["title_tokens"] = keras.Input((T,), dtype="int32", name="title_tokens")
         for name in SCALAR_OUTPUTS:
             inputs[name] = keras.Input((), dtype="int32", name=name)
+        if "user" in vocabulary_sizes:
+            inputs["user_index"] = keras.Input((), dtype="int32", name="user_index")
         for name in HISTORY_OUTPUTS:
             inputs[name] = keras.Input((H,), dtype="int32", name=name)
         if history_titles:

@@ -9,6 +9,7 @@ Outputs (int32; B = batch, Q = max_query_tokens, T = max_title_tokens, H = max_h
   query_tokens [B, Q]     WordPiece ids, 0 = [PAD]; an empty query is all [PAD]
   title_tokens [B, T]     WordPiece ids of the candidate's title (only when T > 0)
   item_index, category_index, brand_index [B]      0 = "" / padding, 1..n_oov = OOV buckets
+  user_index [B]          (only when the vocabulary has users) the same, for user_id
   price_bucket [B]        1 + bucket of item_price (0 is padding only)
   position_bucket [B]     0 = unknown (-1), else 1 + min(position, max_position - 1)
   hist_item_index, hist_category_index, hist_brand_index, hist_event_index [B, H]
@@ -89,6 +90,8 @@ class BertMtlPreprocessor(keras_hub.models.Preprocessor):
         self.category_lookup = lookup(v["category"], "category_lookup")
         self.brand_lookup = lookup(v["brand"], "brand_lookup")
         self.event_lookup = lookup(HISTORY_EVENT_TYPES, "event_lookup")
+        # Users seen in training get an embedding; new users share the OOV buckets.
+        self.user_lookup = lookup(v["user_id"], "user_lookup") if "user_id" in v else None
         self.price_discretization = keras.layers.Discretization(
             bin_boundaries=v["price_edges"], name="price_buckets")
         self.gap_discretization = keras.layers.Discretization(
@@ -120,6 +123,8 @@ class BertMtlPreprocessor(keras_hub.models.Preprocessor):
             "gap": len(gap_edges(self.num_gap_buckets)) + 2,
             "position": self.max_position + 1,
             "count": len(COUNT_EDGES) + 1,
+            **({"user": len(self.vocabulary["user_id"]) + lookup_extra}
+               if self.user_lookup is not None else {}),
         }
 
     def token_id(self, token: str) -> int:
@@ -151,6 +156,8 @@ class BertMtlPreprocessor(keras_hub.models.Preprocessor):
         out["item_index"] = self._index(self.item_lookup, f["item_id"])
         out["category_index"] = self._index(self.category_lookup, f["item_category"])
         out["brand_index"] = self._index(self.brand_lookup, f["item_brand"])
+        if self.user_lookup is not None:
+            out["user_index"] = self._index(self.user_lookup, f["user_id"])
         price = tf.cast(f["item_price"], tf.float32)
         out["price_bucket"] = self._index(self.price_discretization, price) + 1
         position = tf.cast(f["position"], tf.int32)
@@ -185,6 +192,8 @@ class BertMtlPreprocessor(keras_hub.models.Preprocessor):
         if self.max_title_tokens > 0:
             shapes["title_tokens"] = (batch_size, self.max_title_tokens)
         shapes.update({k: (batch_size,) for k in SCALAR_OUTPUTS})
+        if self.user_lookup is not None:
+            shapes["user_index"] = (batch_size,)
         shapes.update({k: (batch_size, self.max_history) for k in HISTORY_OUTPUTS})
         if self.history_titles:
             shapes["hist_title_tokens"] = (batch_size, self.max_history, self.max_title_tokens)

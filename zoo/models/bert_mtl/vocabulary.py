@@ -8,8 +8,9 @@ model also carries it inside its `.keras` file, in the preprocessor's config):
                                   # a pretrained text encoder's vocabulary (text_encoder)
      "item_id": [...], "category": [...], "brand": [...],   # most frequent first
      "price_edges": [...],        # increasing inner edges of the price feature buckets
-     "item_titles": [...]}        # optional: title of each item_id ("" = not seen as a
+     "item_titles": [...],        # optional: title of each item_id ("" = not seen as a
                                   # candidate), for history_titles
+     "user_id": [...]}            # optional (user_vocab_size > 0): most active users first
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ def fit_vocabulary(features: dict, config) -> dict:
     prices = [np.asarray(a, np.float64).ravel() for a in cols("item_price", "hist_price")]
     items = most_frequent(*cols("item_id", "hist_item_id"),
                           max_size=int(config["item_vocab_size"]))
-    return {
+    out = {
         "format": FORMAT,
         "wordpiece": wordpiece,
         "item_id": items,
@@ -151,6 +152,10 @@ def fit_vocabulary(features: dict, config) -> dict:
         "price_edges": quantile_edges(np.concatenate(prices) if prices else [],
                                       int(config["num_price_buckets"])),
     }
+    if int(config.get("user_vocab_size", 0)) > 0:
+        out["user_id"] = most_frequent(*cols("user_id"),
+                                       max_size=int(config["user_vocab_size"]))
+    return out
 
 
 def placeholder_vocabulary(config) -> dict:
@@ -162,7 +167,7 @@ def placeholder_vocabulary(config) -> dict:
     else:
         wp = _fallback_wordpiece()
         wp += [f"tok{i}" for i in range(max(int(config["wordpiece_vocab_size"]) - len(wp), 0))]
-    return {
+    out = {
         "format": FORMAT,
         "wordpiece": wp,
         "item_id": [f"item_{i}" for i in range(int(config["item_vocab_size"]))],
@@ -171,6 +176,9 @@ def placeholder_vocabulary(config) -> dict:
         "price_edges": [float(x) for x in
                         np.geomspace(1.0, 1000.0, max(int(config["num_price_buckets"]) - 1, 1))],
     }
+    if int(config.get("user_vocab_size", 0)) > 0:
+        out["user_id"] = [f"user_{i}" for i in range(int(config["user_vocab_size"]))]
+    return out
 
 
 def validate(vocabulary: dict) -> dict:
@@ -185,7 +193,9 @@ def validate(vocabulary: dict) -> dict:
         raise ValueError(f"the wordpiece vocabulary must start with {PAD} and hold "
                          f"{list(RESERVED_TOKENS)}")
     out = {"format": vocabulary.get("format", FORMAT), "wordpiece": wp}
-    for key in ("item_id", "category", "brand"):
+    for key in ("item_id", "category", "brand", "user_id"):
+        if key == "user_id" and key not in vocabulary:
+            continue  # optional: no user embedding
         values = [str(v) for v in vocabulary[key]]
         if "" in values or len(set(values)) != len(values):
             raise ValueError(f"vocabulary[{key!r}] must hold distinct non-empty strings")

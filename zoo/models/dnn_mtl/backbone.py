@@ -52,17 +52,21 @@ class PooledFieldEmbedding(keras.layers.Layer):
         # A new initializer per weight: one unseeded instance gives every weight the same values.
         def init():
             return keras.initializers.TruncatedNormal(stddev=self.initializer_range)
-        for attr, key in _TABLES:
+        for attr, key in self._tables():
             setattr(self, attr, IdEmbedding(
                 self.vocabulary_sizes[key], self.embedding_dim, embeddings_initializer=init(),
                 dtype=self.dtype_policy, name=attr))
 
+    def _tables(self):
+        return _TABLES + ((("user_embedding", "user"),) if "user" in self.vocabulary_sizes
+                          else ())
+
     @property
     def num_candidate_fields(self) -> int:
-        return 7 + (self.max_title_tokens > 0)
+        return 7 + (self.max_title_tokens > 0) + ("user" in self.vocabulary_sizes)
 
     def build(self, input_shape=None):
-        for attr, _ in _TABLES:
+        for attr, _ in self._tables():
             getattr(self, attr).build((None,))
         self.built = True
 
@@ -83,6 +87,8 @@ class PooledFieldEmbedding(keras.layers.Layer):
                   self.impression_position_embedding(inputs["position_bucket"]),
                   self.item_clicks_7d_embedding(inputs["item_clicks_bucket"]),
                   self.item_purchases_7d_embedding(inputs["item_purchases_bucket"])]
+        if "user" in self.vocabulary_sizes:  # the user's own embedding, beside the candidate's
+            fields.append(self.user_embedding(inputs["user_index"]))
         if self.max_title_tokens > 0:
             title = inputs["title_tokens"]
             fields.append(_masked_mean(self.word_embedding(title), ops.not_equal(title, 0)))
@@ -143,6 +149,8 @@ class DnnMtlBackbone(keras_hub.models.Backbone):
             inputs["title_tokens"] = keras.Input((T,), dtype="int32", name="title_tokens")
         for name in SCALAR_OUTPUTS:
             inputs[name] = keras.Input((), dtype="int32", name=name)
+        if "user" in vocabulary_sizes:
+            inputs["user_index"] = keras.Input((), dtype="int32", name="user_index")
         for name in HISTORY_OUTPUTS:
             inputs[name] = keras.Input((H,), dtype="int32", name=name)
         query, history, candidate = self.embeddings(inputs)

@@ -10,7 +10,7 @@ from zoo.models.bert_mtl.presets import PRESETS as _BERT_PRESETS
 PREPROCESSING_KEYS = (
     "max_query_tokens", "max_title_tokens", "max_history", "max_position",
     "wordpiece_vocab_size", "item_vocab_size", "category_vocab_size", "brand_vocab_size",
-    "num_oov_indices", "num_price_buckets", "num_gap_buckets", "wordpiece_max_texts")
+    "user_vocab_size", "num_oov_indices", "num_price_buckets", "num_gap_buckets", "wordpiece_max_texts")
 
 
 def _preprocessing(size):
