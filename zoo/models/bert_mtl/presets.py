@@ -15,7 +15,7 @@ _COMMON = {
     # buckets; 0 = no user embedding: the model knows the user only by the behaviour
     # sequence). Measured on the default data (BUILD_NOTES.md): +0.011 click and +0.017
     # purchase AUC.
-    "user_vocab_size": 50000,
+    "user_vocab_size": 20000,
     "num_oov_indices": 4,        # hashed OOV buckets of every id lookup
     "num_price_buckets": 16,     # price feature buckets (quantile edges of training prices)
     "num_gap_buckets": 24,       # log-scale buckets of the time gap, 1 s .. 1 year
