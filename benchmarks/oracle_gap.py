@@ -1,7 +1,7 @@
 """Where a model's click/purchase AUC falls short of the simulator's oracle.
 
     python -m trainers.predict --model_dir M --data_dir D --split eval --output preds.csv
-    python benchmarks/oracle_gap.py --data_dir D --predictions preds.csv [--predictions2 P2]
+    python benchmarks/oracle_gap.py --data_dir D --predictions preds.csv [--predictions P2 ...]
 
 The oracle's p_click is conditional on the simulator's whole hidden state at the impression,
 including the session's intent category, which no log shows (`zoo/data/simulate.py`).

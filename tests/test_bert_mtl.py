@@ -316,10 +316,18 @@ def test_user_embedding_known_users_differ_new_users_share_oov(vocab, batch, fam
     click = _np(model(x)["click"])
     # Same impression, other user: the user reaches the outputs.
     assert abs(click[0] - click[1]) > 1e-6
-    # The user embedding is off with user_vocab_size=0: no user input at all.
-    off = zoo.get(family, "tiny", user_vocab_size=0,
-                  vocabulary={k: v for k, v in vocab.items() if k != "user_id"})
+    # user_vocab_size=0 turns it off, even with users in the vocabulary (a pre-trained
+    # encoder's); a vocabulary without users gives no user input either; a smaller size
+    # keeps the most active users only.
+    off = zoo.get(family, "tiny", user_vocab_size=0, vocabulary=vocab)
     assert "user_index" not in off.preprocessor(one)
+    assert "user_index" not in zoo.get(family, "tiny", vocabulary={
+        k: v for k, v in vocab.items() if k != "user_id"}).preprocessor(one)
+    two = zoo.get(family, "tiny", user_vocab_size=2, vocabulary=vocab)
+    assert two.preprocessor.vocabulary["user_id"] == users[:2]
+    # Fitting without a user_id column learns no users (rather than an empty lookup).
+    assert "user_id" not in fit_vocabulary(
+        {k: v for k, v in features.items() if k != "user_id"}, "tiny")
     path = str(tmp_path / "m.keras")
     model.save(path)
     reloaded = keras.models.load_model(path)

@@ -74,9 +74,9 @@ def random_raw_batch(batch_size: int = 8, history_length: int = 50, seed: int = 
         "hist_price": np.where(valid, rng.lognormal(3.0, 1.0, size=(B, L)), 0.0
                                ).astype(np.float32),
         "hist_gap": np.where(valid, hist_gap, 0.0).astype(np.float32),
-        # Keys the models must ignore.
-        "event_id": np.array([f"e{seed}_{i}" for i in range(B)], dtype=object),
+        # Models with a user embedding read user_id; event_id and timestamp are ignored.
         "user_id": np.array([f"u{i % 3}" for i in range(B)], dtype=object),
+        "event_id": np.array([f"e{seed}_{i}" for i in range(B)], dtype=object),
         "timestamp": rng.integers(1_700_000_000, 1_700_100_000, size=B).astype(np.int64),
     }
     if with_labels:

@@ -98,7 +98,7 @@ PRESETS = {
         "item_vocab_size": 100000,
         "category_vocab_size": 2000,
         "brand_vocab_size": 10000,
-        "user_vocab_size": 1000000,
+        "user_vocab_size": 100000,
         "num_oov_indices": 16,
         "num_price_buckets": 32,
         "num_gap_buckets": 32,

@@ -213,6 +213,7 @@ def build_preprocessor(config: dict, vocabulary=None,
     """The preprocessor of a resolved config; vocabulary as in `build`."""
     vocab = (vocab_lib.placeholder_vocabulary(config) if vocabulary is None
              else load_vocabulary(vocabulary))
+    vocab = vocab_lib.with_users_of(config, vocab)
     return BertMtlPreprocessor(
         vocab,
         max_query_tokens=config["max_query_tokens"],

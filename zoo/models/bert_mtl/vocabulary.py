@@ -120,7 +120,8 @@ def fit_vocabulary(features: dict, config) -> dict:
 
     features: numpy arrays keyed like the raw features (`query`, `item_title`, `item_id`,
       `item_category`, `item_brand`, `item_price`, `hist_item_id`, `hist_category`,
-      `hist_brand`, `hist_price`); str, bytes or object arrays. Missing keys are skipped.
+      `hist_brand`, `hist_price`, `user_id`); str, bytes or object arrays. Missing keys are
+      skipped.
     config: a `bert_mtl` config dict (e.g. `zoo.get_config("bert_mtl", "small")`) or a
       preset name. Uses the `*_vocab_size` caps, `num_price_buckets`, `wordpiece_max_texts`.
     """
@@ -152,9 +153,28 @@ def fit_vocabulary(features: dict, config) -> dict:
         "price_edges": quantile_edges(np.concatenate(prices) if prices else [],
                                       int(config["num_price_buckets"])),
     }
-    if int(config.get("user_vocab_size", 0)) > 0:
-        out["user_id"] = most_frequent(*cols("user_id"),
-                                       max_size=int(config["user_vocab_size"]))
+    users = most_frequent(*cols("user_id"), max_size=int(config.get("user_vocab_size", 0)))
+    if users:  # none: no user_id column, or user_vocab_size 0
+        out["user_id"] = users
+    return out
+
+
+def with_users_of(config, vocabulary: dict) -> dict:
+    """The vocabulary with the users the config asks for: none when user_vocab_size is 0
+    (whatever the vocabulary holds, e.g. a pre-trained encoder's), else at most that many
+    of its most active ones. A vocabulary without users (fitted before users existed, or on
+    logs without user ids) gives a model without a user embedding, said in the log."""
+    size = int(_config(config).get("user_vocab_size", 0))
+    users = vocabulary.get("user_id")
+    if not users:
+        if size > 0:
+            from absl import logging
+            logging.warning("user_vocab_size=%d but the vocabulary holds no users: the model "
+                            "has no user embedding", size)
+        return vocabulary
+    out = {k: v for k, v in vocabulary.items() if k != "user_id"}
+    if size > 0:
+        out["user_id"] = list(users[:size])
     return out
 
 
