@@ -150,3 +150,16 @@ def test_registry_fit_vocabulary_dispatches_to_the_family():
     assert vocab["item_id"] == ["y", "x"]  # bytes decoded, most frequent first, "" dropped
     with pytest.raises(zoo.UnknownModelError):
         zoo.fit_vocabulary("no_such_model", features)
+
+
+def test_override_of_another_type_is_a_clear_error():
+    from zoo.registry import ConfigValueError
+    with pytest.raises(ConfigValueError, match=r"user_vocab_size='abc' is a str, expected a int"):
+        zoo.get_config("bert_mtl", "tiny", user_vocab_size="abc")
+    with pytest.raises(ConfigValueError, match="history_titles=1 is a int, expected a bool"):
+        zoo.get_config("bert_mtl", "tiny", history_titles=1)
+    # An int may stand for a float; a list for a list.
+    assert zoo.get_config("bert_mtl", "tiny", dropout=0)["dropout"] == 0
+    assert zoo.get_config("dnn_mtl", "tiny", hidden_dims=[8])["hidden_dims"] == [8]
+    with pytest.raises(ValueError, match="user_vocab_size must be >= 0"):
+        zoo.get("bert_mtl", "tiny", user_vocab_size=-1)

@@ -36,6 +36,24 @@ class UnknownConfigKeyError(UnknownModelError):
     """An override that is not a config key of the preset; the message lists the keys."""
 
 
+class ConfigValueError(TypeError, ValueError):
+    """A config override of another type than the preset's value for that key."""
+
+
+def _same_kind(preset_value, value) -> bool:
+    """Whether `value` may replace `preset_value`: the same JSON kind (an int may stand for
+    a float; a preset None takes anything)."""
+    if preset_value is None:
+        return True
+    if isinstance(preset_value, bool) or isinstance(value, bool):
+        return isinstance(preset_value, bool) and isinstance(value, bool)
+    if isinstance(preset_value, float):
+        return isinstance(value, (int, float))
+    if isinstance(preset_value, (list, tuple)):
+        return isinstance(value, (list, tuple))
+    return isinstance(value, type(preset_value))
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """A registered model family.
@@ -100,6 +118,11 @@ class Registry:
                 f"model {name!r}: unknown config key(s) {unknown}; known keys: "
                 f"{', '.join(sorted(config))}"
                 + (f"; build arguments: {', '.join(spec.build_args)}" if spec.build_args else ""))
+        wrong = {k: v for k, v in overrides.items() if not _same_kind(config[k], v)}
+        if wrong:
+            raise ConfigValueError(f"model {name!r}: " + "; ".join(
+                f"{k}={v!r} is a {type(v).__name__}, expected a {type(config[k]).__name__} "
+                f"like the preset's {config[k]!r}" for k, v in sorted(wrong.items())))
         config.update(copy.deepcopy(overrides))
         config["preset"] = preset
         return config

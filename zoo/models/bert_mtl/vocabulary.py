@@ -23,6 +23,13 @@ PAD, CLS, SEP, UNK, MASK = RESERVED_TOKENS
 KEYS = ("wordpiece", "item_id", "category", "brand", "price_edges")
 
 
+def _user_vocab_size(config) -> int:
+    size = int(_config(config).get("user_vocab_size", 0))
+    if size < 0:
+        raise ValueError(f"user_vocab_size must be >= 0 (0: no user embedding), got {size}")
+    return size
+
+
 def _config(config) -> dict:
     if isinstance(config, str):
         from zoo.registry import get_config
@@ -153,7 +160,7 @@ def fit_vocabulary(features: dict, config) -> dict:
         "price_edges": quantile_edges(np.concatenate(prices) if prices else [],
                                       int(config["num_price_buckets"])),
     }
-    users = most_frequent(*cols("user_id"), max_size=int(config.get("user_vocab_size", 0)))
+    users = most_frequent(*cols("user_id"), max_size=_user_vocab_size(config))
     if users:  # none: no user_id column, or user_vocab_size 0
         out["user_id"] = users
     return out
@@ -164,7 +171,7 @@ def with_users_of(config, vocabulary: dict) -> dict:
     (whatever the vocabulary holds, e.g. a pre-trained encoder's), else at most that many
     of its most active ones. A vocabulary without users (fitted before users existed, or on
     logs without user ids) gives a model without a user embedding, said in the log."""
-    size = int(_config(config).get("user_vocab_size", 0))
+    size = _user_vocab_size(config)
     users = vocabulary.get("user_id")
     if not users:
         if size > 0:
@@ -196,8 +203,9 @@ def placeholder_vocabulary(config) -> dict:
         "price_edges": [float(x) for x in
                         np.geomspace(1.0, 1000.0, max(int(config["num_price_buckets"]) - 1, 1))],
     }
-    if int(config.get("user_vocab_size", 0)) > 0:
-        out["user_id"] = [f"user_{i}" for i in range(int(config["user_vocab_size"]))]
+    users = [f"user_{i}" for i in range(_user_vocab_size(config))]
+    if users:
+        out["user_id"] = users
     return out
 
 
@@ -213,9 +221,8 @@ def validate(vocabulary: dict) -> dict:
         raise ValueError(f"the wordpiece vocabulary must start with {PAD} and hold "
                          f"{list(RESERVED_TOKENS)}")
     out = {"format": vocabulary.get("format", FORMAT), "wordpiece": wp}
-    for key in ("item_id", "category", "brand", "user_id"):
-        if key == "user_id" and key not in vocabulary:
-            continue  # optional: no user embedding
+    optional = tuple(k for k in ("user_id",) if k in vocabulary)  # absent: no user embedding
+    for key in ("item_id", "category", "brand", *optional):
         values = [str(v) for v in vocabulary[key]]
         if "" in values or len(set(values)) != len(values):
             raise ValueError(f"vocabulary[{key!r}] must hold distinct non-empty strings")
