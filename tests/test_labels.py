@@ -153,3 +153,35 @@ def test_item_trailing_stats_by_hand(source):
     assert stats["e18"] == (0.0, 2.0)
     # e2 (A at t0+10): nothing happened before it.
     assert stats["e2"] == (0.0, 0.0)
+
+
+def _next_events(source):
+    out = {}
+    for split in ("train", "eval"):
+        for cols in source.chunks(split):
+            for i, e in enumerate(cols["event_id"]):
+                out[e] = (cols["next_item_id"][i], cols["next_category"][i])
+    return out
+
+
+def test_next_event_by_hand(source):
+    """Pre-training's next-event target: the user's first history event strictly after."""
+    got = _next_events(source)
+    assert got["e2"] == got["e3"] == ("A", "shoes")  # e4, the click after the page
+    assert got["e7"] == ("B", "shoes")  # e17 shares its second: e9 is the next one
+    assert got["e8"] == ("B", "shoes")
+    assert got["e11"] == ("A", "shoes")  # u2's purchase e12, not u1's events
+    assert got["e16"] == got["e18"] == ("", "")  # u2 does nothing afterwards
+    assert got["e13"] == ("E", "electronics")  # eval impressions may look into eval days
+
+
+def test_next_event_of_a_training_impression_stops_at_the_cut(tmp_path):
+    """A training impression whose next event is in the eval days has none: pre-training
+    on the training split must not see the eval period."""
+    extra = fixtures.EVENTS + [
+        ("x1", "u1", "s6", fixtures.T0 + 2 * fixtures.DAY, "impression", "", "C", 0, "")]
+    src = examples.ExampleSource(
+        contract.read_contract(fixtures.write_csv(str(tmp_path), events=extra)), CFG)
+    got = _next_events(src)
+    assert got["x1"] == ("", "")  # u1's next is e14, on day 9 (eval)
+    assert got["e8"] == ("B", "shoes")

@@ -15,7 +15,7 @@ CFG = labels.LabelConfig(num_price_buckets=2, history_length=8)
 
 def read_split(builder, split, batch_size=3):
     ds = pipeline.make_dataset(pipeline.split_files(builder, split), batch_size=batch_size,
-                               history_length=CFG.history_length)
+                               history_length=CFG.history_length, with_pretext=True)
     rows = {}
     for batch in ds:
         batch = {k: v.numpy() for k, v in batch.items()}
@@ -51,7 +51,7 @@ def test_parsed_batches_equal_the_source_columns(built):
     parsed = read_split(builder, "train")
     assert builder.info.splits["train"].num_examples == len(parsed) == 7
     names = (list(examples.SCALAR_FEATURES) + list(examples.SEQUENCE_FEATURES)
-             + list(examples.LABEL_FEATURES))
+             + list(examples.LABEL_FEATURES) + list(examples.PRETEXT_FEATURES))
     for cols in source.chunks("train"):
         for i, e in enumerate(cols["event_id"]):
             for name in names:

@@ -31,10 +31,11 @@ def test_pretraining_learns_and_writes_an_encoder(pretrained):
     config, result = pretrained
     assert result["step"] == 120
     first, last = result["loss_curve"][0], result["loss_curve"][-1]
-    for task in ("loss", "item", "category", "query"):
+    for task in ("loss", "item", "category", "query", "next_item", "next_category"):
         assert last[task] < first[task], (task, first, last)
     assert set(result["metrics"]) == {"item/masked_accuracy", "category/masked_accuracy",
-                                      "query/masked_accuracy"}
+                                      "query/masked_accuracy", "next_item/accuracy",
+                                      "next_category/accuracy"}
     # Categories are few and predictable from the neighbouring events: better than chance.
     assert result["metrics"]["category/masked_accuracy"] > 0.05
     assert os.path.exists(pretrain.encoder_path(config.model_dir) + ".index")

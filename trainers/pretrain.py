@@ -26,7 +26,7 @@ from absl import app, flags  # noqa: E402
 from trainers import multitask  # noqa: E402
 from zoo.data import contract, prepare as prepare_lib  # noqa: E402
 
-DEFAULT_TASK_WEIGHTS = "item=1,category=1,query=1"
+DEFAULT_TASK_WEIGHTS = "item=1,category=1,query=1,next_item=1,next_category=1"
 ENCODER_PREFIX = os.path.join("encoder", "encoder")
 
 
@@ -101,7 +101,8 @@ def run(config: multitask.TrainConfig) -> dict:
     preprocessor = model.preprocessor
 
     def masked(batch):
-        return masker(preprocessor(multitask.raw_features(batch)))
+        x, targets = masker(preprocessor(multitask.raw_features(batch)))
+        return x, {**targets, **pretrainer_lib.next_event_targets(preprocessor, batch)}
 
     def train_input(ctx: tf.distribute.InputContext):
         per_replica = ctx.get_per_replica_batch_size(config.batch_size)
@@ -109,6 +110,7 @@ def run(config: multitask.TrainConfig) -> dict:
         ds = pipeline.make_dataset(
             train_files, batch_size=per_replica, shuffle=True, repeat=True, seed=config.seed,
             cache=config.cache_dataset, drop_remainder=True, with_labels=False,
+            with_pretext=True,
             history_length=config.label_config.history_length, input_context=ctx,
             skip_batches=start_step * per_step)
         return ds.map(masked, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
@@ -136,11 +138,12 @@ def run(config: multitask.TrainConfig) -> dict:
     result = {"step": trainer.step, "train_seconds": time.time() - t0,
               "loss_curve": trainer.history}
 
-    # Masked top-1 accuracy on (a part of) the eval split, with a fixed masking seed.
+    # Top-1 accuracy on (a part of) the eval split, with a fixed masking seed.
     split = "eval" if "eval" in builder.info.splits else "train"
     tf.random.set_seed(config.seed)
     eval_ds = pipeline.make_dataset(pipeline.split_files(builder, split),
                                     batch_size=config.eval_batch_size, with_labels=False,
+                                    with_pretext=True,
                                     history_length=config.label_config.history_length)
     forward = tf.function(lambda x: net(x, training=False))
     sums, batches = {}, 0
@@ -148,9 +151,11 @@ def run(config: multitask.TrainConfig) -> dict:
         acc = pretrainer_lib.masked_accuracy(batch[1], forward(batch[0]))
         sums = {k: sums.get(k, 0.0) + v for k, v in acc.items()}
         batches += 1
-    result["metrics"] = {f"{k}/masked_accuracy": v / max(batches, 1) for k, v in sums.items()}
+    result["metrics"] = {
+        f"{k}/{'accuracy' if k.startswith('next_') else 'masked_accuracy'}": v / max(batches, 1)
+        for k, v in sums.items()}
     if config.verbose:
-        print("masked top-1 accuracy on the eval split: " + ", ".join(
+        print("top-1 accuracy on the eval split: " + ", ".join(
             f"{k} {v:.4f}" for k, v in result["metrics"].items()))
 
     if chief:
@@ -171,7 +176,8 @@ FLAGS = flags.FLAGS
 def define_flags():
     multitask.define_flags()
     FLAGS.set_default("task_weights", DEFAULT_TASK_WEIGHTS)
-    FLAGS["task_weights"].help = "Loss weight per pre-training task (item, category, query)."
+    FLAGS["task_weights"].help = ("Loss weight per pre-training task (item, category, query, "
+                                  "next_item, next_category).")
     FLAGS.set_default("learning_rate", 1e-3)
 
 

@@ -25,7 +25,7 @@ from zoo.data import contract, examples as examples_lib, labels as labels_lib, s
 
 
 # Bump when the example-building code changes what it writes: cached examples are re-made.
-EXAMPLES_VERSION = "2"  # 2: item_clicks_7d, item_purchases_7d
+EXAMPLES_VERSION = "3"  # 2: item_clicks_7d, item_purchases_7d; 3: next_item_id, next_category
 
 
 def _fingerprint(contract_dir: str, config: labels_lib.LabelConfig) -> str:
@@ -61,7 +61,8 @@ class EcomEvents(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         feats = {}
-        for name, dtype in {**examples_lib.SCALAR_FEATURES, **examples_lib.LABEL_FEATURES}.items():
+        for name, dtype in {**examples_lib.SCALAR_FEATURES, **examples_lib.LABEL_FEATURES,
+                            **examples_lib.PRETEXT_FEATURES}.items():
             feats[name] = tfds.features.Tensor(shape=(), dtype=examples_lib.tf_dtype(dtype))
         for name, dtype in examples_lib.SEQUENCE_FEATURES.items():
             feats[name] = tfds.features.Tensor(shape=(None,), dtype=examples_lib.tf_dtype(dtype))

@@ -31,6 +31,10 @@ LABEL_FEATURES = {
     "click": np.int64, "purchase": np.int64, "price_range": np.int64,
     "price_range_mask": np.float32, "demand": np.float32,
 }
+# Targets of the next-event pretext of pre-training (from the future, like the labels, and
+# written beside them): the item and category of the user's next behaviour event after the
+# impression; "" when there is none (end of the log, or past the train/eval cut).
+PRETEXT_FEATURES = {"next_item_id": np.bytes_, "next_category": np.bytes_}
 
 
 def tf_dtype(np_dtype):
@@ -98,6 +102,8 @@ class ExampleSource:
             "hist_gap": np.where(valid, prep.ts[imp][:, None] - prep.ts[rows], 0).astype(
                 np.float32),
         }
+        nxt, has_next = self.history.next_event(imp)
+        cols["next_item"] = np.where(has_next, prep.item[nxt], -1)
         for name in LABEL_FEATURES:
             cols[name] = lab[name][sel]
         return cols
@@ -105,12 +111,16 @@ class ExampleSource:
     def to_text(self, coded: dict) -> dict:
         """Coded chunk → the feature columns by name, strings as numpy object arrays."""
         items = self.tables.items
-        cols = {k: v for k, v in coded.items() if k not in ("item", "hist_item", "hist_kind")}
+        cols = {k: v for k, v in coded.items()
+                if k not in ("item", "hist_item", "hist_kind", "next_item")}
         for name, column in ITEM_TEXT.items():
             cols[name] = _take(items[column], coded["item"])
         for name, column in HIST_TEXT.items():
             values = _take(items[column], np.maximum(coded["hist_item"], 0))
             cols[name] = np.where(coded["hist_item"] >= 0, values, "")
+        for name, column in NEXT_TEXT.items():
+            values = _take(items[column], np.maximum(coded["next_item"], 0))
+            cols[name] = np.where(coded["next_item"] >= 0, values, "")
         names = np.array(contract.EVENT_TYPES + ("",), dtype=object)
         cols["hist_event"] = names[coded["hist_kind"]]
         return cols
@@ -120,3 +130,4 @@ class ExampleSource:
 ITEM_TEXT = {"item_id": "item_id", "item_category": "category", "item_brand": "brand",
              "item_title": "title"}
 HIST_TEXT = {"hist_item_id": "item_id", "hist_category": "category", "hist_brand": "brand"}
+NEXT_TEXT = {"next_item_id": "item_id", "next_category": "category"}

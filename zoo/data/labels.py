@@ -202,3 +202,19 @@ class HistoryIndex:
         idx = np.where(valid, idx, 0)
         rows = self.rows[idx] if len(self.rows) else np.zeros_like(idx)
         return rows, valid
+
+    def next_event(self, imp: np.ndarray):
+        """Row of each impression's user's first history event strictly after it, and
+        whether there is one. A training impression's next event must also come before the
+        train/eval cut, so that pre-training on the training split never sees the eval
+        period."""
+        prep = self.prep
+        key = (prep.user[imp] << self.shift) | prep.ts[imp]
+        at = np.searchsorted(self.keys, key, side="right")  # strictly later timestamps
+        valid = at < len(self.rows)
+        rows = self.rows[np.minimum(at, max(len(self.rows) - 1, 0))] if len(self.rows) \
+            else np.zeros(len(imp), dtype=np.int64)
+        valid &= prep.user[rows] == prep.user[imp]
+        is_train = prep.ts[imp] < prep.cut
+        valid &= ~is_train | (prep.ts[rows] < prep.cut)
+        return rows, valid

@@ -15,8 +15,9 @@ import tensorflow as tf
 
 from zoo.data import contract, examples as examples_lib
 
-def feature_spec(with_labels: bool = True) -> dict:
-    """`tf.io.parse_example` spec of one example (scalars fixed, history lists ragged)."""
+def feature_spec(with_labels: bool = True, with_pretext: bool = False) -> dict:
+    """`tf.io.parse_example` spec of one example (scalars fixed, history lists ragged);
+    `with_pretext` adds pre-training's next-event targets."""
     spec = {}
     for name, dtype in examples_lib.SCALAR_FEATURES.items():
         default = "" if dtype is np.bytes_ else (-1 if name == "position" else 0)
@@ -26,13 +27,17 @@ def feature_spec(with_labels: bool = True) -> dict:
     if with_labels:
         for name, dtype in examples_lib.LABEL_FEATURES.items():
             spec[name] = tf.io.FixedLenFeature([], examples_lib.tf_dtype(dtype))
+    if with_pretext:
+        for name, dtype in examples_lib.PRETEXT_FEATURES.items():
+            spec[name] = tf.io.FixedLenFeature([], examples_lib.tf_dtype(dtype),
+                                               default_value="")
     return spec
 
 
 def parse_batch(serialized: tf.Tensor, history_length: int = contract.DEFAULT_HISTORY_LENGTH,
-                with_labels: bool = True) -> dict:
+                with_labels: bool = True, with_pretext: bool = False) -> dict:
     """Serialized tf.Examples [B] → dict of dense tensors; history padded/truncated to L."""
-    parsed = tf.io.parse_example(serialized, feature_spec(with_labels))
+    parsed = tf.io.parse_example(serialized, feature_spec(with_labels, with_pretext))
     out = {}
     for name, value in parsed.items():
         if isinstance(value, tf.RaggedTensor):
@@ -68,7 +73,7 @@ def make_dataset(files, *, batch_size: int, history_length: int = contract.DEFAU
                  cache: bool = False, drop_remainder: bool = False, with_labels: bool = True,
                  shuffle_buffer: int = 50_000, skip_batches: int = 0,
                  input_context: tf.distribute.InputContext | None = None,
-                 keep_fraction: float = 1.0) -> tf.data.Dataset:
+                 keep_fraction: float = 1.0, with_pretext: bool = False) -> tf.data.Dataset:
     """Parsed batches of examples from TFRecord files.
 
     `input_context` (from `strategy.distribute_datasets_from_function`) splits the input
@@ -109,6 +114,6 @@ def make_dataset(files, *, batch_size: int, history_length: int = contract.DEFAU
         ds = ds.shard(pipelines, input_context.input_pipeline_id)
     if skip_batches:  # resuming: continue the seeded stream where the checkpoint left it
         ds = ds.skip(skip_batches)
-    ds = ds.map(lambda s: parse_batch(s, history_length, with_labels),
+    ds = ds.map(lambda s: parse_batch(s, history_length, with_labels, with_pretext),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -53,7 +53,8 @@ def _serialize(tensors: dict, lengths: tf.Tensor, with_labels: bool) -> np.ndarr
 
 def _names(with_labels):
     names = list(examples_lib.SCALAR_FEATURES) + list(examples_lib.SEQUENCE_FEATURES)
-    return names + (list(examples_lib.LABEL_FEATURES) if with_labels else [])
+    return names + (list(examples_lib.LABEL_FEATURES) + list(examples_lib.PRETEXT_FEATURES)
+                    if with_labels else [])
 
 
 def _serialize_tensors(tensors, lengths, with_labels):
@@ -61,6 +62,7 @@ def _serialize_tensors(tensors, lengths, with_labels):
     scalars = dict(examples_lib.SCALAR_FEATURES)
     if with_labels:
         scalars.update(examples_lib.LABEL_FEATURES)
+        scalars.update(examples_lib.PRETEXT_FEATURES)
     one = tf.ones([n], tf.int32)
     entries = [_feature_entries(name, tf.reshape(tensors[name], [n, 1]), one) for name in scalars]
     entries += [_feature_entries(name, tensors[name], lengths)
@@ -87,6 +89,7 @@ class CodedSerializer:
 
         self._items = {name: vocab(col) for name, col in examples_lib.ITEM_TEXT.items()}
         self._hist = {name: vocab(col) for name, col in examples_lib.HIST_TEXT.items()}
+        self._next = {name: vocab(col) for name, col in examples_lib.NEXT_TEXT.items()}
         self._events = tf.constant(list(contract.EVENT_TYPES) + [""], tf.string)
         self._pad = len(items["item_id"])
 
@@ -101,6 +104,9 @@ class CodedSerializer:
             tensors[name] = tf.gather(table, item)
         for name, table in self._hist.items():
             tensors[name] = tf.gather(table, hist)
+        nxt = tf.constant(np.where(coded["next_item"] < 0, self._pad, coded["next_item"]))
+        for name, table in self._next.items():
+            tensors[name] = tf.gather(table, nxt)
         kind = np.where(coded["hist_kind"] < 0, len(contract.EVENT_TYPES), coded["hist_kind"])
         tensors["hist_event"] = tf.gather(self._events, kind)
         lengths = tf.constant(np.asarray(coded["hist_length"], np.int32))

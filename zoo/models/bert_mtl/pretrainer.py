@@ -6,7 +6,12 @@ Two masked-prediction tasks over the same input sequence the multi-task model se
     to, so it acts as the [MASK] event); the encoder predicts their item and category from
     the rest of the sequence, the query and the candidate;
   * masked language modelling on the query: WordPiece tokens replaced by [MASK] (80 %),
-    a random token (10 %) or kept (10 %), predicted from the context.
+    a random token (10 %) or kept (10 %), predicted from the context;
+  * next-event prediction at the candidate slot: the item and category of the user's next
+    behaviour event after the impression (BERT4Rec's inference task), read off the
+    candidate's output, with the candidate in place as in fine-tuning. The masked tasks
+    have no target at the candidate, so without this one pre-training never trains the
+    position every multi-task head reads.
 
     masker = EventMasker(preprocessor.vocabulary_sizes(), config)   # in tf.data
     inputs, targets = masker(preprocessed)
@@ -30,7 +35,11 @@ from zoo.models.bert_mtl import vocabulary as vocab_lib
 # The event fields a masked event loses (0 = the padding index of each embedding).
 MASKED_EVENT_FIELDS = ("hist_item_index", "hist_category_index", "hist_brand_index",
                        "hist_price_bucket")
-TASKS = ("item", "category", "query")
+TASKS = ("item", "category", "query", "next_item", "next_category")
+# Task -> the target's weight key: which positions of an example count.
+_WEIGHT_KEYS = {"item": "event_weights", "category": "event_weights",
+                "query": "query_weights", "next_item": "next_weights",
+                "next_category": "next_weights"}
 MASK_UNITS = ("item", "position")
 
 
@@ -97,6 +106,16 @@ class EventMasker:
         return x, targets
 
 
+def next_event_targets(preprocessor, raw: dict) -> dict:
+    """Lookup indices [B, 1] of the next event's item and category (examples parsed with
+    `with_pretext=True`); weight 0 where the example has no next event."""
+    item = tf.reshape(raw["next_item_id"], [-1, 1])
+    category = tf.reshape(raw["next_category"], [-1, 1])
+    return {"next_item": tf.cast(preprocessor.item_lookup(item), tf.int32),
+            "next_category": tf.cast(preprocessor.category_lookup(category), tf.int32),
+            "next_weights": tf.cast(tf.not_equal(item, ""), tf.float32)}
+
+
 @keras.saving.register_keras_serializable(package="ecom_zoo")
 class BertMtlPretrainer(keras.Model):
     """Backbone + masked item / category / WordPiece prediction heads (keras-hub
@@ -119,6 +138,8 @@ class BertMtlPretrainer(keras.Model):
         self.item_head = head("item_head", sizes["item"])
         self.category_head = head("category_head", sizes["category"])
         self.query_head = head("query_head", sizes["wordpiece"])
+        self.next_item_head = head("next_item_head", sizes["item"])
+        self.next_category_head = head("next_category_head", sizes["category"])
 
         inputs = dict(backbone.input)
         inputs["event_mask_positions"] = keras.Input((num_masked_events,), dtype="int32",
@@ -130,11 +151,15 @@ class BertMtlPretrainer(keras.Model):
         # Sequence layout: [CLS] q_1..q_Q [SEP] e_1..e_H [SEP] candidate.
         query = sequence[:, 1:1 + Q, :]
         history = sequence[:, Q + 2:Q + 2 + H, :]
+        candidate = sequence[:, -1:, :]
+        at_candidate = keras.ops.zeros_like(inputs["event_mask_positions"][:, :1])
         outputs = {
             "item": self.item_head(history, mask_positions=inputs["event_mask_positions"]),
             "category": self.category_head(history,
                                            mask_positions=inputs["event_mask_positions"]),
             "query": self.query_head(query, mask_positions=inputs["token_mask_positions"]),
+            "next_item": self.next_item_head(candidate, mask_positions=at_candidate),
+            "next_category": self.next_category_head(candidate, mask_positions=at_candidate),
         }
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
         self.num_masked_events = int(num_masked_events)
@@ -156,8 +181,7 @@ class BertMtlPretrainer(keras.Model):
 def per_example_losses(targets: dict, logits: dict) -> dict:
     """Mean cross-entropy over each example's masked positions ([B]; 0 where none)."""
     out = {}
-    for task, weight_key in (("item", "event_weights"), ("category", "event_weights"),
-                             ("query", "query_weights")):
+    for task, weight_key in _WEIGHT_KEYS.items():
         w = tf.cast(targets[weight_key], tf.float32)
         ce = keras.losses.sparse_categorical_crossentropy(
             targets[task], tf.cast(logits[task], tf.float32), from_logits=True)
@@ -168,8 +192,7 @@ def per_example_losses(targets: dict, logits: dict) -> dict:
 def masked_accuracy(targets: dict, logits: dict) -> dict:
     """Top-1 accuracy at the masked positions, per task (numpy scalars)."""
     out = {}
-    for task, weight_key in (("item", "event_weights"), ("category", "event_weights"),
-                             ("query", "query_weights")):
+    for task, weight_key in _WEIGHT_KEYS.items():
         w = tf.cast(targets[weight_key], tf.float32)
         hit = tf.cast(tf.equal(tf.argmax(logits[task], -1, output_type=tf.int32),
                                tf.cast(targets[task], tf.int32)), tf.float32)
