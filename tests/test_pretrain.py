@@ -173,3 +173,36 @@ def test_masking_by_item_leaves_no_visible_copy_of_a_masked_item(unit):
         assert visible_copies > 0
     with pytest.raises(ValueError, match="pretrain_mask_unit"):
         EventMasker({"item": 8, "wordpiece": 50}, H, 8, 4, mask_unit="token")
+
+
+def test_next_event_targets_and_head_read_the_candidate_slot():
+    """The next-event pretext: "" (no next event) weighs 0, a known item is its lookup
+    index, and the head reads the candidate's output (the slot the multi-task towers read),
+    so changing only the candidate changes its logits."""
+    import tensorflow as tf
+    import zoo
+    from zoo.models.bert_mtl import pretrainer as pretrainer_lib
+    from zoo.models.testing import random_raw_batch, split_labels
+
+    raw, _ = split_labels(random_raw_batch(batch_size=4, history_length=16, seed=1))
+    model = zoo.get("bert_mtl", "tiny")
+    pre = model.preprocessor
+    known = pre.vocabulary["item_id"][5]
+    raw["next_item_id"] = np.array([known, "", "never-seen", known], dtype=object)
+    raw["next_category"] = np.array([pre.vocabulary["category"][2], "", "x", ""], dtype=object)
+    t = pretrainer_lib.next_event_targets(pre, {k: tf.constant(v) for k, v in raw.items()})
+    np.testing.assert_array_equal(t["next_weights"].numpy()[:, 0], [1, 0, 1, 1])
+    idx = t["next_item"].numpy()[:, 0]
+    assert idx[0] == idx[3] == 1 + pre.num_oov_indices + 5  # padding, OOV buckets, items
+    assert 1 <= idx[2] <= pre.num_oov_indices  # an unknown item lands in an OOV bucket
+
+    masker = pretrainer_lib.make_masker(pre, zoo.get_config("bert_mtl", "tiny"))
+    net = pretrainer_lib.BertMtlPretrainer(model.backbone, masker.num_events,
+                                           masker.num_tokens)
+    tf.random.set_seed(0)
+    x, _ = masker(pre({k: tf.constant(v) for k, v in raw.items()}))
+    other = dict(x)
+    other["item_index"] = tf.reverse(x["item_index"], [0])  # another candidate per row
+    a, b = net(x)["next_item"].numpy(), net(other)["next_item"].numpy()
+    assert a.shape == (4, 1, model.backbone.vocabulary_sizes["item"])
+    assert np.abs(a - b).max() > 1e-4

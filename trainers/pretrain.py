@@ -1,8 +1,9 @@
 """`python -m trainers.pretrain`: self-supervised pre-training of the encoder on the logs.
 
-Masked behaviour modelling (BERT4Rec: mask history events, predict their item and category)
-plus masked WordPiece modelling of the query (`zoo.models.bert_mtl.pretrainer`), on every
-training impression's input sequence, labels unused. Same data flags, strategies, custom
+Masked behaviour modelling (BERT4Rec: mask history events, predict their item and category),
+masked WordPiece modelling of the query and next-event prediction at the candidate slot
+(`zoo.models.bert_mtl.pretrainer`), on every training impression's input sequence; the
+impression labels are unused, the next event comes from the log. Same data flags, strategies, custom
 loop, checkpoints/resume, TensorBoard and progress bar as `trainers.multitask`. Writes
 
   model_dir/encoder/encoder*     the backbone's weights: `trainers.multitask
