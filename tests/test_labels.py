@@ -185,3 +185,18 @@ def test_next_event_of_a_training_impression_stops_at_the_cut(tmp_path):
     got = _next_events(src)
     assert got["x1"] == ("", "")  # u1's next is e14, on day 9 (eval)
     assert got["e8"] == ("B", "shoes")
+
+
+def test_next_event_skips_same_second_events_and_other_users(tmp_path):
+    """An event in the impression's own second is not "after" it, even when the file lists it
+    first; another user's later events never count, even when they sort right after."""
+    extra = ([("x2", "u1", "s1", fixtures.T0 + 50, "click", "", "C", "", "")]
+             + fixtures.EVENTS
+             + [("x3", "u3", "s9", fixtures.T0 + 7 * fixtures.DAY + 200, "click", "", "D",
+                 "", "")])
+    src = examples.ExampleSource(
+        contract.read_contract(fixtures.write_csv(str(tmp_path), events=extra)), CFG)
+    got = _next_events(src)
+    assert got["e7"] == ("B", "shoes")  # x2 (C) and e17 share e7's second: e9 is next
+    assert got["e16"] == got["e18"] == ("", "")  # u3's click sorts right after u2's events
+

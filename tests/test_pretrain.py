@@ -201,8 +201,44 @@ def test_next_event_targets_and_head_read_the_candidate_slot():
                                            masker.num_tokens)
     tf.random.set_seed(0)
     x, _ = masker(pre({k: tf.constant(v) for k, v in raw.items()}))
-    other = dict(x)
-    other["item_index"] = tf.reverse(x["item_index"], [0])  # another candidate per row
-    a, b = net(x)["next_item"].numpy(), net(other)["next_item"].numpy()
+    a = net(x)["next_item"].numpy()
     assert a.shape == (4, 1, model.backbone.vocabulary_sizes["item"])
-    assert np.abs(a - b).max() > 1e-4
+    # The logits are the head applied to the backbone's candidate output (the last slot),
+    # not to [CLS] or a history slot (attention mixes every position, so a changed
+    # candidate alone would not tell them apart).
+    backbone_inputs = {k: v for k, v in x.items() if k in model.backbone.input}
+    candidate = model.backbone(backbone_inputs)["candidate_output"][:, None, :]
+    want = net.next_item_head(candidate, mask_positions=tf.zeros([4, 1], tf.int32)).numpy()
+    np.testing.assert_allclose(a, want, rtol=1e-5, atol=1e-5)
+    cls = model.backbone(backbone_inputs)["cls_output"][:, None, :]
+    assert np.abs(a - net.next_item_head(
+        cls, mask_positions=tf.zeros([4, 1], tf.int32)).numpy()).max() > 1e-3
+
+
+def test_mask_candidate_hides_the_candidate_from_pre_training():
+    """pretrain_mask_candidate: the candidate's fields become the [MASK] event (0), so the
+    next-event logits cannot depend on which item was shown; the user stays."""
+    import tensorflow as tf
+    import zoo
+    from zoo.models.bert_mtl import pretrainer as pretrainer_lib
+    from zoo.models.testing import random_raw_batch, split_labels
+
+    raw, _ = split_labels(random_raw_batch(batch_size=4, history_length=16, seed=1))
+    model = zoo.get("bert_mtl", "tiny")
+    pre = model.preprocessor
+    config = {**zoo.get_config("bert_mtl", "tiny"), "pretrain_mask_candidate": True}
+    masker = pretrainer_lib.make_masker(pre, config)
+    net = pretrainer_lib.BertMtlPretrainer(model.backbone, masker.num_events,
+                                           masker.num_tokens)
+    shown = pre({k: tf.constant(v) for k, v in raw.items()})
+    x, _ = masker(shown)
+    for name in pretrainer_lib.CANDIDATE_FIELDS:
+        if name in shown:
+            assert np.any(shown[name].numpy()), name  # there was a candidate to hide
+            assert not np.any(x[name].numpy()), name
+    np.testing.assert_array_equal(x["user_index"], shown["user_index"])
+    np.testing.assert_array_equal(x["hist_event_index"], shown["hist_event_index"])
+    # What was hidden mattered: the same masked input with the candidate put back gives
+    # other next-event logits.
+    back = {**x, **{k: shown[k] for k in pretrainer_lib.CANDIDATE_FIELDS if k in shown}}
+    assert np.abs(net(x)["next_item"].numpy() - net(back)["next_item"].numpy()).max() > 1e-4

@@ -9,7 +9,8 @@ loop, checkpoints/resume, TensorBoard and progress bar as `trainers.multitask`. 
   model_dir/encoder/encoder*     the backbone's weights: `trainers.multitask
                                  --init_checkpoint model_dir` starts from them (heads fresh)
   model_dir/vocabulary.json      the fine-tuning run reuses it (embedding rows must match)
-  model_dir/pretrain_config.json, metrics.json (masked top-1 accuracy on the eval split)
+  model_dir/pretrain_config.json, metrics.json (top-1 accuracy of every task on the eval
+                                 split)
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def encoder_path(model_dir: str) -> str:
 
 def run(config: multitask.TrainConfig) -> dict:
     """Pre-trains the encoder of `config.model`; returns the metrics (config as in multitask;
-    task_weights name the pre-training tasks item, category, query)."""
+    task_weights name the pre-training tasks item, category, query, next_item,
+    next_category; a task left out weighs 1)."""
     import keras
     import tensorflow as tf
     import zoo
@@ -178,7 +180,8 @@ def define_flags():
     multitask.define_flags()
     FLAGS.set_default("task_weights", DEFAULT_TASK_WEIGHTS)
     FLAGS["task_weights"].help = ("Loss weight per pre-training task (item, category, query, "
-                                  "next_item, next_category).")
+                                  "next_item, next_category); a task left out weighs 1, "
+                                  "=0 turns it off.")
     FLAGS.set_default("learning_rate", 1e-3)
 
 

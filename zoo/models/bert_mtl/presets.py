@@ -53,6 +53,13 @@ _COMMON = {
     "pretrain_event_mask_rate": 0.15,
     "pretrain_token_mask_rate": 0.15,
     "pretrain_mask_unit": "position",
+    # Pre-training hides the candidate (its item, category, brand, price, rank, item counts
+    # and title; the user stays): the candidate slot becomes a [MASK] event and the
+    # next-event pretext predicts the user's next item from the context alone (BERT4Rec's
+    # masked last position). With the candidate in place (False) the pretext also learns
+    # whether the shown item is the next one, which is close to its click label (the next
+    # event is the candidate for 42 % of the clicked training impressions, measured).
+    "pretrain_mask_candidate": False,
 }
 
 PRESETS = {

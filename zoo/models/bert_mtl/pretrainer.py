@@ -1,6 +1,7 @@
-"""Self-supervised pre-training of `BertMtlBackbone` on behaviour logs alone (no labels).
+"""Self-supervised pre-training of `BertMtlBackbone` on behaviour logs alone (no impression
+labels).
 
-Two masked-prediction tasks over the same input sequence the multi-task model sees:
+Three prediction tasks over the same input sequence the multi-task model sees:
   * masked behaviour modelling (BERT4Rec): a fraction of the history events lose their item,
     category, brand and price (set to the padding index 0, which fine-tuning never attends
     to, so it acts as the [MASK] event); the encoder predicts their item and category from
@@ -16,7 +17,8 @@ Two masked-prediction tasks over the same input sequence the multi-task model se
     masker = EventMasker(preprocessor.vocabulary_sizes(), config)   # in tf.data
     inputs, targets = masker(preprocessed)
     pretrainer = BertMtlPretrainer(backbone, ...)                   # shares the backbone
-    logits = pretrainer(inputs)           # {"item": [B, Pe, Vi], "category": ..., "query": ...}
+    logits = pretrainer(inputs)  # {"item": [B, Pe, Vi], "category", "query", "next_item": [B, 1, Vi],
+                                 #  "next_category"}
 
 The backbone's weights are then written on their own (`save_encoder`) and loaded into a
 fresh multi-task model (`load_encoder`), whose heads start from scratch.
@@ -39,8 +41,12 @@ TASKS = ("item", "category", "query", "next_item", "next_category")
 # Task -> the target's weight key: which positions of an example count.
 _WEIGHT_KEYS = {"item": "event_weights", "category": "event_weights",
                 "query": "query_weights", "next_item": "next_weights",
-                "next_category": "next_weights"}
+                "next_category": "next_category_weights"}
 MASK_UNITS = ("item", "position")
+# The candidate's inputs `mask_candidate` sets to 0 (the padding index: a [MASK] event).
+CANDIDATE_FIELDS = ("item_index", "category_index", "brand_index", "price_bucket",
+                    "position_bucket", "item_clicks_bucket", "item_purchases_bucket",
+                    "title_tokens")
 
 
 def num_selections(length: int, rate: float) -> int:
@@ -59,11 +65,12 @@ class EventMasker:
 
     def __init__(self, vocabulary_sizes: dict, max_history: int, max_query_tokens: int,
                  mask_token_id: int, event_rate: float = 0.15, token_rate: float = 0.15,
-                 mask_unit: str = "position"):
+                 mask_unit: str = "position", mask_candidate: bool = False):
         if mask_unit not in MASK_UNITS:
             raise ValueError(f"pretrain_mask_unit must be one of {MASK_UNITS}, "
                              f"got {mask_unit!r}")
         self.mask_unit = mask_unit
+        self.mask_candidate = bool(mask_candidate)
         self.num_events = num_selections(max_history, event_rate)
         self.num_tokens = num_selections(max_query_tokens, token_rate)
         self.events = keras_hub.layers.MaskedLMMaskGenerator(
@@ -103,23 +110,30 @@ class EventMasker:
         targets["query_weights"] = tokens["mask_weights"]
         x["event_mask_positions"] = positions
         x["token_mask_positions"] = tokens["mask_positions"]
+        if self.mask_candidate:
+            for name in CANDIDATE_FIELDS:
+                if name in x:
+                    x[name] = tf.zeros_like(x[name])
         return x, targets
 
 
 def next_event_targets(preprocessor, raw: dict) -> dict:
     """Lookup indices [B, 1] of the next event's item and category (examples parsed with
-    `with_pretext=True`); weight 0 where the example has no next event."""
+    `with_pretext=True`); weight 0 where the example has no next event (or, for the
+    category, where the next item has none)."""
     item = tf.reshape(raw["next_item_id"], [-1, 1])
     category = tf.reshape(raw["next_category"], [-1, 1])
     return {"next_item": tf.cast(preprocessor.item_lookup(item), tf.int32),
             "next_category": tf.cast(preprocessor.category_lookup(category), tf.int32),
-            "next_weights": tf.cast(tf.not_equal(item, ""), tf.float32)}
+            "next_weights": tf.cast(tf.not_equal(item, ""), tf.float32),
+            "next_category_weights": tf.cast(tf.not_equal(category, ""), tf.float32)}
 
 
 @keras.saving.register_keras_serializable(package="ecom_zoo")
 class BertMtlPretrainer(keras.Model):
-    """Backbone + masked item / category / WordPiece prediction heads (keras-hub
-    `MaskedLMHead`, logits only at the selected positions)."""
+    """Backbone + masked item / category / WordPiece prediction heads and next-event item /
+    category heads at the candidate slot (keras-hub `MaskedLMHead`, logits only at the
+    selected positions)."""
 
     def __init__(self, backbone, num_masked_events, num_masked_tokens, **kwargs):
         Q, H = backbone.max_query_tokens, backbone.max_history
@@ -179,7 +193,7 @@ class BertMtlPretrainer(keras.Model):
 
 
 def per_example_losses(targets: dict, logits: dict) -> dict:
-    """Mean cross-entropy over each example's masked positions ([B]; 0 where none)."""
+    """Mean cross-entropy over each example's target positions ([B]; 0 where none)."""
     out = {}
     for task, weight_key in _WEIGHT_KEYS.items():
         w = tf.cast(targets[weight_key], tf.float32)
@@ -190,7 +204,7 @@ def per_example_losses(targets: dict, logits: dict) -> dict:
 
 
 def masked_accuracy(targets: dict, logits: dict) -> dict:
-    """Top-1 accuracy at the masked positions, per task (numpy scalars)."""
+    """Top-1 accuracy at the target positions, per task (numpy scalars)."""
     out = {}
     for task, weight_key in _WEIGHT_KEYS.items():
         w = tf.cast(targets[weight_key], tf.float32)
@@ -205,7 +219,8 @@ def make_masker(preprocessor, config: dict) -> EventMasker:
                        config["max_query_tokens"], preprocessor.token_id(vocab_lib.MASK),
                        event_rate=config.get("pretrain_event_mask_rate", 0.15),
                        token_rate=config.get("pretrain_token_mask_rate", 0.15),
-                       mask_unit=config.get("pretrain_mask_unit", "position"))
+                       mask_unit=config.get("pretrain_mask_unit", "position"),
+                       mask_candidate=config.get("pretrain_mask_candidate", False))
 
 
 def save_encoder(backbone, path: str) -> str:
