@@ -216,8 +216,9 @@ def test_next_event_targets_and_head_read_the_candidate_slot():
 
 
 def test_mask_candidate_hides_the_candidate_from_pre_training():
-    """pretrain_mask_candidate: the candidate's fields become the [MASK] event (0), so the
-    next-event logits cannot depend on which item was shown; the user stays."""
+    """pretrain_mask_candidate (the default): the candidate's fields become the [MASK]
+    event (0), so the next-event pretext cannot see which item was shown; the user and the
+    history stay."""
     import tensorflow as tf
     import zoo
     from zoo.models.bert_mtl import pretrainer as pretrainer_lib

@@ -58,8 +58,9 @@ _COMMON = {
     # next-event pretext predicts the user's next item from the context alone (BERT4Rec's
     # masked last position). With the candidate in place (False) the pretext also learns
     # whether the shown item is the next one, which is close to its click label (the next
-    # event is the candidate for 42 % of the clicked training impressions, measured).
-    "pretrain_mask_candidate": False,
+    # event is the candidate for 40 % of the clicked training impressions and 0.02 % of
+    # the others, measured), so the default keeps it hidden.
+    "pretrain_mask_candidate": True,
 }
 
 PRESETS = {
