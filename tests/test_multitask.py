@@ -204,6 +204,24 @@ def test_model_dir_of_another_run_is_refused(trained):
         multitask.run(other)
 
 
+def test_pre_training_options_do_not_block_a_resume(tmp_path):
+    """check_same_run: a pretrain_* key differs (or is new) -> the fine-tuning run resumes;
+    any other model_config key differs -> refused."""
+    from trainers import multitask
+    spec = {"model": "bert_mtl", "model_config": {"hidden_dim": 64, "pretrain_x": 1}}
+    ignore = (multitask.PRETRAIN_KEY_PREFIX,)
+    multitask.check_same_run(str(tmp_path), str(tmp_path), spec, ignore=ignore)
+    assert os.path.exists(tmp_path / "run_spec.json")
+    changed = {"model": "bert_mtl", "model_config": {"hidden_dim": 64, "pretrain_x": 2,
+                                                     "pretrain_new": True}}
+    multitask.check_same_run(str(tmp_path), str(tmp_path), changed, ignore=ignore)
+    with pytest.raises(ValueError, match="different model_config"):
+        multitask.check_same_run(str(tmp_path), str(tmp_path), changed)  # nothing ignored
+    other = {"model": "bert_mtl", "model_config": {"hidden_dim": 48, "pretrain_x": 1}}
+    with pytest.raises(ValueError, match="different model_config"):
+        multitask.check_same_run(str(tmp_path), str(tmp_path), other, ignore=ignore)
+
+
 def test_bad_flags_exit_with_a_clear_error(shop, tmp_path):
     proc = subprocess.run(
         trainer_cmd(shop, str(tmp_path / "x"), "--task_weights", "click=1,ctr=2"),

@@ -22,6 +22,8 @@ from absl import app, flags, logging
 from zoo.data import contract, labels as labels_lib, prepare as prepare_lib
 
 DEFAULT_TASK_WEIGHTS = "click=1,purchase=1,price_range=0.5,demand=0.5"
+# Model config keys of pre-training only: changing one does not change a fine-tuning run.
+PRETRAIN_KEY_PREFIX = "pretrain_"
 
 
 @dataclasses.dataclass
@@ -204,13 +206,24 @@ def trainable_parameters(model) -> int:
     return int(sum(math.prod(v.shape) for v in model.trainable_variables))
 
 
-def check_same_run(model_dir: str, write_dir: str, spec: dict) -> None:
-    """A model_dir resumes only the run that made it: same model, config and labels."""
+def _without(spec: dict, ignore: tuple) -> dict:
+    config = spec.get("model_config")
+    if not ignore or not isinstance(config, dict):
+        return spec
+    return {**spec, "model_config": {k: v for k, v in config.items()
+                                     if not k.startswith(ignore)}}
+
+
+def check_same_run(model_dir: str, write_dir: str, spec: dict, ignore: tuple = ()) -> None:
+    """A model_dir resumes only the run that made it: same model, config and labels.
+    Model config keys starting with a prefix in `ignore` are not compared (the fine-tuning
+    run ignores pre-training's options, which do not change its model)."""
     path = os.path.join(model_dir, "run_spec.json")
     spec = jsonable(spec)
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
-            before = json.load(f)
+            before = _without(json.load(f), ignore)
+        spec = _without(spec, ignore)
         if before != spec:
             diff = sorted(k for k in set(before) | set(spec) if before.get(k) != spec.get(k))
             raise ValueError(f"{model_dir} holds a run with a different {', '.join(diff)}; "
@@ -281,7 +294,7 @@ def run(config: TrainConfig) -> dict:
         "label_config": dataclasses.asdict(config.label_config),
         **{k: getattr(config, k) for k in ("init_checkpoint", "lora_rank", "freeze_encoder",
                                            "labels_fraction") if getattr(config, k) != getattr(
-            TrainConfig, k)}})
+            TrainConfig, k)}}, ignore=(PRETRAIN_KEY_PREFIX,))
     vocabulary = load_or_fit_vocabulary(config, model_config, train_files, model_dir,
                                         write_dir)
 
