@@ -10,9 +10,10 @@ Three prediction tasks over the same input sequence the multi-task model sees:
     a random token (10 %) or kept (10 %), predicted from the context;
   * next-event prediction at the candidate slot: the item and category of the user's next
     behaviour event after the impression (BERT4Rec's inference task), read off the
-    candidate's output, with the candidate in place as in fine-tuning. The masked tasks
-    have no target at the candidate, so without this one pre-training never trains the
-    position every multi-task head reads.
+    candidate slot's output. The masked tasks have no target there, so without this one
+    pre-training never trains the position every multi-task head reads. By default
+    (`pretrain_mask_candidate`) the candidate is hidden at that slot: with the shown item
+    in place the next event is close to its click label.
 
     masker = EventMasker(preprocessor.vocabulary_sizes(), config)   # in tf.data
     inputs, targets = masker(preprocessed)
