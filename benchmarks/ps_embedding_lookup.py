@@ -20,9 +20,10 @@ step of a batch of 256 random ids, `join`). Each case prints its result:
      trains, but Keras' lookup (ops.take of the variable) reads the whole table first, so
      every step copies every shard to the worker: bytes/step ~ the table.
   3. IdEmbedding (same shapes): tf.nn.embedding_lookup on the sharded variable gathers on
-     each ps; only the looked-up rows (and their gradients) travel. Timed with SGD and
-     with Keras' AdamW: AdamW's update of a shard is dense (every row's slots and weight,
-     on the ps, every step), SGD's is a sparse scatter of the looked-up rows.
+     each ps; only the looked-up rows (and their gradients) travel. Timed with SGD, with
+     Keras' AdamW and with the trainers' LazyAdamW (trainers.optimizers): AdamW's update
+     of a shard is dense (every row's slots and weight, on the ps, every step); SGD's and
+     LazyAdamW's are sparse scatters of the looked-up rows.
   4. A tf.train.Checkpoint(model=...) of the PS model of case 3 (sharded table), restored
      into the same model built on one device (no strategy): the tables are equal.
 
@@ -48,6 +49,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from trainers.loop import train_variables  # noqa: E402
+from trainers.optimizers import LazyAdamW  # noqa: E402
 from zoo.models.layers import IdEmbedding  # noqa: E402
 
 N, DIM, IDS, BATCH = 1_000_000, 16, 4, 256
@@ -162,6 +164,7 @@ def main():
           f"cluster: 1 worker, 2 ps on 127.0.0.1", flush=True)
     sgd = lambda: keras.optimizers.SGD(0.1)  # noqa: E731
     adamw = lambda: keras.optimizers.AdamW(1e-3)  # noqa: E731
+    lazy_adamw = lambda: LazyAdamW(1e-3)  # noqa: E731
 
     print("\n1. keras.layers.Embedding, tape.gradient(loss, model.trainable_variables)")
     try:
@@ -194,6 +197,8 @@ def main():
     report("IdEmbedding + AdamW", *case.measure())
     print(f"   AdamW's {len(slots)} slots of the shards live on "
           f"{sorted({v.value.device for v in slots})}: its update of every row runs there")
+    case = Case(strategy, coordinator, IdEmbedding, lazy_adamw, shards=True)
+    report("IdEmbedding + LazyAdamW", *case.measure())
 
     print("\n4. tf.train.Checkpoint of the PS model (IdEmbedding + SGD, trained above), "
           "restored on one device")

@@ -128,6 +128,35 @@ def test_freeze_encoder_trains_the_heads_only():
         multitask.adapt_for_fine_tuning(model, dataclasses.replace(config, lora_rank=2))
 
 
+def test_lora_train_embeddings_adds_the_input_embeddings_only():
+    import zoo
+    from trainers import multitask
+    from zoo.models.bert_mtl import fit_vocabulary
+    from zoo.models.testing import random_raw_batch, split_labels
+    raw, _ = split_labels(random_raw_batch(batch_size=16, history_length=16, seed=0))
+    vocab = fit_vocabulary(raw, "tiny")
+
+    def trainable_paths(**kw):
+        model = zoo.get("bert_mtl", "tiny", vocabulary=vocab)
+        model(model.preprocessor(raw))
+        multitask.adapt_for_fine_tuning(model, multitask.TrainConfig(lora_rank=2, **kw))
+        backbone = {id(v) for v in model.backbone.weights}
+        return {v.path for v in model.trainable_variables if id(v) in backbone}
+
+    lora = trainable_paths()
+    # The adapters (Keras keeps the adapted layers' biases trainable too).
+    assert any("lora" in p for p in lora)
+    assert all(p.split("/")[-2] in ("query", "value") for p in lora), lora
+    with_emb = trainable_paths(lora_train_embeddings=True)
+    added = with_emb - lora
+    assert {"item_embedding", "user_embedding", "impression_position_embedding"} <= {
+        p.split("/")[-2] for p in added}
+    assert all(p.startswith("embeddings/") for p in added)  # not the transformer layers
+    with pytest.raises(ValueError, match="needs --lora_rank"):
+        multitask.adapt_for_fine_tuning(zoo.get("bert_mtl", "tiny", vocabulary=vocab),
+                                        multitask.TrainConfig(lora_train_embeddings=True))
+
+
 @pytest.mark.parametrize("unit", ["item", "position"])
 def test_masking_by_item_leaves_no_visible_copy_of_a_masked_item(unit):
     import tensorflow as tf

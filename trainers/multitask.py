@@ -42,6 +42,7 @@ class TrainConfig:
     learning_rate: float = 2e-3
     warmup_steps: int = 100
     weight_decay: float = 0.01
+    lazy_table_updates: bool = True  # LazyAdamW: tables updated at the looked-up rows only
     task_weights: str = DEFAULT_TASK_WEIGHTS
     strategy: str = "one_device"
     ps_min_shard_bytes: int = 1 << 20  # parameter_server: variables this big are sharded
@@ -55,6 +56,7 @@ class TrainConfig:
     init_checkpoint: str | None = None  # a trainers.pretrain model_dir: encoder starts there
     lora_rank: int = 0  # > 0: LoRA adapters on the encoder's attention, the encoder frozen
     freeze_encoder: bool = False  # train the heads only
+    lora_train_embeddings: bool = False  # --lora_rank: the input embeddings train too
     labels_fraction: float = 1.0  # train on this fraction of the labelled impressions
     eval_batch_size: int = 1024
     vocabulary_examples: int = 200_000
@@ -196,8 +198,15 @@ def adapt_for_fine_tuning(model, config: TrainConfig) -> None:
         raise ValueError("--lora_rank and --freeze_encoder exclude each other")
     if config.lora_rank < 0:
         raise ValueError(f"--lora_rank must be >= 0, got {config.lora_rank}")
+    if config.lora_train_embeddings and not config.lora_rank:
+        raise ValueError("--lora_train_embeddings needs --lora_rank > 0")
     if config.lora_rank:
         model.backbone.enable_lora(config.lora_rank)  # freezes the rest of the backbone
+        if config.lora_train_embeddings:
+            # The id, user and feature tables (and the embedding LayerNorm): what the
+            # adapters of the attention cannot change, and what pre-training with the
+            # candidate hidden never trained (the rank and item-count buckets).
+            model.backbone.embeddings.trainable = True
     elif config.freeze_encoder:
         model.backbone.trainable = False
 
@@ -254,7 +263,7 @@ def run(config: TrainConfig) -> dict:
     import keras
     import tensorflow as tf
     import zoo
-    from trainers import distribute, loop, metrics as metrics_lib
+    from trainers import distribute, loop, metrics as metrics_lib, optimizers
     from zoo.data import pipeline
     from zoo.models.features import split_labels
 
@@ -293,7 +302,7 @@ def run(config: TrainConfig) -> dict:
         "model": config.model, "preset": config.preset, "model_config": model_config,
         "label_config": dataclasses.asdict(config.label_config),
         **{k: getattr(config, k) for k in ("init_checkpoint", "lora_rank", "freeze_encoder",
-                                           "labels_fraction") if getattr(config, k) != getattr(
+                                           "lora_train_embeddings", "labels_fraction") if getattr(config, k) != getattr(
             TrainConfig, k)}}, ignore=(PRETRAIN_KEY_PREFIX,))
     vocabulary = load_or_fit_vocabulary(config, model_config, train_files, model_dir,
                                         write_dir)
@@ -304,8 +313,8 @@ def run(config: TrainConfig) -> dict:
         model = build_model(config, vocabulary, sample)
         # No gradient clipping: Keras clips each replica's gradient before the cross-replica
         # sum, which would make multi-replica training differ from one device.
-        optimizer = keras.optimizers.AdamW(learning_rate=learning_rate_schedule(config, steps),
-                                           weight_decay=config.weight_decay)
+        optimizer = optimizers.adamw(learning_rate_schedule(config, steps),
+                                     config.weight_decay, config.lazy_table_updates)
         # Build the optimizer slots now, so a restore can match every object.
         optimizer.build(loop.train_variables(model))
     preprocessor = model.preprocessor
@@ -549,6 +558,9 @@ def define_flags():
     flags.DEFINE_integer("batch_size", 256, "Global batch size (split across replicas).")
     flags.DEFINE_float("learning_rate", 2e-3, "Peak learning rate (warmup, then cosine).")
     flags.DEFINE_integer("warmup_steps", 100, "Linear warmup steps.")
+    flags.DEFINE_bool("lazy_table_updates", True, "AdamW updates an embedding table at the "
+                      "rows the step looked up only (LazyAdam); false: Keras' AdamW, which "
+                      "updates every row every step.")
     flags.DEFINE_string("task_weights", DEFAULT_TASK_WEIGHTS, "Loss weight per task.")
     flags.DEFINE_enum("strategy", "one_device", ["one_device", "mirrored",
                                                  "multi_worker_mirrored", "parameter_server"],
@@ -580,6 +592,8 @@ def define_flags():
     flags.DEFINE_integer("lora_rank", 0, "> 0: LoRA adapters of this rank on the encoder's "
                          "attention; the rest of the encoder is frozen.")
     flags.DEFINE_bool("freeze_encoder", False, "Train the heads only.")
+    flags.DEFINE_bool("lora_train_embeddings", False, "With --lora_rank: the encoder's input "
+                      "embeddings (id, user and feature tables) train beside the adapters.")
     flags.DEFINE_float("labels_fraction", 1.0, "Train on this fraction of the labelled "
                        "impressions (chosen by event_id hash); evaluation uses all.")
     flags.DEFINE_multi_string("model_override", [], "key=value overriding a preset's config "
@@ -609,13 +623,16 @@ def config_from_flags() -> TrainConfig:
         model_dir=FLAGS.model_dir,
         epochs=FLAGS.epochs, steps=FLAGS.steps, batch_size=FLAGS.batch_size,
         learning_rate=FLAGS.learning_rate, warmup_steps=FLAGS.warmup_steps,
+        lazy_table_updates=FLAGS.lazy_table_updates,
         task_weights=FLAGS.task_weights, strategy=FLAGS.strategy,
         ps_min_shard_bytes=FLAGS.ps_min_shard_bytes,
         jit_compile=FLAGS.jit_compile, seed=FLAGS.seed, steps_per_loop=FLAGS.steps_per_loop,
         checkpoint_every=FLAGS.checkpoint_every, eval_every=FLAGS.eval_every,
         export_base=FLAGS.export_base, export_name=FLAGS.export_name,
         init_checkpoint=FLAGS.init_checkpoint, lora_rank=FLAGS.lora_rank,
-        freeze_encoder=FLAGS.freeze_encoder, labels_fraction=FLAGS.labels_fraction)
+        freeze_encoder=FLAGS.freeze_encoder,
+        lora_train_embeddings=FLAGS.lora_train_embeddings,
+        labels_fraction=FLAGS.labels_fraction)
 
 
 def main(argv):

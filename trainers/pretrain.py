@@ -47,7 +47,7 @@ def run(config: multitask.TrainConfig) -> dict:
     import keras
     import tensorflow as tf
     import zoo
-    from trainers import distribute, loop
+    from trainers import distribute, loop, optimizers
     from zoo.data import pipeline
     from zoo.models.bert_mtl import pretrainer as pretrainer_lib
 
@@ -94,9 +94,8 @@ def run(config: multitask.TrainConfig) -> dict:
         masker = pretrainer_lib.make_masker(model.preprocessor, model_config)
         net = pretrainer_lib.BertMtlPretrainer(model.backbone, masker.num_events,
                                                masker.num_tokens, name="pretrainer")
-        optimizer = keras.optimizers.AdamW(
-            learning_rate=multitask.learning_rate_schedule(config, steps),
-            weight_decay=config.weight_decay)
+        optimizer = optimizers.adamw(multitask.learning_rate_schedule(config, steps),
+                                     config.weight_decay, config.lazy_table_updates)
         sample = next(iter(pipeline.make_dataset(
             train_files, batch_size=2, history_length=config.label_config.history_length)))
         net(masker(model.preprocessor(multitask.raw_features(sample)))[0])
