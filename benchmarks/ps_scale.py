@@ -3,6 +3,7 @@
     python benchmarks/ps_scale.py [--presets tiny,small] [--items 1000000,10000000]
         [--strategies parameter_server,one_device] [--num_workers 1] [--num_ps 2]
         [--steps 60] [--batch_size 256] [--data_dir CONTRACT] [--out runs/ps_scale.json]
+        [--lazy_table_updates]
 
 Each row is one `python -m trainers.multitask` run (under parameter_server a local cluster
 of trainers.launch: chief = coordinator, workers, ps) of a preset whose item vocabulary
@@ -202,6 +203,8 @@ def trainer_args(args, preset: str, model_dir: str, strategy: str, steps: int) -
            "--steps", str(steps), "--steps_per_loop", str(args.steps_per_loop),
            "--checkpoint_every", str(10 ** 9), "--batch_size", str(args.batch_size),
            "--jit_compile", args.jit_compile]
+    if args.lazy_table_updates:
+        out += ["--lazy_table_updates"]
     if args.data_dir:
         out += ["--data_dir", args.data_dir]
     if args.tfds_dir:
@@ -435,6 +438,8 @@ def main():
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--jit_compile", default="false", choices=["auto", "true", "false"],
                         help="For every row (parameter_server never compiles its step).")
+    parser.add_argument("--lazy_table_updates", action="store_true",
+                        help="Train with LazyAdamW (the trainers' --lazy_table_updates).")
     parser.add_argument("--ps_min_shard_bytes", type=int, default=0,
                         help="Passed to the trainer if > 0 (default: the trainer's).")
     parser.add_argument("--data_dir", default=None,
@@ -484,6 +489,7 @@ def main():
     print()
     print(f"batch {args.batch_size}, window: first progress update at step >= "
           f"{args.warmup} to step {args.steps}; jit_compile={args.jit_compile}; "
+          f"lazy_table_updates={args.lazy_table_updates}; "
           "loopback counts all traffic on this machine")
     print(HEADER)
     for row in rows:

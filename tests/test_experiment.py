@@ -25,6 +25,7 @@ def test_experiment_runs_every_row_and_writes_its_table(shop, tmp_path, capsys):
     # The baseline trains nothing; LoRA trains fewer weights than full fine-tuning.
     assert by_run[(1.0, "popularity")]["steps"] == 0
     assert (by_run[(1.0, "bert_mtl+lora")]["trainable_parameters"]
+            < by_run[(1.0, "bert_mtl+lora_emb")]["trainable_parameters"]
             < by_run[(1.0, "bert_mtl+pretrain")]["trainable_parameters"])
     # The labels fraction reaches the runs: fewer labelled rows -> other baseline statistics.
     assert (by_run[(1.0, "popularity")]["metrics"]["click/logloss"]

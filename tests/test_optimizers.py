@@ -94,7 +94,8 @@ def test_under_tf_function_and_mirrored_strategy():
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
     with strategy.scope():
         model = _model()
-        opt = adamw(0.05, 0.1)
+        opt = adamw(0.05, 0.1, lazy_tables=True)
+        assert isinstance(opt, LazyAdamW)
     before = _weights(model)[0]
 
     @tf.function

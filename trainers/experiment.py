@@ -10,6 +10,7 @@ and evaluates, on the same time split:
   bert_mtl+pretrain   pre-trained on the logs (trainers.pretrain, once), then fine-tuned
   bert_mtl+minilm     query/title tower initialised from all-MiniLM-L6-v2
   bert_mtl+lora       pre-trained, then LoRA adapters + heads only
+  bert_mtl+lora_emb   the same, and the encoder's input embeddings train too
   bert_mtl-naive      purchase head trained on clicked impressions only (vs ESMM)
   mmoe, ple           the other multi-task structures (opt in with --rows)
 
@@ -42,12 +43,14 @@ RUNS = {
     "bert_mtl+minilm": ("bert_mtl", {}, {"text_encoder": "minilm", "text_encoder_layers": 2},
                         False),
     "bert_mtl+lora": ("bert_mtl", {"lora_rank": -1}, {}, True),  # -1: --lora_rank
+    "bert_mtl+lora_emb": ("bert_mtl", {"lora_rank": -1, "lora_train_embeddings": True}, {},
+                          True),
     "bert_mtl-naive": ("bert_mtl", {}, {"purchase_head": "naive"}, False),
     "mmoe": ("mmoe", {}, {}, False),
     "ple": ("ple", {}, {}, False),
 }
 DEFAULT_RUNS = ("popularity", "dnn_mtl", "bert_mtl", "bert_mtl+pretrain", "bert_mtl+minilm",
-                "bert_mtl+lora", "bert_mtl-naive")
+                "bert_mtl+lora", "bert_mtl+lora_emb", "bert_mtl-naive")
 MAIN_METRICS = ("click/auc", "purchase/auc", "price_range/accuracy",
                 "demand/poisson_deviance")
 
@@ -233,7 +236,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
         base = dataclasses.replace(multitask.config_from_flags(), lora_rank=0,
-                                   init_checkpoint=None)
+                                   lora_train_embeddings=False, init_checkpoint=None)
         if FLAGS["labels_fraction"].present:
             raise ValueError("use --labels_fractions (a list) with the experiment")
         config = ExperimentConfig(

@@ -1,4 +1,4 @@
-"""The trainers' optimizer: AdamW whose embedding tables are updated row by row.
+"""AdamW whose embedding tables are updated row by row (`--lazy_table_updates`).
 
 Keras 3's AdamW turns an embedding lookup's sparse gradient (`tf.IndexedSlices`) into a
 dense update: every row's two moments, weight decay and weight, every step. That is
@@ -6,7 +6,8 @@ O(vocabulary) work per step whatever the batch: 60 ms of a 294 ms `small` step w
 nominal 20k-id tables on 2 cores, and 0.34 s per step for a 1M x 16 table on a parameter
 server (BUILD_NOTES.md). `LazyAdamW` updates only the rows a step looked up, as LazyAdam
 (TF Addons, `tf.contrib.opt.LazyAdamOptimizer`) does, the usual optimizer of
-recommender embeddings.
+recommender embeddings. It is opt-in: on the demo's small fitted vocabulary it is no faster
+and fine-tunes slightly worse than Keras' AdamW (BUILD_NOTES.md).
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def _rows(variable, rows):
                      rows)
 
 
-def adamw(learning_rate, weight_decay: float, lazy_tables: bool = True):
-    """The trainers' optimizer: LazyAdamW, or Keras' AdamW with `lazy_tables=False`."""
+def adamw(learning_rate, weight_decay: float, lazy_tables: bool = False):
+    """The trainers' optimizer: Keras' AdamW, or LazyAdamW with `lazy_tables=True`."""
     cls = LazyAdamW if lazy_tables else keras.optimizers.AdamW
     return cls(learning_rate=learning_rate, weight_decay=weight_decay)
