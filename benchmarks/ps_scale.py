@@ -3,7 +3,7 @@
     python benchmarks/ps_scale.py [--presets tiny,small] [--items 1000000,10000000]
         [--strategies parameter_server,one_device] [--num_workers 1] [--num_ps 2]
         [--steps 60] [--batch_size 256] [--data_dir CONTRACT] [--out runs/ps_scale.json]
-        [--lazy_table_updates]
+        [--lazy_table_updates auto|true|false]
 
 Each row is one `python -m trainers.multitask` run (under parameter_server a local cluster
 of trainers.launch: chief = coordinator, workers, ps) of a preset whose item vocabulary
@@ -203,8 +203,7 @@ def trainer_args(args, preset: str, model_dir: str, strategy: str, steps: int) -
            "--steps", str(steps), "--steps_per_loop", str(args.steps_per_loop),
            "--checkpoint_every", str(10 ** 9), "--batch_size", str(args.batch_size),
            "--jit_compile", args.jit_compile]
-    if args.lazy_table_updates:
-        out += ["--lazy_table_updates"]
+    out += [f"--lazy_table_updates={args.lazy_table_updates}"]
     if args.data_dir:
         out += ["--data_dir", args.data_dir]
     if args.tfds_dir:
@@ -304,20 +303,28 @@ def fit_vocabulary(args, preset: str, scratch: str) -> tuple[dict, dict]:
 def write_padded_vocabulary(vocabulary: dict, items: int, path: str) -> int:
     """vocabulary with item_id padded to `items` ids, streamed to `path` (a 10M-id list is
     never held here); returns the number of real ids."""
-    rest = {k: v for k, v in vocabulary.items() if k != "item_id"}
+    padded = ("item_id", "item_titles")  # one title per item id; synthetic ids: none ("")
+    rest = {k: v for k, v in vocabulary.items() if k not in padded}
     real = list(vocabulary["item_id"])
     if len(real) > items:
         raise ValueError(f"--items {items} is below the {len(real)} fitted item ids")
     head = json.dumps(rest)
     chunk = 100_000
     with open(path, "w", encoding="utf-8") as f:
-        f.write(head[:-1] + ', "item_id": [')
-        f.write(", ".join(json.dumps(s) for s in real))
-        for start in range(0, items - len(real), chunk):
-            stop = min(items - len(real), start + chunk)
-            f.write("".join(f', "bench-item-{i}"' if (i or real) else f'"bench-item-{i}"'
-                            for i in range(start, stop)))
-        f.write("]}")
+        f.write(head[:-1])
+        for key in padded:
+            if key not in vocabulary:
+                continue
+            values = list(vocabulary[key])
+            f.write(f', "{key}": [' + ", ".join(json.dumps(s) for s in values))
+            for start in range(0, items - len(values), chunk):
+                stop = min(items - len(values), start + chunk)
+                f.write("".join(
+                    (", " if (i or values) else "")
+                    + (f'"bench-item-{i}"' if key == "item_id" else '""')
+                    for i in range(start, stop)))
+            f.write("]")
+        f.write("}")
     return len(real)
 
 
@@ -438,8 +445,10 @@ def main():
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--jit_compile", default="false", choices=["auto", "true", "false"],
                         help="For every row (parameter_server never compiles its step).")
-    parser.add_argument("--lazy_table_updates", action="store_true",
-                        help="Train with LazyAdamW (the trainers' --lazy_table_updates).")
+    parser.add_argument("--lazy_table_updates", default="auto",
+                        choices=["auto", "true", "false"],
+                        help="The trainers' --lazy_table_updates (auto: LazyAdamW here, the "
+                             "tables have 1M+ rows).")
     parser.add_argument("--ps_min_shard_bytes", type=int, default=0,
                         help="Passed to the trainer if > 0 (default: the trainer's).")
     parser.add_argument("--data_dir", default=None,

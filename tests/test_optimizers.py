@@ -123,3 +123,17 @@ def test_checkpoint_interchangeable_with_adamw(tmp_path):
 def test_amsgrad_is_refused():
     with pytest.raises(ValueError, match="amsgrad"):
         LazyAdamW(amsgrad=True)
+
+
+def test_auto_picks_lazy_for_large_tables_only():
+    from trainers.optimizers import LAZY_AUTO_ROWS, use_lazy
+
+    def model(rows):
+        ids = keras.Input((2,), dtype="int32")
+        return keras.Model(ids, keras.layers.Embedding(rows, 2)(ids))
+
+    small, large = model(1000), model(LAZY_AUTO_ROWS + 1)
+    assert not use_lazy("auto", small) and use_lazy("auto", large)
+    assert use_lazy("true", small) and not use_lazy("false", large)
+    with pytest.raises(ValueError, match="auto, true or false"):
+        use_lazy("yes", small)

@@ -42,10 +42,9 @@ class TrainConfig:
     learning_rate: float = 2e-3
     warmup_steps: int = 100
     weight_decay: float = 0.01
-    # LazyAdamW: tables updated at the looked-up rows only. Off by default: on the demo's
-    # small fitted vocabulary it is no faster and fine-tunes a little worse (BUILD_NOTES.md);
-    # it is for large tables (its update does not grow with the vocabulary).
-    lazy_table_updates: bool = False
+    # "auto" | "true" | "false": LazyAdamW (tables updated at the looked-up rows only) or
+    # Keras' AdamW; auto = LazyAdamW when a table has over 100k rows (trainers.optimizers).
+    lazy_table_updates: str = "auto"
     task_weights: str = DEFAULT_TASK_WEIGHTS
     strategy: str = "one_device"
     ps_min_shard_bytes: int = 1 << 20  # parameter_server: variables this big are sharded
@@ -316,8 +315,10 @@ def run(config: TrainConfig) -> dict:
         model = build_model(config, vocabulary, sample)
         # No gradient clipping: Keras clips each replica's gradient before the cross-replica
         # sum, which would make multi-replica training differ from one device.
+        lazy = optimizers.use_lazy(config.lazy_table_updates, model)
+        logging.info("optimizer: %s", "LazyAdamW" if lazy else "AdamW")
         optimizer = optimizers.adamw(learning_rate_schedule(config, steps),
-                                     config.weight_decay, config.lazy_table_updates)
+                                     config.weight_decay, lazy)
         # Build the optimizer slots now, so a restore can match every object.
         optimizer.build(loop.train_variables(model))
     preprocessor = model.preprocessor
@@ -561,10 +562,11 @@ def define_flags():
     flags.DEFINE_integer("batch_size", 256, "Global batch size (split across replicas).")
     flags.DEFINE_float("learning_rate", 2e-3, "Peak learning rate (warmup, then cosine).")
     flags.DEFINE_integer("warmup_steps", 100, "Linear warmup steps.")
-    flags.DEFINE_bool("lazy_table_updates", False, "AdamW updates an embedding table at the "
-                      "rows the step looked up only (LazyAdam: the cost of the update does "
-                      "not grow with the vocabulary; for large tables and parameter_server). "
-                      "Default: Keras' AdamW, which updates every row every step.")
+    flags.DEFINE_enum("lazy_table_updates", "auto", ["auto", "true", "false"],
+                      "true: AdamW updates an embedding table at the rows the step looked up "
+                      "only (LazyAdam; its cost does not grow with the vocabulary). false: "
+                      "Keras' AdamW, every row every step. auto: true when a table has more "
+                      "than 100,000 rows.")
     flags.DEFINE_string("task_weights", DEFAULT_TASK_WEIGHTS, "Loss weight per task.")
     flags.DEFINE_enum("strategy", "one_device", ["one_device", "mirrored",
                                                  "multi_worker_mirrored", "parameter_server"],

@@ -95,7 +95,8 @@ def run(config: multitask.TrainConfig) -> dict:
         net = pretrainer_lib.BertMtlPretrainer(model.backbone, masker.num_events,
                                                masker.num_tokens, name="pretrainer")
         optimizer = optimizers.adamw(multitask.learning_rate_schedule(config, steps),
-                                     config.weight_decay, config.lazy_table_updates)
+                                     config.weight_decay,
+                                     optimizers.use_lazy(config.lazy_table_updates, model))
         sample = next(iter(pipeline.make_dataset(
             train_files, batch_size=2, history_length=config.label_config.history_length)))
         net(masker(model.preprocessor(multitask.raw_features(sample)))[0])
