@@ -4,8 +4,8 @@
 
 Prints, per preset: examples/s of the trainer's own step (trainers.loop.Trainer, one device;
 XLA on and off with LazyAdamW, trainers.optimizers, which updates the looked-up rows of the
-tables only, and XLA on with Keras' AdamW, the trainers' default below 100k rows a table, which updates
-every row), the model's training FLOPs per example (counted ANALYTICALLY from
+tables only, and XLA on with Keras' AdamW, which updates every row: the trainers' default
+below 100k rows a table), the model's training FLOPs per example (counted ANALYTICALLY from
 the config: every dense/attention matmul, x2 FLOPs per multiply-add, x3 for forward +
 backward; embedding gathers, layer norms and softmax are not counted), the achieved
 FLOP/s, TensorFlow's float32 matmul FLOP/s measured in the same run, and their ratio.

@@ -304,8 +304,8 @@ def run(config: TrainConfig) -> dict:
         "model": config.model, "preset": config.preset, "model_config": model_config,
         "label_config": dataclasses.asdict(config.label_config),
         **{k: getattr(config, k) for k in ("init_checkpoint", "lora_rank", "freeze_encoder",
-                                           "lora_train_embeddings", "labels_fraction") if getattr(config, k) != getattr(
-            TrainConfig, k)}}, ignore=(PRETRAIN_KEY_PREFIX,))
+                                           "lora_train_embeddings", "labels_fraction")
+           if getattr(config, k) != getattr(TrainConfig, k)}}, ignore=(PRETRAIN_KEY_PREFIX,))
     vocabulary = load_or_fit_vocabulary(config, model_config, train_files, model_dir,
                                         write_dir)
 
