@@ -1,5 +1,7 @@
 """LazyAdamW: the looked-up rows get exactly Keras' AdamW update; the other rows, nothing."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -108,6 +110,52 @@ def test_under_tf_function_and_mirrored_strategy():
     assert not np.allclose(table[5:9], before[5:9])
 
 
+def test_two_replicas_give_the_one_device_update(tmp_path):
+    """MirroredStrategy over 2 logical CPUs (a fresh process: devices are set at start-up):
+    each replica takes half the batch; the summed sparse gradients must give the one-device
+    weights."""
+    import subprocess
+    import sys
+
+    from helpers import REPO, subprocess_env
+    script = f"""
+import numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import sys; sys.path.insert(0, {os.path.join(REPO, "tests")!r})
+from test_optimizers import BATCHES, _model, _step, _weights
+from trainers.optimizers import LazyAdamW
+
+def train(strategy, replicas):
+    with strategy.scope():
+        model, opt = _model(), LazyAdamW(learning_rate=0.05, weight_decay=0.1)
+        opt.build(model.trainable_variables)  # as the trainers do
+    @tf.function
+    def step(ids, y):
+        def replica(a, b):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(tf.square(model(a)[:, 0] - b)) / 2.0
+            grads = tape.gradient(loss, model.trainable_variables)
+            opt.apply_gradients(zip(grads, model.trainable_variables))
+        strategy.run(replica, args=(ids, y))
+    for ids, y in BATCHES:
+        data = strategy.experimental_distribute_values_from_function(
+            lambda ctx: (ids[ctx.replica_id_in_sync_group::replicas],
+                         y[ctx.replica_id_in_sync_group::replicas]))
+        step(*data)
+    return _weights(model)
+
+one = train(tf.distribute.OneDeviceStrategy("/cpu:0"), 1)
+two = train(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), 2)
+for a, b in zip(one, two):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+print("EQUAL")
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=subprocess_env(), cwd=REPO, timeout=300)
+    assert out.returncode == 0 and "EQUAL" in out.stdout, out.stdout + out.stderr[-3000:]
+
+
 def test_checkpoint_interchangeable_with_adamw(tmp_path):
     model = _model()
     opt = LazyAdamW(learning_rate=0.05, weight_decay=0.1)
@@ -120,9 +168,24 @@ def test_checkpoint_interchangeable_with_adamw(tmp_path):
     np.testing.assert_array_equal(np.array(dense._momentums[0]), np.array(opt._momentums[0]))
 
 
-def test_amsgrad_is_refused():
-    with pytest.raises(ValueError, match="amsgrad"):
-        LazyAdamW(amsgrad=True)
+def test_adamw_checkpoint_resumes_with_lazy(tmp_path):
+    """What `auto` does to an old model_dir whose tables grew past 100k rows."""
+    model, dense = _model(), keras.optimizers.AdamW(learning_rate=0.05, weight_decay=0.1)
+    _step(model, dense, *BATCHES[0])
+    path = tf.train.Checkpoint(model=model, optimizer=dense).save(str(tmp_path / "ckpt"))
+    other, lazy = _model(seed=1), LazyAdamW(learning_rate=0.05, weight_decay=0.1)
+    lazy.build(other.trainable_variables)
+    tf.train.Checkpoint(model=other, optimizer=lazy).restore(path).assert_consumed()
+    np.testing.assert_array_equal(np.array(lazy._velocities[0]), np.array(dense._velocities[0]))
+    assert int(lazy.iterations) == 1
+
+
+@pytest.mark.parametrize("option", [{"amsgrad": True}, {"global_clipnorm": 1.0},
+                                    {"gradient_accumulation_steps": 2},
+                                    {"loss_scale_factor": 128.0}])
+def test_unsupported_options_are_refused(option):
+    with pytest.raises(ValueError, match=next(iter(option))):
+        LazyAdamW(**option)
 
 
 def test_auto_picks_lazy_for_large_tables_only():

@@ -3,13 +3,13 @@
 Keras 3's AdamW turns an embedding lookup's sparse gradient (`tf.IndexedSlices`) into a
 dense update: every row's two moments, weight decay and weight, every step. That is
 O(vocabulary) work per step whatever the batch: 60 ms of a 294 ms `small` step with the
-nominal 20k-id tables on 2 cores, and 0.34 s per step for a 1M x 16 table on a parameter
-server (BUILD_NOTES.md). `LazyAdamW` updates only the rows a step looked up, as LazyAdam
+nominal 20k-id tables on 2 cores, and 0.119 s against LazyAdamW's 0.012 s per step for a
+1M x 16 table on a parameter server (same machine, BUILD_NOTES.md). `LazyAdamW` updates only the rows a step looked up, as LazyAdam
 (TF Addons, `tf.contrib.opt.LazyAdamOptimizer`) does, the usual optimizer of
 recommender embeddings. `--lazy_table_updates=auto` (default) uses it when a table has more than
 LAZY_AUTO_ROWS rows: on the demo's small fitted vocabulary it is no faster and fine-tunes
 slightly worse than Keras' AdamW, while at 1M-10M item ids it is 14-126x faster per step
-(BUILD_NOTES.md).
+(BUILD_NOTES.md; the 14-126x compares with AdamW rows from an earlier, slower machine).
 """
 
 from __future__ import annotations
@@ -33,6 +33,12 @@ class LazyAdamW(keras.optimizers.AdamW):
         super().__init__(*args, **kwargs)
         if self.amsgrad:
             raise ValueError("LazyAdamW does not implement amsgrad")
+        # Each of these makes Keras densify the gradient before update_step, so the rows'
+        # weight decay (applied there for sparse gradients) would be skipped silently.
+        for option in ("global_clipnorm", "gradient_accumulation_steps",
+                       "loss_scale_factor"):
+            if getattr(self, option, None):
+                raise ValueError(f"LazyAdamW does not support {option}")
         self._sparse_keys: set = set()
 
     def apply(self, grads, trainable_variables=None):
