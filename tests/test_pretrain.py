@@ -112,6 +112,19 @@ def test_lora_fine_tuning_trains_adapters_and_heads_only(pretrained, shop, tmp_p
     saved_model.export(config.model_dir, str(tmp_path / "exports"), "lora")
 
 
+@pytest.mark.parametrize("flags", [{"lora_train_embeddings": True},
+                                   {"lora_rank": 2, "freeze_encoder": True}])
+def test_conflicting_fine_tuning_flags_fail_before_anything_is_written(flags, shop, tmp_path):
+    from trainers import multitask
+    data, tfds_dir = shop
+    config = multitask.TrainConfig(data_dir=data, tfds_dir=tfds_dir, label_config=LABEL_CFG,
+                                   preset="tiny", model_dir=str(tmp_path / "m"), steps=2,
+                                   verbose=False, **flags)
+    with pytest.raises(ValueError, match="lora"):
+        multitask.run(config)
+    assert not os.listdir(config.model_dir)  # no run_spec.json, no vocabulary.json
+
+
 def test_freeze_encoder_trains_the_heads_only():
     import zoo
     from trainers import multitask

@@ -194,14 +194,19 @@ def init_encoder(model, init_checkpoint: str) -> None:
                          f"this model (different preset or overrides?): {e}") from None
 
 
-def adapt_for_fine_tuning(model, config: TrainConfig) -> None:
-    """--lora_rank / --freeze_encoder: what of the encoder trains."""
+def check_fine_tuning(config: TrainConfig) -> None:
+    """The --lora_rank / --freeze_encoder flags agree (checked before anything is written)."""
     if config.lora_rank and config.freeze_encoder:
         raise ValueError("--lora_rank and --freeze_encoder exclude each other")
     if config.lora_rank < 0:
         raise ValueError(f"--lora_rank must be >= 0, got {config.lora_rank}")
     if config.lora_train_embeddings and not config.lora_rank:
         raise ValueError("--lora_train_embeddings needs --lora_rank > 0")
+
+
+def adapt_for_fine_tuning(model, config: TrainConfig) -> None:
+    """--lora_rank / --freeze_encoder: what of the encoder trains."""
+    check_fine_tuning(config)
     if config.lora_rank:
         model.backbone.enable_lora(config.lora_rank)  # freezes the rest of the backbone
         if config.lora_train_embeddings:
@@ -293,6 +298,7 @@ def run(config: TrainConfig) -> dict:
     global_batch = config.batch_size
     if not 0.0 < config.labels_fraction <= 1.0:
         raise ValueError(f"--labels_fraction must be in (0, 1], got {config.labels_fraction}")
+    check_fine_tuning(config)
     steps = config.steps or max(1, math.ceil(
         config.epochs * num_train * config.labels_fraction / global_batch))
 
