@@ -4,12 +4,12 @@ Keras 3's AdamW turns an embedding lookup's sparse gradient (`tf.IndexedSlices`)
 dense update: every row's two moments, weight decay and weight, every step. That is
 O(vocabulary) work per step whatever the batch: 60 ms of a 294 ms `small` step with the
 nominal 20k-id tables on 2 cores, and 0.119 s against LazyAdamW's 0.012 s per step for a
-1M x 16 table on a parameter server (same machine, BUILD_NOTES.md). `LazyAdamW` updates only the rows a step looked up, as LazyAdam
-(TF Addons, `tf.contrib.opt.LazyAdamOptimizer`) does, the usual optimizer of
-recommender embeddings. `--lazy_table_updates=auto` (default) uses it when a table has more than
-LAZY_AUTO_ROWS rows: on the demo's small fitted vocabulary it is no faster and fine-tunes
-slightly worse than Keras' AdamW, while at 1M-10M item ids it is 14-126x faster per step
-(BUILD_NOTES.md; the 14-126x compares with AdamW rows from an earlier, slower machine).
+1M x 16 table on a parameter server (same machine, BUILD_NOTES.md). `LazyAdamW` updates
+only the rows a step looked up, as LazyAdam (TF Addons, `tf.contrib.opt.LazyAdamOptimizer`)
+does, the usual optimizer of recommender embeddings. `--lazy_table_updates=auto` (default)
+uses it when a table has more than LAZY_AUTO_ROWS rows: on the demo's small fitted
+vocabulary it is no faster and trains slightly worse than Keras' AdamW, while at 1M-10M
+item ids a step stays flat in N (BUILD_NOTES.md).
 """
 
 from __future__ import annotations
