@@ -210,16 +210,38 @@ def test_pre_training_options_do_not_block_a_resume(tmp_path):
     from trainers import multitask
     spec = {"model": "bert_mtl", "model_config": {"hidden_dim": 64, "pretrain_x": 1}}
     ignore = (multitask.PRETRAIN_KEY_PREFIX,)
-    multitask.check_same_run(str(tmp_path), str(tmp_path), spec, ignore=ignore)
-    assert os.path.exists(tmp_path / "run_spec.json")
+    new_spec = multitask.check_same_run(str(tmp_path), spec, ignore=ignore)
+    assert new_spec == spec and not os.listdir(tmp_path)  # nothing written by the check
+    multitask.record_run(str(tmp_path), str(tmp_path), new_spec, {"item": ["a"]})
+    assert sorted(os.listdir(tmp_path)) == ["run_spec.json", "vocabulary.json"]
     changed = {"model": "bert_mtl", "model_config": {"hidden_dim": 64, "pretrain_x": 2,
                                                      "pretrain_new": True}}
-    multitask.check_same_run(str(tmp_path), str(tmp_path), changed, ignore=ignore)
+    assert multitask.check_same_run(str(tmp_path), changed, ignore=ignore) is None
     with pytest.raises(ValueError, match="different model_config"):
-        multitask.check_same_run(str(tmp_path), str(tmp_path), changed)  # nothing ignored
+        multitask.check_same_run(str(tmp_path), changed)  # nothing ignored
     other = {"model": "bert_mtl", "model_config": {"hidden_dim": 48, "pretrain_x": 1}}
     with pytest.raises(ValueError, match="different model_config"):
-        multitask.check_same_run(str(tmp_path), str(tmp_path), other, ignore=ignore)
+        multitask.check_same_run(str(tmp_path), other, ignore=ignore)
+
+
+def test_a_run_failing_before_its_model_is_built_leaves_nothing_behind(shop, tmp_path):
+    """The failure comes after the spec check and the data preparation (the
+    init_checkpoint has no vocabulary); the corrected command then runs in the same
+    model_dir instead of being refused as a different run."""
+    import dataclasses
+    from trainers import multitask
+    data, tfds_dir = shop
+    empty = tmp_path / "not_a_pretrain_run"
+    empty.mkdir()
+    config = multitask.TrainConfig(data_dir=data, tfds_dir=tfds_dir, label_config=LABEL_CFG,
+                                   preset="tiny", model_dir=str(tmp_path / "m"), steps=2,
+                                   verbose=False, init_checkpoint=str(empty))
+    with pytest.raises(ValueError, match="no vocabulary.json"):
+        multitask.run(config)
+    assert not os.listdir(config.model_dir)  # no run_spec.json, no vocabulary.json
+    result = multitask.run(dataclasses.replace(config, init_checkpoint=None))
+    assert result["step"] == 2
+    assert {"run_spec.json", "vocabulary.json"} <= set(os.listdir(config.model_dir))
 
 
 def test_bad_flags_exit_with_a_clear_error(shop, tmp_path):

@@ -157,9 +157,10 @@ def _fit_vocabulary(config: TrainConfig, model_config: dict, train_files) -> dic
 
 
 def load_or_fit_vocabulary(config: TrainConfig, model_config: dict, train_files,
-                           model_dir: str, write_dir: str) -> dict:
+                           model_dir: str) -> dict:
     """The run's vocabulary: its own (resume), the pre-trained encoder's (its embedding rows
-    follow it), or fitted on the training split."""
+    follow it), or fitted on the training split. Not written here: `record_run` writes it
+    once the model has been built from it."""
     vocab_path = os.path.join(model_dir, "vocabulary.json")
     if os.path.exists(vocab_path):
         with open(vocab_path, encoding="utf-8") as f:
@@ -173,7 +174,6 @@ def load_or_fit_vocabulary(config: TrainConfig, model_config: dict, train_files,
             vocabulary = json.load(f)
     else:
         vocabulary = _fit_vocabulary(config, model_config, train_files)
-    write_json(os.path.join(write_dir, "vocabulary.json"), vocabulary)
     return vocabulary
 
 
@@ -230,22 +230,34 @@ def _without(spec: dict, ignore: tuple) -> dict:
                                      if not k.startswith(ignore)}}
 
 
-def check_same_run(model_dir: str, write_dir: str, spec: dict, ignore: tuple = ()) -> None:
+def check_same_run(model_dir: str, spec: dict, ignore: tuple = ()) -> dict | None:
     """A model_dir resumes only the run that made it: same model, config and labels.
     Model config keys starting with a prefix in `ignore` are not compared (the fine-tuning
-    run ignores pre-training's options, which do not change its model)."""
+    run ignores pre-training's options, which do not change its model). Returns the spec to
+    record for a new run (None when resuming); nothing is written here, so a run that fails
+    before its model is built leaves no spec that would refuse the corrected command."""
     path = os.path.join(model_dir, "run_spec.json")
     spec = jsonable(spec)
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            before = _without(json.load(f), ignore)
-        spec = _without(spec, ignore)
-        if before != spec:
-            diff = sorted(k for k in set(before) | set(spec) if before.get(k) != spec.get(k))
-            raise ValueError(f"{model_dir} holds a run with a different {', '.join(diff)}; "
-                             "resume it with the same flags or pass a new --model_dir")
-    else:
-        write_json(os.path.join(write_dir, "run_spec.json"), spec)
+    if not os.path.exists(path):
+        return spec
+    with open(path, encoding="utf-8") as f:
+        before = _without(json.load(f), ignore)
+    spec = _without(spec, ignore)
+    if before != spec:
+        diff = sorted(k for k in set(before) | set(spec) if before.get(k) != spec.get(k))
+        raise ValueError(f"{model_dir} holds a run with a different {', '.join(diff)}; "
+                         "resume it with the same flags or pass a new --model_dir")
+    return None
+
+
+def record_run(model_dir: str, write_dir: str, new_spec: dict | None,
+               vocabulary: dict) -> None:
+    """Writes the run's vocabulary and spec once its model is built (the spec last: a
+    model_dir with run_spec.json has everything a resume needs)."""
+    if not os.path.exists(os.path.join(model_dir, "vocabulary.json")):
+        write_json(os.path.join(write_dir, "vocabulary.json"), vocabulary)
+    if new_spec is not None:
+        write_json(os.path.join(write_dir, "run_spec.json"), new_spec)
 
 
 def use_jit(setting: str, model_config: dict) -> bool:
@@ -306,14 +318,13 @@ def run(config: TrainConfig) -> dict:
     model_config = zoo.get_config(config.model, config.preset,
                                   num_price_ranges=config.label_config.num_price_buckets,
                                   **config.model_overrides)
-    check_same_run(model_dir, write_dir, {
+    new_spec = check_same_run(model_dir, {
         "model": config.model, "preset": config.preset, "model_config": model_config,
         "label_config": dataclasses.asdict(config.label_config),
         **{k: getattr(config, k) for k in ("init_checkpoint", "lora_rank", "freeze_encoder",
                                            "lora_train_embeddings", "labels_fraction")
            if getattr(config, k) != getattr(TrainConfig, k)}}, ignore=(PRETRAIN_KEY_PREFIX,))
-    vocabulary = load_or_fit_vocabulary(config, model_config, train_files, model_dir,
-                                        write_dir)
+    vocabulary = load_or_fit_vocabulary(config, model_config, train_files, model_dir)
 
     sample = next(iter(pipeline.make_dataset(train_files, batch_size=2, history_length=
                                              config.label_config.history_length)))
@@ -327,6 +338,7 @@ def run(config: TrainConfig) -> dict:
                                      config.weight_decay, lazy)
         # Build the optimizer slots now, so a restore can match every object.
         optimizer.build(loop.train_variables(model))
+    record_run(model_dir, write_dir, new_spec, vocabulary)
     preprocessor = model.preprocessor
     if parameter_server and config.verbose:
         tables = distribute.sharded_tables(model)

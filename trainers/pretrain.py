@@ -78,11 +78,11 @@ def run(config: multitask.TrainConfig) -> dict:
     num_train = builder.info.splits["train"].num_examples
     steps = config.steps or max(1, math.ceil(config.epochs * num_train / config.batch_size))
 
-    multitask.check_same_run(model_dir, write_dir, {
+    new_spec = multitask.check_same_run(model_dir, {
         "model": config.model, "preset": config.preset, "model_config": model_config,
         "label_config": dataclasses.asdict(config.label_config), "task": "pretrain"})
     vocabulary = multitask.load_or_fit_vocabulary(config, model_config, train_files,
-                                                  model_dir, write_dir)
+                                                  model_dir)
 
     with strategy.scope():
         # Seeded right before the build (as multitask.build_model): preparation and
@@ -101,6 +101,7 @@ def run(config: multitask.TrainConfig) -> dict:
             train_files, batch_size=2, history_length=config.label_config.history_length)))
         net(masker(model.preprocessor(multitask.raw_features(sample)))[0])
         optimizer.build(loop.train_variables(net))
+    multitask.record_run(model_dir, write_dir, new_spec, vocabulary)
     preprocessor = model.preprocessor
 
     def masked(batch):
