@@ -65,3 +65,146 @@ class IdEmbedding(keras.layers.Embedding):
             inputs = ops.cast(inputs, "int32")
         outputs = tf.nn.embedding_lookup(self._embeddings.value, inputs)
         return ops.cast(outputs, dtype=self.compute_dtype)
+
+
+@keras.saving.register_keras_serializable(package="ecom_zoo")
+class LastAxisLayerNormalization(keras.layers.LayerNormalization):
+    """`keras.layers.LayerNormalization` over the last axis, its moments taken by matmuls.
+
+    Same weights (gamma, beta) and outputs (to float rounding) as Keras' layer. XLA:CPU
+    lowers each 128-wide mean / variance of Keras' layer to a slow `reduce-window`
+    (profiled: 33 ms of a 294 ms `small` step); a product with a constant 1/D column runs
+    on the matmul kernels instead (BUILD_NOTES.md, "XLA and throughput").
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        axis = list(self.axis) if isinstance(self.axis, (list, tuple)) else [self.axis]
+        if axis != [-1] or not (self.center and self.scale) or self.rms_scaling:
+            raise ValueError("LastAxisLayerNormalization normalises the last axis with "
+                             f"center and scale, got axis={self.axis}, center={self.center}, "
+                             f"scale={self.scale}, rms_scaling={self.rms_scaling}")
+
+    def call(self, inputs):
+        dim = inputs.shape[-1]
+        x = ops.cast(inputs, self.compute_dtype)
+        column = ops.full((dim, 1), 1.0 / dim, dtype=x.dtype)
+        mean = ops.matmul(x, column)
+        centered = x - mean
+        variance = ops.matmul(ops.square(centered), column)
+        y = centered * ops.rsqrt(variance + self.epsilon)
+        return y * ops.cast(self.gamma, y.dtype) + ops.cast(self.beta, y.dtype)
+
+
+@keras.saving.register_keras_serializable(package="ecom_zoo")
+class TransformerEncoderBlock(keras.layers.Layer):
+    """A post-LN BERT encoder layer: `keras_hub.layers.TransformerEncoder`'s computation.
+
+    Same sublayers, masking, dropouts and parameter count as keras-hub's layer (with its
+    default `normalize_first=False`); `tests/test_layers.py` copies weights between the two
+    and compares outputs. Written here for speed on CPU: keras-hub's attention projects
+    through `EinsumDense` ("abc,cde->abde"), which Keras runs as a broadcasting batch
+    matmul whose kernel gradient is one [D, D] product per example plus a sum (profiled:
+    42 ms of a 294 ms `small` step). These projections are `Dense` layers (one
+    [B*S, D] x [D, D] matmul each way), and the layer norms are `LastAxisLayerNormalization`.
+    The query and value projections are named "query" and "value", so keras-hub's
+    `Backbone.enable_lora` finds them as it finds keras-hub's own.
+    """
+
+    def __init__(self, num_heads, intermediate_dim, dropout=0.0, activation="gelu",
+                 layer_norm_epsilon=1e-5, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = int(num_heads)
+        self.intermediate_dim = int(intermediate_dim)
+        self.dropout = float(dropout)
+        self.activation = keras.activations.get(activation)
+        self.layer_norm_epsilon = float(layer_norm_epsilon)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.supports_masking = True
+
+    def _dense(self, units, name, activation=None):
+        # A fresh initializer per weight, as keras-hub's clone_initializer.
+        return keras.layers.Dense(
+            units, activation=activation,
+            kernel_initializer=self.kernel_initializer.__class__.from_config(
+                self.kernel_initializer.get_config()),
+            bias_initializer=self.bias_initializer.__class__.from_config(
+                self.bias_initializer.get_config()),
+            dtype=self.dtype_policy, name=name)
+
+    def build(self, inputs_shape):
+        hidden_dim = inputs_shape[-1]
+        if hidden_dim % self.num_heads:
+            raise ValueError(f"hidden size {hidden_dim} is not a multiple of "
+                             f"num_heads={self.num_heads}")
+        self.query_dense = self._dense(hidden_dim, "query")
+        self.key_dense = self._dense(hidden_dim, "key")
+        self.value_dense = self._dense(hidden_dim, "value")
+        self.attention_output_dense = self._dense(hidden_dim, "attention_output")
+        self.attention_probs_dropout = keras.layers.Dropout(
+            self.dropout, dtype=self.dtype_policy, name="attention_probs_dropout")
+        self.self_attention_dropout = keras.layers.Dropout(
+            self.dropout, dtype=self.dtype_policy, name="self_attention_dropout")
+        self.self_attention_layer_norm = LastAxisLayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy,
+            name="self_attention_layer_norm")
+        self.feedforward_intermediate_dense = self._dense(
+            self.intermediate_dim, "feedforward_intermediate_dense", self.activation)
+        self.feedforward_output_dense = self._dense(hidden_dim, "feedforward_output_dense")
+        self.feedforward_dropout = keras.layers.Dropout(
+            self.dropout, dtype=self.dtype_policy, name="feedforward_dropout")
+        self.feedforward_layer_norm = LastAxisLayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy,
+            name="feedforward_layer_norm")
+        for layer in (self.query_dense, self.key_dense, self.value_dense,
+                      self.attention_output_dense, self.self_attention_layer_norm,
+                      self.feedforward_intermediate_dense, self.feedforward_layer_norm):
+            layer.build(inputs_shape)
+        self.feedforward_output_dense.build(
+            tuple(inputs_shape[:-1]) + (self.intermediate_dim,))
+        self.built = True
+
+    def call(self, inputs, padding_mask=None, training=None):
+        batch, length, hidden = ops.shape(inputs)[0], inputs.shape[1], inputs.shape[2]
+        head_dim = hidden // self.num_heads
+
+        def heads(x):  # [B, S, D] -> [B, S, N, D / N]
+            return ops.reshape(x, (batch, length, self.num_heads, head_dim))
+
+        x = inputs
+        query = heads(self.query_dense(x))
+        key = heads(self.key_dense(x))
+        value = heads(self.value_dense(x))
+        scores = ops.einsum("bqnd,bknd->bnqk", query * (1.0 / head_dim ** 0.5), key)
+        if padding_mask is not None:
+            # As Keras' masked softmax: a large negative added to the padded keys' scores.
+            keep = ops.cast(padding_mask, scores.dtype)[:, None, None, :]
+            scores = scores + (1.0 - keep) * -1e9
+        probs = ops.softmax(scores, axis=-1)
+        probs = self.attention_probs_dropout(probs, training=training)
+        attended = ops.reshape(ops.einsum("bnqk,bknd->bqnd", probs, value),
+                               (batch, length, hidden))
+        attended = self.self_attention_dropout(
+            self.attention_output_dense(attended), training=training)
+        x = self.self_attention_layer_norm(x + attended)
+        ffn = self.feedforward_output_dense(self.feedforward_intermediate_dense(x))
+        ffn = self.feedforward_dropout(ffn, training=training)
+        return self.feedforward_layer_norm(x + ffn)
+
+    def compute_output_shape(self, inputs_shape):
+        return inputs_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "num_heads": self.num_heads,
+            "intermediate_dim": self.intermediate_dim,
+            "dropout": self.dropout,
+            "activation": keras.activations.serialize(self.activation),
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+        })
+        return config

@@ -11,8 +11,9 @@ Input sequence (S = 1 + Q + 1 + H + 1 + 1 tokens):
   * the candidate: item + category + brand + price bucket + impression-position
     embeddings (+ the masked mean of its title's WordPiece embeddings when T > 0)
 plus learned positions (`keras_hub.layers.PositionEmbedding`) and segment embeddings,
-LayerNorm, dropout, then `num_layers` x `keras_hub.layers.TransformerEncoder` with the
-padding mask (query [PAD]s and history padding are masked out).
+LayerNorm, dropout, then `num_layers` post-LN BERT encoder layers with the padding mask
+(query [PAD]s and history padding are masked out): `zoo.models.layers.TransformerEncoderBlock`,
+keras-hub's `TransformerEncoder` computation with projections that train faster on CPU.
 
 Numeric only (int32 in, float out): XLA-compilable (`jit_compile=True`).
 Outputs: {"sequence_output": [B, S, D], "cls_output": [B, D], "candidate_output": [B, D],
@@ -26,7 +27,7 @@ import keras_hub
 from keras import ops
 
 from zoo.models.bert_mtl.preprocessor import HISTORY_OUTPUTS, SCALAR_OUTPUTS
-from zoo.models.layers import IdEmbedding
+from zoo.models.layers import IdEmbedding, LastAxisLayerNormalization, TransformerEncoderBlock
 
 SEGMENT_QUERY, SEGMENT_HISTORY, SEGMENT_CANDIDATE = 0, 1, 2
 
@@ -93,7 +94,7 @@ class EventSequenceEmbedding(keras.layers.Layer):
         self.position_embedding = keras_hub.layers.PositionEmbedding(
             sequence_length=sequence_length(self.max_query_tokens, self.max_history),
             initializer=init(), name="position_embedding")
-        self.layer_norm = keras.layers.LayerNormalization(
+        self.layer_norm = LastAxisLayerNormalization(
             epsilon=self.layer_norm_epsilon, name="embeddings_layer_norm")
         self.dropout_layer = keras.layers.Dropout(self.dropout, name="embeddings_dropout")
         seq = sequence_length(self.max_query_tokens, self.max_history)
@@ -281,7 +282,7 @@ class BertMtlBackbone(keras_hub.models.Backbone):
             initializer_range=initializer_range, use_text_tower=text_encoder is not None,
             history_titles=history_titles, dtype=dtype, name="embeddings")
         self.transformer_layers = [
-            keras_hub.layers.TransformerEncoder(
+            TransformerEncoderBlock(
                 num_heads=num_heads, intermediate_dim=intermediate_dim, activation="gelu",
                 dropout=dropout, layer_norm_epsilon=layer_norm_epsilon,
                 kernel_initializer=keras.initializers.TruncatedNormal(stddev=initializer_range),
