@@ -19,7 +19,8 @@ def _inputs(seed=0):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(B, S, D)).astype("float32")
     mask = rng.random((B, S)) > 0.3
-    mask[:, 0] = True  # every row attends to something
+    mask[:, 0] = True
+    mask[1] = False  # a row with every key padded attends uniformly, in keras-hub too
     return x, mask
 
 
@@ -127,3 +128,35 @@ def test_last_axis_layer_norm_matches_keras():
     np.testing.assert_allclose(_np(ours(x)), _np(theirs(x)), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="last axis"):
         LastAxisLayerNormalization(axis=1)
+
+
+def test_block_config_round_trip_and_unknown_sequence_length():
+    block = TransformerEncoderBlock(HEADS, FFN, dropout=0.2, layer_norm_epsilon=1e-6,
+                                    kernel_initializer=keras.initializers.TruncatedNormal(
+                                        stddev=0.3))
+    clone = TransformerEncoderBlock.from_config(block.get_config())
+    assert clone.get_config() == block.get_config()
+    assert (clone.dropout, clone.layer_norm_epsilon) == (0.2, 1e-6)
+    x, mask = _inputs(5)
+    eager = _np(block(x, padding_mask=mask))
+    traced = tf.function(lambda a, m: block(a, padding_mask=m), input_signature=[
+        tf.TensorSpec([None, None, D]), tf.TensorSpec([None, None], tf.bool)])
+    np.testing.assert_allclose(_np(traced(x, mask)), eager, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_block_and_layer_norm_under_mixed_precision(policy):
+    x, mask = _inputs(6)
+    reference = TransformerEncoderBlock(HEADS, FFN)
+    expected = _np(reference(x, padding_mask=mask))
+    block = TransformerEncoderBlock(HEADS, FFN, dtype=policy)
+    block(x, padding_mask=mask)
+    block.set_weights(reference.get_weights())
+    got = _np(block(x, padding_mask=mask)).astype("float32")
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, expected, atol=0.1)
+    # The moments in float32: a large mean does not wash out the normalised values.
+    big = np.random.default_rng(7).normal(100.0, 1.0, size=(3, 5, 48)).astype("float32")
+    ln = LastAxisLayerNormalization(epsilon=1e-6, dtype=policy)
+    want = _np(keras.layers.LayerNormalization(epsilon=1e-6)(big))
+    np.testing.assert_allclose(_np(ln(big)).astype("float32"), want, atol=0.05)

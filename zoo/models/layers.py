@@ -87,13 +87,15 @@ class LastAxisLayerNormalization(keras.layers.LayerNormalization):
 
     def call(self, inputs):
         dim = inputs.shape[-1]
-        x = ops.cast(inputs, self.compute_dtype)
+        # As Keras' layer: the moments in float32 at least (bf16 / fp16 lose the mean).
+        x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
         column = ops.full((dim, 1), 1.0 / dim, dtype=x.dtype)
         mean = ops.matmul(x, column)
         centered = x - mean
         variance = ops.matmul(ops.square(centered), column)
         y = centered * ops.rsqrt(variance + self.epsilon)
-        return y * ops.cast(self.gamma, y.dtype) + ops.cast(self.beta, y.dtype)
+        y = y * ops.cast(self.gamma, y.dtype) + ops.cast(self.beta, y.dtype)
+        return ops.cast(y, self.compute_dtype)
 
 
 @keras.saving.register_keras_serializable(package="ecom_zoo")
@@ -108,7 +110,9 @@ class TransformerEncoderBlock(keras.layers.Layer):
     42 ms of a 294 ms `small` step). These projections are `Dense` layers (one
     [B*S, D] x [D, D] matmul each way), and the layer norms are `LastAxisLayerNormalization`.
     The query and value projections are named "query" and "value", so keras-hub's
-    `Backbone.enable_lora` finds them as it finds keras-hub's own.
+    `Backbone.enable_lora` finds them as it finds keras-hub's own. Unlike keras-hub's layer
+    it takes the padding mask only as `padding_mask` (no implicit Keras mask, no
+    `attention_mask`), and the hidden size must be a multiple of `num_heads`.
     """
 
     def __init__(self, num_heads, intermediate_dim, dropout=0.0, activation="gelu",
@@ -125,14 +129,13 @@ class TransformerEncoderBlock(keras.layers.Layer):
         self.supports_masking = True
 
     def _dense(self, units, name, activation=None):
-        # A fresh initializer per weight, as keras-hub's clone_initializer.
+        def clone(initializer):  # a fresh one per weight, as keras-hub's clone_initializer
+            if isinstance(initializer, keras.initializers.Initializer):
+                return initializer.__class__.from_config(initializer.get_config())
+            return initializer
         return keras.layers.Dense(
-            units, activation=activation,
-            kernel_initializer=self.kernel_initializer.__class__.from_config(
-                self.kernel_initializer.get_config()),
-            bias_initializer=self.bias_initializer.__class__.from_config(
-                self.bias_initializer.get_config()),
-            dtype=self.dtype_policy, name=name)
+            units, activation=activation, kernel_initializer=clone(self.kernel_initializer),
+            bias_initializer=clone(self.bias_initializer), dtype=self.dtype_policy, name=name)
 
     def build(self, inputs_shape):
         hidden_dim = inputs_shape[-1]
@@ -167,11 +170,11 @@ class TransformerEncoderBlock(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs, padding_mask=None, training=None):
-        batch, length, hidden = ops.shape(inputs)[0], inputs.shape[1], inputs.shape[2]
+        batch, hidden = ops.shape(inputs)[0], inputs.shape[-1]
         head_dim = hidden // self.num_heads
 
-        def heads(x):  # [B, S, D] -> [B, S, N, D / N]
-            return ops.reshape(x, (batch, length, self.num_heads, head_dim))
+        def heads(x):  # [B, S, D] -> [B, S, N, D / N]; S may be unknown when traced
+            return ops.reshape(x, (batch, -1, self.num_heads, head_dim))
 
         x = inputs
         query = heads(self.query_dense(x))
@@ -179,13 +182,15 @@ class TransformerEncoderBlock(keras.layers.Layer):
         value = heads(self.value_dense(x))
         scores = ops.einsum("bqnd,bknd->bnqk", query * (1.0 / head_dim ** 0.5), key)
         if padding_mask is not None:
-            # As Keras' masked softmax: a large negative added to the padded keys' scores.
-            keep = ops.cast(padding_mask, scores.dtype)[:, None, None, :]
-            scores = scores + (1.0 - keep) * -1e9
+            # As Keras' masked softmax: padded keys' scores become a large negative (a row
+            # with every key padded attends uniformly, as there).
+            large_negative = -3e4 if scores.dtype == "float16" else -1e9
+            keep = ops.cast(padding_mask, "bool")[:, None, None, :]
+            scores = ops.where(keep, scores, ops.cast(large_negative, scores.dtype))
         probs = ops.softmax(scores, axis=-1)
         probs = self.attention_probs_dropout(probs, training=training)
         attended = ops.reshape(ops.einsum("bnqk,bknd->bqnd", probs, value),
-                               (batch, length, hidden))
+                               (batch, -1, hidden))
         attended = self.self_attention_dropout(
             self.attention_output_dense(attended), training=training)
         x = self.self_attention_layer_norm(x + attended)
