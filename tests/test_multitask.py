@@ -258,3 +258,30 @@ def test_task_weights_parsing():
     for bad in ("click", "click=x", "click=-1", "foo=1"):
         with pytest.raises(ValueError, match="--task_weights"):
             parse_task_weights(bad)
+
+
+def test_a_checkpoint_of_another_model_is_a_clear_error(tmp_path):
+    # E.g. a model_dir written before bert_mtl's encoder layers changed (kernels [D, N, D/N]
+    # then, [D, D] now): resuming must name the checkpoint, not train from scratch or
+    # end in a bare assertion.
+    import tensorflow as tf
+
+    import zoo
+    from trainers import loop, optimizers
+
+    def trainer(hidden_dim):
+        strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+        with strategy.scope():
+            model = zoo.get("bert_mtl", "tiny", hidden_dim=hidden_dim, num_heads=2)
+            optimizer = optimizers.adamw(1e-3, weight_decay=0.0)
+        return loop.Trainer(strategy, model, optimizer, loop.LoopConfig(
+            total_steps=1, global_batch_size=8, task_weights={}, jit_compile=False),
+            checkpoint_dir=str(tmp_path / "ckpt"), summary_dir=None)
+
+    first = trainer(16)
+    assert first.restore() == 0  # nothing to restore yet
+    path = first.save()
+    assert tf.train.list_variables(path)  # the model's weights are in it
+    with pytest.raises(ValueError, match="does not fit this model") as info:
+        trainer(32).restore()
+    assert path in str(info.value)

@@ -120,7 +120,14 @@ class Trainer:
                     exit_fn=_exit_preempted, grace_period=0))
         latest = tf.train.latest_checkpoint(self.restore_dir)
         if latest:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
+            try:
+                self.checkpoint.restore(latest).assert_existing_objects_matched()
+            except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as e:
+                raise ValueError(
+                    f"checkpoint {latest} does not fit this model: written with another "
+                    "model, preset or overrides, or by ecom-zoo before 2026-12-03 (bert_mtl's "
+                    "encoder layers changed then); resume with what wrote it, or use a new "
+                    f"--model_dir. ({type(e).__name__}: {str(e)[:300]})") from None
             logging.info("restored %s at step %d", latest, self.step)
         return self.step
 

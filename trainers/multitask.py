@@ -191,7 +191,8 @@ def init_encoder(model, init_checkpoint: str) -> None:
         pretrainer.load_encoder(model.backbone, path)
     except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as e:
         raise ValueError(f"--init_checkpoint {init_checkpoint}: its encoder does not fit "
-                         f"this model (different preset or overrides?): {e}") from None
+                         f"this model (different preset or overrides, or written before "
+                         f"2026-12-03, when bert_mtl's encoder layers changed?): {e}") from None
 
 
 def check_fine_tuning(config: TrainConfig) -> None:
