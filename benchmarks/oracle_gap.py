@@ -26,8 +26,8 @@ import pyarrow.compute as pc
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from trainers.metrics import auc, gauc  # noqa: E402
-from trainers.multitask import oracle_predictions, read_oracle  # noqa: E402
+from trainers.core.metrics import auc, gauc  # noqa: E402
+from trainers.core.evaluation import oracle_predictions, read_oracle  # noqa: E402
 from zoo.data import contract, labels as labels_lib  # noqa: E402
 
 TASKS = ("click", "purchase")
@@ -73,7 +73,7 @@ def gap_table(data_dir: str, prediction_paths: list) -> str:
         runs.append((os.path.basename(path), ids, scores))
     ids = runs[0][1]
     sel = np.array([where[e] for e in ids])
-    orc = oracle_predictions(oracle, ids, prep.config.num_price_buckets)
+    orc = oracle_predictions(oracle, ids, prep.config.num_price_ranges)
     if orc is None:
         raise ValueError(f"{data_dir}: the oracle table does not cover these impressions")
 

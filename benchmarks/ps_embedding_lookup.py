@@ -16,12 +16,12 @@ step of a batch of 256 random ids, `join`). Each case prints its result:
   1. keras.layers.Embedding, gradients w.r.t. model.trainable_variables: the table's
      Keras variable holds a ShardedVariable, and tape.gradient fails on it (the
      AttributeError is caught and printed).
-  2. keras.layers.Embedding, gradients w.r.t. the shards (trainers.loop.train_variables):
+  2. keras.layers.Embedding, gradients w.r.t. the shards (trainers.core.loop.train_variables):
      trains, but Keras' lookup (ops.take of the variable) reads the whole table first, so
      every step copies every shard to the worker: bytes/step ~ the table.
   3. IdEmbedding (same shapes): tf.nn.embedding_lookup on the sharded variable gathers on
      each ps; only the looked-up rows (and their gradients) travel. Timed with SGD, with
-     Keras' AdamW and with the trainers' LazyAdamW (trainers.optimizers): AdamW's update
+     Keras' AdamW and with the trainers' LazyAdamW (trainers.core.optimizers): AdamW's update
      of a shard is dense (every row's slots and weight, on the ps, every step); SGD's and
      LazyAdamW's are sparse scatters of the looked-up rows.
   4. A tf.train.Checkpoint(model=...) of the PS model of case 3 (sharded table), restored
@@ -48,8 +48,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from trainers.loop import train_variables  # noqa: E402
-from trainers.optimizers import LazyAdamW  # noqa: E402
+from trainers.core.loop import train_variables  # noqa: E402
+from trainers.core.optimizers import LazyAdamW  # noqa: E402
 from zoo.models.layers import IdEmbedding  # noqa: E402
 
 N, DIM, IDS, BATCH = 1_000_000, 16, 4, 256

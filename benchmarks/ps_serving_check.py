@@ -22,13 +22,13 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from export import client as client_lib, saved_model, serve  # noqa: E402
-from trainers import predict  # noqa: E402
+from trainers.core import rundir  # noqa: E402
 
 OUTPUTS = ("click", "purchase", "price_range", "demand")
 
 
 def one_device_outputs(model_dir: str, raw: dict) -> dict:
-    model, _ = predict.load_trained(model_dir)
+    model, _ = rundir.load_trained(model_dir)
     for w in model.weights:  # nothing of model.keras survives: only the checkpoint counts
         w.assign(tf.zeros_like(w))
     latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))

@@ -2,8 +2,8 @@
 
     python benchmarks/train_throughput.py [--presets tiny,small] [--batch_size 256]
 
-Prints, per preset: examples/s of the trainer's own step (trainers.loop.Trainer, one device;
-XLA on and off with LazyAdamW, trainers.optimizers, which updates the looked-up rows of the
+Prints, per preset: examples/s of the trainer's own step (trainers.core.loop.Trainer, one device;
+XLA on and off with LazyAdamW, trainers.core.optimizers, which updates the looked-up rows of the
 tables only, and XLA on with Keras' AdamW, which updates every row: the trainers' default
 below 100k rows a table), the model's training FLOPs per example (counted ANALYTICALLY from
 the config: every dense/attention matmul, x2 FLOPs per multiply-add, x3 for forward +
@@ -24,10 +24,10 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import zoo  # noqa: E402
-from trainers import loop, optimizers  # noqa: E402
+from trainers.core import loop, optimizers  # noqa: E402
 from zoo.models import testing  # noqa: E402
 from zoo.models.bert_mtl.backbone import sequence_length  # noqa: E402
-from zoo.models.features import LABELS, RAW_FEATURES  # noqa: E402
+from zoo.models.features import LABELS, RAW_FEATURES, TASKS as LABELS_TASKS  # noqa: E402
 
 
 def training_flops_per_example(cfg: dict) -> float:
@@ -65,7 +65,7 @@ def examples_per_second(preset: str, batch_size: int, jit: bool, steps: int,
         tf.data.Dataset.from_tensors((features, labels)).repeat())
     trainer = loop.Trainer(strategy, model, optimizer, loop.LoopConfig(
         total_steps=10**9, global_batch_size=batch_size, task_weights={}, jit_compile=jit),
-        checkpoint_dir=tempfile.mkdtemp(), summary_dir=None)
+        checkpoint_dir=tempfile.mkdtemp(), summary_dir=None, tasks=tuple(LABELS_TASKS))
     it = iter(ds)
     trainer.run_steps(it, 3)  # trace + compile (returns when done)
     start = time.perf_counter()

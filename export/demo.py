@@ -22,9 +22,9 @@ def run(model_dir: str, export_base: str, name: str, num_examples: int = 5) -> f
     import numpy as np
     import tensorflow as tf
     from export import client as client_lib, saved_model, serve
-    from trainers import predict as predict_lib
+    from trainers.core import rundir
 
-    model, label_config = predict_lib.load_trained(model_dir)
+    model, label_config = rundir.load_trained(model_dir)
     examples_file = os.path.join(model_dir, saved_model.SERVING_EXAMPLES_FILE)
     serialized = [r.numpy() for r in tf.data.TFRecordDataset(examples_file).take(num_examples)]
     raw = saved_model.raw_features(serialized, label_config.history_length)

@@ -29,14 +29,16 @@ import tempfile
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-CONFIG_FILE = "models.config"
-MANIFEST_PATH = os.path.join("assets.extra", "ecom_zoo_manifest.json")
-SAVED_MODEL_FILE = "saved_model.pb"
-# Eval metrics shown by `list`, in this order (others stay in the manifest; see `show`).
-# Keys of trainers.metrics (metrics.json), copied into each manifest.
-MAIN_METRICS = ("click/auc", "purchase/auc", "price_range/accuracy", "demand/poisson_deviance")
+from export import layout
+from trainers.core import metrics as metrics_lib
 
-_VERSION_RE = re.compile(r"[1-9][0-9]*")
+CONFIG_FILE = "models.config"
+MANIFEST_PATH = layout.MANIFEST_PATH
+SAVED_MODEL_FILE = layout.SAVED_MODEL_FILE
+# Eval metrics shown by `list`, in this order (others stay in the manifest; see `show`).
+MAIN_METRICS = metrics_lib.MAIN_METRICS
+
+_VERSION_RE = layout.VERSION_RE
 _LABEL_RE = re.compile(r"[a-z0-9_-]+")
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
@@ -81,12 +83,7 @@ def versions(base: str, name: str) -> list[int]:
     if not os.path.isdir(model_dir):
         raise RegistryError(f"no model {name!r}: {model_dir} is not a directory "
                             f"(models in {base}: {_or_none(model_names(base))})")
-    found = []
-    for entry in os.listdir(model_dir):
-        if _VERSION_RE.fullmatch(entry) and os.path.isfile(
-                os.path.join(model_dir, entry, SAVED_MODEL_FILE)):
-            found.append(int(entry))
-    return sorted(found)
+    return layout.versions(model_dir)
 
 
 def version_dir(base: str, name: str, version: int) -> str:

@@ -31,14 +31,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
 
+from export import layout  # noqa: E402
+from trainers.core import rundir  # noqa: E402
+
 SIGNATURE_RAW = "serving_default"
 SIGNATURE_EXAMPLES = "predict_examples"
 EXAMPLES_INPUT = "examples"
-ASSETS_EXTRA = "assets.extra"
+ASSETS_EXTRA = layout.ASSETS_EXTRA
 WARMUP_FILE = "tf_serving_warmup_requests"
-MANIFEST_FILE = "ecom_zoo_manifest.json"
+MANIFEST_FILE = layout.MANIFEST_FILE
 SAMPLE_REQUEST_FILE = "sample_request.json"
-SERVING_EXAMPLES_FILE = "serving_examples.tfrecord"  # written by the trainer
+SERVING_EXAMPLES_FILE = rundir.SERVING_EXAMPLES  # written by the trainer
 TMP_PREFIX = ".tmp-"
 NUM_WARMUP_EXAMPLES = 8
 TOLERANCE = 1e-5
@@ -115,8 +118,7 @@ def serving_examples(model_dir: str, train_config: dict, n: int = NUM_WARMUP_EXA
 
     path = os.path.join(model_dir, SERVING_EXAMPLES_FILE)
     if not os.path.exists(path):
-        from trainers import multitask
-        path = multitask.write_serving_examples(model_dir, train_config)
+        path = rundir.write_serving_examples(model_dir, train_config)
     return [r.numpy() for r in tf.data.TFRecordDataset(path).take(n)]
 
 
@@ -192,11 +194,8 @@ def _json_value(v):
 
 # --- the export ------------------------------------------------------------------------------
 def versions(model_base: str) -> list[int]:
-    """Integer version folders of B/NAME (what TF Serving would load)."""
-    if not os.path.isdir(model_base):
-        return []
-    return sorted(int(d) for d in os.listdir(model_base)
-                  if re.fullmatch(r"[0-9]+", d) and os.path.isdir(os.path.join(model_base, d)))
+    """Version folders of B/NAME, complete or not (the next version comes after them all)."""
+    return layout.versions(model_base, complete=False)
 
 
 def _remove_stale_temps(model_base: str) -> None:
@@ -258,14 +257,13 @@ def export(model_dir: str, export_base: str, name: str, version: int | None = No
            num_examples: int = NUM_WARMUP_EXAMPLES) -> str:
     """Exports model_dir's model as B/NAME/<version>; returns the version folder."""
     import tensorflow as tf
-    from trainers import predict as predict_lib
     from zoo.models.features import TASKS
 
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name or ""):
         raise ValueError(f"--name must be letters, digits, '_', '.' or '-', got {name!r}")
     if version is not None and version < 1:
         raise ValueError(f"--version must be a positive integer, got {version}")
-    model, _ = predict_lib.load_trained(model_dir)
+    model, _ = rundir.load_trained(model_dir)
     with open(os.path.join(model_dir, "train_config.json"), encoding="utf-8") as f:
         train_config = json.load(f)
     history_length = int(train_config["label_config"]["history_length"])

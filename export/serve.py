@@ -47,6 +47,8 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      prediction_service_pb2_grpc)
 from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
 
+from export import layout  # noqa: E402
+
 Code = grpc.StatusCode
 State = get_model_status_pb2.ModelVersionStatus.State
 WARMUP_PATH = os.path.join("assets.extra", "tf_serving_warmup_requests")
@@ -209,16 +211,8 @@ class Model:
         return self.config.name
 
     def on_disk(self) -> dict[int, str]:
-        base = self.config.base_path
-        if not tf.io.gfile.isdir(base):
-            return {}
-        found = {}
-        for d in tf.io.gfile.listdir(base):
-            d = d.rstrip("/")
-            if re.fullmatch(r"[0-9]+", d) and tf.io.gfile.exists(
-                    os.path.join(base, d, "saved_model.pb")):
-                found[int(d)] = os.path.join(base, d)
-        return found
+        return layout.version_dirs(self.config.base_path, listdir=tf.io.gfile.listdir,
+                                   isdir=tf.io.gfile.isdir, exists=tf.io.gfile.exists)
 
     def wanted(self, on_disk: dict[int, str]) -> set[int]:
         """The versions the policy serves, of those on disk."""

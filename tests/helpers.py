@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 from zoo.data import labels, simulate
+from trainers.core import config as config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # D = 1 day: with the default 7, every eval impression of a 14-day log has a demand window
@@ -53,7 +54,7 @@ def train_tiny(shop, tmp_path_factory):
     from trainers import multitask
     data, tfds_dir = shop
     model_dir = str(tmp_path_factory.mktemp("run") / "tiny")
-    config = multitask.TrainConfig(
+    config = config_lib.TrainConfig(
         data_dir=data, tfds_dir=tfds_dir, label_config=LABEL_CFG, preset="tiny",
         model_dir=model_dir, steps=300, batch_size=128, learning_rate=3e-3,
         steps_per_loop=50, checkpoint_every=100, verbose=False)

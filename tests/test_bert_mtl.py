@@ -264,7 +264,7 @@ def test_heads_read_the_candidate_embedding_past_the_encoder(vocab, batch, to_he
 def test_history_titles_come_from_the_vocabularys_catalogue(vocab, batch, tmp_path):
     import keras
     features, _ = batch
-    from zoo.models.bert_mtl.vocabulary import item_titles
+    from zoo.models.ranker.vocabulary import item_titles
     # The first non-empty title an item had as a candidate; "" when it never had one.
     assert item_titles(["a", "b", "c"], {
         "item_id": np.array([b"b", b"a", b"a", b"b"], dtype=object),

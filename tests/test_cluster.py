@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from tests.helpers import REPO, TINY, subprocess_env
 from trainers import launch
+from trainers.core import rundir
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 PROGRESS = re.compile(r"^\s*(\d+)/(\d+) ")
@@ -97,7 +98,6 @@ def _assert_same_weights(a, b):
 def test_parameter_server_shards_the_tables_and_its_export_serves_like_one_device(
         shop, tmp_path):
     from export import client as client_lib, saved_model, serve
-    from trainers import predict
 
     model_dir, base = tmp_path / "ps", tmp_path / "exports"
     job = Job(shop, model_dir, 2, 2, "--steps", 30, "--steps_per_loop", 10,
@@ -112,7 +112,7 @@ def test_parameter_server_shards_the_tables_and_its_export_serves_like_one_devic
     assert _metrics(model_dir)["step"] == 30
 
     # A one-device model given the weights of the parameter servers' checkpoint.
-    model, _ = predict.load_trained(str(model_dir))
+    model, _ = rundir.load_trained(str(model_dir))
     for w in model.weights:
         w.assign(tf.zeros_like(w))
     status = tf.train.Checkpoint(model=model).restore(_latest(model_dir))
@@ -187,7 +187,7 @@ def uninterrupted(shop, tmp_path_factory):
 
 def test_sigterm_checkpoints_every_worker_and_the_relaunch_matches_an_uninterrupted_run(
         shop, tmp_path, uninterrupted):
-    from trainers import loop
+    from trainers.core import loop
 
     at = RNG.randrange(10, 80)
     print(f"SIGTERM to worker:1 at step {at}")

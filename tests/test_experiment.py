@@ -4,12 +4,13 @@ import csv
 import os
 
 from helpers import LABEL_CFG
+from trainers.core import config as config_lib
 
 
 def test_experiment_runs_every_row_and_writes_its_table(shop, tmp_path, capsys):
     from trainers import experiment, multitask
     data, tfds_dir = shop
-    base = multitask.TrainConfig(
+    base = config_lib.TrainConfig(
         data_dir=data, tfds_dir=tfds_dir, label_config=LABEL_CFG, preset="tiny", steps=20,
         batch_size=64, learning_rate=3e-3, warmup_steps=5, steps_per_loop=10,
         checkpoint_every=1000, verbose=False)

@@ -27,6 +27,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from export import client as client_lib, registry, saved_model, serve
 from helpers import REPO, subprocess_env
+from trainers.core import rundir
 
 NAME = "shop"
 TOL = 1e-5
@@ -54,8 +55,7 @@ def examples(model_dir):
 
 
 def keras_outputs(model_dir, raw):
-    from trainers import predict
-    model, _ = predict.load_trained(model_dir)
+    model, _ = rundir.load_trained(model_dir)
     out = model(model.preprocessor(raw), training=False)
     return {k: np.asarray(out[k]) for k in ("click", "purchase", "price_range", "demand")}
 

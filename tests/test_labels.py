@@ -6,7 +6,7 @@ import pytest
 import fixtures
 from zoo.data import contract, examples, labels
 
-CFG = labels.LabelConfig(num_price_buckets=2)  # edge at the median of A..D = 25
+CFG = labels.LabelConfig(num_price_ranges=2)  # edge at the median of A..D = 25
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_time_split_last_days_are_eval(source):
 
 def test_horizon_flag_changes_price_label(tmp_path):
     folder = fixtures.write_csv(str(tmp_path))
-    short = labels.LabelConfig(num_price_buckets=2, price_horizon_days=0.5)
+    short = labels.LabelConfig(num_price_ranges=2, price_horizon_days=0.5)
     lab = labels.compute_labels(contract.read_contract(folder), short)
     got = dict(zip(lab["event_id"], lab["price_range"]))
     assert got["e7"] == -1  # the D purchase is a day later: outside 12 hours
@@ -119,7 +119,7 @@ def test_no_feature_from_the_future(source):
 def test_history_truncated_to_length(tmp_path):
     folder = fixtures.write_csv(str(tmp_path))
     src = examples.ExampleSource(contract.read_contract(folder),
-                                 labels.LabelConfig(num_price_buckets=2, history_length=2))
+                                 labels.LabelConfig(num_price_ranges=2, history_length=2))
     h = history(src, "eval")
     assert h["e13"]["hist_item_id"] == ["D", "B"]  # the two latest of u1's six
 

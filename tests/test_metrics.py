@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from trainers import metrics
+from trainers.core import metrics
 
 
 def brute_auc(y, s):

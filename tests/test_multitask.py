@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from helpers import LABEL_CFG, REPO, run, subprocess_env, trainer_cmd
+from trainers.core import config as config_lib, evaluation, multitask_task, rundir
 
 def test_tiny_beats_untrained_on_every_task(trained):
     import zoo
@@ -25,8 +26,8 @@ def test_tiny_beats_untrained_on_every_task(trained):
         vocab = json.load(f)
     untrained = zoo.get("bert_mtl", "tiny", vocabulary=vocab)
     builder = prepare.prepare(config.data_dir, config.tfds_dir, LABEL_CFG)
-    eval_ds = multitask.eval_dataset(builder, "eval", untrained.preprocessor, config)
-    before, oracle, _ = multitask.evaluate_model(untrained, eval_ds, builder.info.metadata,
+    eval_ds = evaluation.eval_dataset(builder, "eval", untrained.preprocessor, config)
+    before, oracle, _ = evaluation.evaluate_model(untrained, eval_ds, builder.info.metadata,
                                                   config)
     after = result["metrics"]
     for name in ("click/logloss", "purchase/logloss", "price_range/logloss",
@@ -62,7 +63,6 @@ def test_outputs_of_arun(trained):
 def test_predict_matches_in_process_outputs(trained, tmp_path):
     import tensorflow as tf
     import zoo
-    from trainers import predict
     from zoo.data import pipeline, prepare
     from zoo.models.bert_mtl import end_to_end
 
@@ -209,19 +209,19 @@ def test_pre_training_options_do_not_block_a_resume(tmp_path):
     any other model_config key differs -> refused."""
     from trainers import multitask
     spec = {"model": "bert_mtl", "model_config": {"hidden_dim": 64, "pretrain_x": 1}}
-    ignore = (multitask.PRETRAIN_KEY_PREFIX,)
-    new_spec = multitask.check_same_run(str(tmp_path), spec, ignore=ignore)
+    ignore = (multitask_task.PRETRAIN_KEY_PREFIX,)
+    new_spec = rundir.check_same_run(str(tmp_path), spec, ignore=ignore)
     assert new_spec == spec and not os.listdir(tmp_path)  # nothing written by the check
-    multitask.record_run(str(tmp_path), str(tmp_path), new_spec, {"item": ["a"]})
+    rundir.record_run(str(tmp_path), str(tmp_path), new_spec, {"item": ["a"]})
     assert sorted(os.listdir(tmp_path)) == ["run_spec.json", "vocabulary.json"]
     changed = {"model": "bert_mtl", "model_config": {"hidden_dim": 64, "pretrain_x": 2,
                                                      "pretrain_new": True}}
-    assert multitask.check_same_run(str(tmp_path), changed, ignore=ignore) is None
+    assert rundir.check_same_run(str(tmp_path), changed, ignore=ignore) is None
     with pytest.raises(ValueError, match="different model_config"):
-        multitask.check_same_run(str(tmp_path), changed)  # nothing ignored
+        rundir.check_same_run(str(tmp_path), changed)  # nothing ignored
     other = {"model": "bert_mtl", "model_config": {"hidden_dim": 48, "pretrain_x": 1}}
     with pytest.raises(ValueError, match="different model_config"):
-        multitask.check_same_run(str(tmp_path), other, ignore=ignore)
+        rundir.check_same_run(str(tmp_path), other, ignore=ignore)
 
 
 def test_a_run_failing_before_its_model_is_built_leaves_nothing_behind(shop, tmp_path):
@@ -233,7 +233,7 @@ def test_a_run_failing_before_its_model_is_built_leaves_nothing_behind(shop, tmp
     data, tfds_dir = shop
     empty = tmp_path / "not_a_pretrain_run"
     empty.mkdir()
-    config = multitask.TrainConfig(data_dir=data, tfds_dir=tfds_dir, label_config=LABEL_CFG,
+    config = config_lib.TrainConfig(data_dir=data, tfds_dir=tfds_dir, label_config=LABEL_CFG,
                                    preset="tiny", model_dir=str(tmp_path / "m"), steps=2,
                                    verbose=False, init_checkpoint=str(empty))
     with pytest.raises(ValueError, match="no vocabulary.json"):
@@ -253,7 +253,7 @@ def test_bad_flags_exit_with_a_clear_error(shop, tmp_path):
 
 
 def test_task_weights_parsing():
-    from trainers.multitask import parse_task_weights
+    from trainers.core.config import parse_task_weights
     assert parse_task_weights("click=1, purchase=0.5") == {"click": 1.0, "purchase": 0.5}
     for bad in ("click", "click=x", "click=-1", "foo=1"):
         with pytest.raises(ValueError, match="--task_weights"):
@@ -267,7 +267,8 @@ def test_a_checkpoint_of_another_model_is_a_clear_error(tmp_path):
     import tensorflow as tf
 
     import zoo
-    from trainers import loop, optimizers
+    from trainers.core import loop, optimizers
+    from zoo.models.features import TASKS
 
     def trainer(hidden_dim):
         strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
@@ -276,7 +277,7 @@ def test_a_checkpoint_of_another_model_is_a_clear_error(tmp_path):
             optimizer = optimizers.adamw(1e-3, weight_decay=0.0)
         return loop.Trainer(strategy, model, optimizer, loop.LoopConfig(
             total_steps=1, global_batch_size=8, task_weights={}, jit_compile=False),
-            checkpoint_dir=str(tmp_path / "ckpt"), summary_dir=None)
+            checkpoint_dir=str(tmp_path / "ckpt"), summary_dir=None, tasks=TASKS)
 
     first = trainer(16)
     assert first.restore() == 0  # nothing to restore yet

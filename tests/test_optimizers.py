@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainers.optimizers import LazyAdamW, adamw
+from trainers.core.optimizers import LazyAdamW, adamw
 
 ROWS, DIM = 10, 3
 
@@ -124,7 +124,7 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import sys; sys.path.insert(0, {os.path.join(REPO, "tests")!r})
 from test_optimizers import BATCHES, _model, _step, _weights
-from trainers.optimizers import LazyAdamW
+from trainers.core.optimizers import LazyAdamW
 
 def train(strategy, replicas):
     with strategy.scope():
@@ -189,7 +189,7 @@ def test_unsupported_options_are_refused(option):
 
 
 def test_auto_picks_lazy_for_large_tables_only():
-    from trainers.optimizers import LAZY_AUTO_ROWS, use_lazy
+    from trainers.core.optimizers import LAZY_AUTO_ROWS, use_lazy
 
     def model(rows):
         ids = keras.Input((2,), dtype="int32")

@@ -10,7 +10,7 @@ import tensorflow as tf
 import fixtures
 from zoo.data import contract, ecom_events, examples, labels, pipeline
 
-CFG = labels.LabelConfig(num_price_buckets=2, history_length=8)
+CFG = labels.LabelConfig(num_price_ranges=2, history_length=8)
 
 
 def read_split(builder, split, batch_size=3):
@@ -79,7 +79,7 @@ def test_reused_when_unchanged_reprepared_when_changed(tmp_path):
     again = ecom_events.prepare(csv_dir, tfds_dir, CFG)
     assert again.data_path == builder.data_path
     other_cfg = ecom_events.prepare(csv_dir, tfds_dir,
-                                    labels.LabelConfig(num_price_buckets=3, history_length=8))
+                                    labels.LabelConfig(num_price_ranges=3, history_length=8))
     assert other_cfg.data_path != builder.data_path
     assert len(other_cfg.info.metadata["price_edges"]) == 2
     # Change the log: drop the eval impression; a new preparation sees it.

@@ -20,7 +20,7 @@ def _np(outputs):
 
 def _registry():
     reg = zoo.Registry()
-    popularity.register(reg)
+    reg.register_family(popularity.SPECS)
     return reg
 
 
@@ -349,7 +349,7 @@ def _read(builder, split):
 
 def test_beats_trivial_baselines_on_the_small_shop(shop):
     import helpers
-    from trainers.metrics import multitask_metrics
+    from trainers.core.metrics import multitask_metrics
     from zoo.data import prepare
 
     builder = prepare.prepare(*shop, helpers.LABEL_CFG)

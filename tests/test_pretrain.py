@@ -8,16 +8,17 @@ import numpy as np
 import pytest
 
 from helpers import LABEL_CFG
+from trainers.core import config as config_lib, multitask_task, pretrain_task
 
 
 @pytest.fixture(scope="module")
 def pretrained(shop, tmp_path_factory):
     from trainers import multitask, pretrain
     data, tfds_dir = shop
-    config = multitask.TrainConfig(
+    config = config_lib.TrainConfig(
         data_dir=data, tfds_dir=tfds_dir, label_config=LABEL_CFG, preset="tiny",
         model_dir=str(tmp_path_factory.mktemp("pretrain") / "tiny"), steps=120, batch_size=64,
-        learning_rate=3e-3, warmup_steps=10, task_weights=pretrain.DEFAULT_TASK_WEIGHTS,
+        learning_rate=3e-3, warmup_steps=10, task_weights=pretrain_task.DEFAULT_TASK_WEIGHTS,
         steps_per_loop=20, checkpoint_every=1000, verbose=False)
     return config, pretrain.run(config)
 
@@ -38,7 +39,7 @@ def test_pretraining_learns_and_writes_an_encoder(pretrained):
                                       "next_category/accuracy"}
     # Categories are few and predictable from the neighbouring events: better than chance.
     assert result["metrics"]["category/masked_accuracy"] > 0.05
-    assert os.path.exists(pretrain.encoder_path(config.model_dir) + ".index")
+    assert os.path.exists(pretrain_task.encoder_path(config.model_dir) + ".index")
     for name in ("vocabulary.json", "pretrain_config.json", "metrics.json"):
         assert os.path.exists(os.path.join(config.model_dir, name))
 
@@ -64,7 +65,7 @@ def test_the_encoder_loads_into_a_fresh_model_and_the_heads_stay_fresh(pretraine
     heads_before = {k: v for k, v in _weights(a).items() if k not in backbone_before}
     assert heads_before
     for m in models:
-        multitask.init_encoder(m, config.model_dir)
+        multitask_task.init_encoder(m, config.model_dir)
     backbone_a, backbone_b = _weights(a.backbone), _weights(b.backbone)
     for k, v in backbone_a.items():  # the same pre-trained values in both models
         np.testing.assert_array_equal(v, backbone_b[k], err_msg=k)
@@ -75,7 +76,7 @@ def test_the_encoder_loads_into_a_fresh_model_and_the_heads_stay_fresh(pretraine
     other = zoo.get("bert_mtl", "tiny", vocabulary=vocab, hidden_dim=48)
     other(other.preprocessor(raw))
     with pytest.raises(ValueError, match="does not fit"):
-        multitask.init_encoder(other, config.model_dir)
+        multitask_task.init_encoder(other, config.model_dir)
 
 
 def test_lora_fine_tuning_trains_adapters_and_heads_only(pretrained, shop, tmp_path):
@@ -85,7 +86,7 @@ def test_lora_fine_tuning_trains_adapters_and_heads_only(pretrained, shop, tmp_p
 
     pt_config, _ = pretrained
     data, tfds_dir = shop
-    config = multitask.TrainConfig(
+    config = config_lib.TrainConfig(
         data_dir=data, tfds_dir=tfds_dir, label_config=LABEL_CFG, preset="tiny",
         model_dir=str(tmp_path / "lora"), steps=40, batch_size=64, learning_rate=3e-3,
         init_checkpoint=pt_config.model_dir, lora_rank=2, labels_fraction=0.5,
@@ -100,7 +101,7 @@ def test_lora_fine_tuning_trains_adapters_and_heads_only(pretrained, shop, tmp_p
     from zoo.models.testing import random_raw_batch, split_labels
     raw, _ = split_labels(random_raw_batch(batch_size=4, history_length=16, seed=1))
     reference(reference.preprocessor(raw))
-    multitask.init_encoder(reference, pt_config.model_dir)
+    multitask_task.init_encoder(reference, pt_config.model_dir)
     ref, got = _weights(reference.backbone), _weights(trained.backbone)
     frozen = [k for k in ref if "query" not in k and "value" not in k]
     assert len(frozen) > 10
@@ -117,7 +118,7 @@ def test_lora_fine_tuning_trains_adapters_and_heads_only(pretrained, shop, tmp_p
 def test_conflicting_fine_tuning_flags_fail_before_anything_is_written(flags, shop, tmp_path):
     from trainers import multitask
     data, tfds_dir = shop
-    config = multitask.TrainConfig(data_dir=data, tfds_dir=tfds_dir, label_config=LABEL_CFG,
+    config = config_lib.TrainConfig(data_dir=data, tfds_dir=tfds_dir, label_config=LABEL_CFG,
                                    preset="tiny", model_dir=str(tmp_path / "m"), steps=2,
                                    verbose=False, **flags)
     with pytest.raises(ValueError, match="lora"):
@@ -133,12 +134,12 @@ def test_freeze_encoder_trains_the_heads_only():
     from zoo.models.bert_mtl import fit_vocabulary
     model = zoo.get("bert_mtl", "tiny", vocabulary=fit_vocabulary(raw, "tiny"))
     model(model.preprocessor(raw))
-    config = multitask.TrainConfig(freeze_encoder=True)
-    multitask.adapt_for_fine_tuning(model, config)
+    config = config_lib.TrainConfig(freeze_encoder=True)
+    multitask_task.adapt_for_fine_tuning(model, config)
     trainable = {id(v) for v in model.trainable_variables}
     assert trainable and not trainable & {id(v) for v in model.backbone.weights}
     with pytest.raises(ValueError, match="exclude"):
-        multitask.adapt_for_fine_tuning(model, dataclasses.replace(config, lora_rank=2))
+        multitask_task.adapt_for_fine_tuning(model, dataclasses.replace(config, lora_rank=2))
 
 
 def test_lora_train_embeddings_adds_the_input_embeddings_only():
@@ -152,7 +153,7 @@ def test_lora_train_embeddings_adds_the_input_embeddings_only():
     def trainable_paths(**kw):
         model = zoo.get("bert_mtl", "tiny", vocabulary=vocab)
         model(model.preprocessor(raw))
-        multitask.adapt_for_fine_tuning(model, multitask.TrainConfig(lora_rank=2, **kw))
+        multitask_task.adapt_for_fine_tuning(model, config_lib.TrainConfig(lora_rank=2, **kw))
         backbone = {id(v) for v in model.backbone.weights}
         return {v.path for v in model.trainable_variables if id(v) in backbone}
 
@@ -166,8 +167,8 @@ def test_lora_train_embeddings_adds_the_input_embeddings_only():
         p.split("/")[-2] for p in added}
     assert all(p.startswith("embeddings/") for p in added)  # not the transformer layers
     with pytest.raises(ValueError, match="needs --lora_rank"):
-        multitask.adapt_for_fine_tuning(zoo.get("bert_mtl", "tiny", vocabulary=vocab),
-                                        multitask.TrainConfig(lora_train_embeddings=True))
+        multitask_task.adapt_for_fine_tuning(zoo.get("bert_mtl", "tiny", vocabulary=vocab),
+                                        config_lib.TrainConfig(lora_train_embeddings=True))
 
 
 @pytest.mark.parametrize("unit", ["item", "position"])

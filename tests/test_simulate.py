@@ -24,7 +24,7 @@ def small(tmp_path_factory):
     summary = simulate.simulate(folder, **SMALL)
     tables = contract.read_contract(folder)
     meta = json.load(open(os.path.join(folder, "oracle_meta.json")))
-    config = labels.LabelConfig(num_price_buckets=meta["num_price_buckets"],
+    config = labels.LabelConfig(num_price_ranges=meta["num_price_ranges"],
                                 price_horizon_days=meta["price_horizon_days"],
                                 demand_horizon_days=meta["demand_horizon_days"],
                                 eval_fraction=meta["eval_fraction"])
@@ -104,7 +104,7 @@ def test_oracle_rows_match_impressions_one_to_one(small):
     oracle_ids = np.sort(small["oracle"]["event_id"].astype(str))
     assert np.array_equal(imp_ids, oracle_ids)
     o = small["oracle"]
-    K = small["meta"]["num_price_buckets"]
+    K = small["meta"]["num_price_ranges"]
     pr = np.stack([o[f"p_price_range_{k}"] for k in range(K)], 1)
     assert np.all(pr >= 0) and np.allclose(pr.sum(1), o["p_price_range_any"])
     assert np.all(o["p_price_range_any"] <= 1 + 1e-9)
@@ -134,7 +134,7 @@ def test_click_and_purchase_oracle_discriminate_and_are_calibrated(small, label)
 
 def test_price_range_oracle_is_unbiased(small):
     o, lab = small["o"], small["labels"]
-    K = small["meta"]["num_price_buckets"]
+    K = small["meta"]["num_price_ranges"]
     user = small["prep"].user[lab["row"]]
     y = lab["price_range"]
     assert 0.1 < (y >= 0).mean() < 0.95

@@ -5,7 +5,8 @@ import pytest
 import tensorflow as tf
 
 import zoo
-from zoo.models.bert_mtl import fit_vocabulary, text_encoders
+from zoo.models.bert_mtl import fit_vocabulary
+from zoo.models.ranker import text_encoders
 from zoo.models.testing import random_raw_batch, split_labels
 
 

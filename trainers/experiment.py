@@ -12,7 +12,7 @@ and evaluates, on the same time split:
   bert_mtl+lora       pre-trained, then LoRA adapters + heads only
   bert_mtl+lora_emb   the same, and the encoder's input embeddings train too
   bert_mtl-naive      purchase head trained on clicked impressions only (vs ESMM)
-  mmoe, ple           the other multi-task structures (opt in with --rows)
+  mmoe, ple           the other multi-task structures (opt in with --runs)
 
 and prints one table (rows = runs, columns = every metric, the simulator's oracle when
 present), written as CSV and a PNG bar chart under --output_dir. Runs are resumable: a
@@ -31,7 +31,7 @@ import sys  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 
-from trainers import multitask  # noqa: E402
+from trainers.core import config as config_lib  # noqa: E402
 from zoo.data import contract  # noqa: E402
 
 # name -> (model, overrides of TrainConfig, model config overrides, needs pre-training)
@@ -51,13 +51,11 @@ RUNS = {
 }
 DEFAULT_RUNS = ("popularity", "dnn_mtl", "bert_mtl", "bert_mtl+pretrain", "bert_mtl+minilm",
                 "bert_mtl+lora", "bert_mtl+lora_emb", "bert_mtl-naive")
-MAIN_METRICS = ("click/auc", "purchase/auc", "price_range/accuracy",
-                "demand/poisson_deviance")
 
 
 @dataclasses.dataclass
 class ExperimentConfig:
-    base: multitask.TrainConfig  # data, preset, batch, epochs, seed, ... of every run
+    base: config_lib.TrainConfig  # data, preset, batch, epochs, seed, ... of every run
     output_dir: str = os.path.join("runs", "experiment")
     fractions: tuple = (1.0, 0.1)
     runs: tuple = DEFAULT_RUNS
@@ -76,7 +74,9 @@ def pretrain_dir(config: ExperimentConfig) -> str:
 
 def run(config: ExperimentConfig) -> list[dict]:
     """Trains and evaluates every (fraction, run); returns the result rows."""
-    from trainers import pretrain
+    from trainers.core import train_lib
+    from trainers.core.multitask_task import MultitaskTask
+    from trainers.core.pretrain_task import DEFAULT_TASK_WEIGHTS, PretrainTask
 
     unknown = sorted(set(config.runs) - set(RUNS))
     if unknown:
@@ -89,8 +89,8 @@ def run(config: ExperimentConfig) -> list[dict]:
         pt = dataclasses.replace(
             base, model="bert_mtl", model_dir=pretrain_dir(config),
             epochs=config.pretrain_epochs, steps=config.pretrain_steps,
-            task_weights=pretrain.DEFAULT_TASK_WEIGHTS, export_base=None)
-        pretrain.run(pt)
+            task_weights=DEFAULT_TASK_WEIGHTS, export_base=None)
+        train_lib.run_experiment(PretrainTask(), pt)
 
     rows = []
     for fraction in config.fractions:
@@ -106,7 +106,7 @@ def run(config: ExperimentConfig) -> list[dict]:
                 init_checkpoint=pretrain_dir(config) if pretrained else None, **overrides)
             if base.verbose:
                 print(f"\n=== {name} at {fraction:.0%} of the labels ===")
-            result = multitask.run(run_config)
+            result = train_lib.run_experiment(MultitaskTask(), run_config)
             rows.append({"fraction": fraction, "run": name, "metrics": result.get("metrics", {}),
                          "oracle": result.get("oracle"),
                          "train_seconds": result["train_seconds"], "steps": result["step"],
@@ -132,7 +132,7 @@ def _with_oracle(rows: list[dict]) -> list[dict]:
 
 
 def format_rows(rows: list[dict]) -> str:
-    from trainers.metrics import METRIC_NAMES
+    from trainers.core.metrics import METRIC_NAMES
 
     header = ["labels", "run", *METRIC_NAMES, "train s", "trainable"]
     lines = [[f"{r['fraction']:.0%}", r["run"],
@@ -146,7 +146,7 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def shape_checks(rows: list[dict]) -> list[str]:
-    """The issue's expected shape, checked on the numbers (True/False, never adjusted)."""
+    """The expected shape of the comparison, checked on the numbers (never adjusted)."""
     def metric(fraction, run, m="click/auc"):
         r = next((r for r in rows if r["fraction"] == fraction and r["run"] == run), None)
         return None if r is None else r["metrics"].get(m)
@@ -170,7 +170,7 @@ def shape_checks(rows: list[dict]) -> list[str]:
 
 
 def write_outputs(rows: list[dict], output_dir: str, table: str) -> None:
-    from trainers.metrics import METRIC_NAMES
+    from trainers.core.metrics import METRIC_NAMES
 
     os.makedirs(output_dir, exist_ok=True)
     full = _with_oracle(rows)
@@ -194,6 +194,7 @@ def plot(rows: list[dict], path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from trainers.core.metrics import MAIN_METRICS
 
     runs = list(dict.fromkeys(r["run"] for r in rows))
     fractions = list(dict.fromkeys(r["fraction"] for r in rows))
@@ -222,20 +223,23 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
-    multitask.define_flags()
-    flags.DEFINE_list("labels_fractions", ["1.0", "0.1"], "Labels fractions to run.")
-    flags.DEFINE_list("runs", list(DEFAULT_RUNS), f"Runs, of {list(RUNS)}.")
-    flags.DEFINE_string("output_dir", os.path.join("runs", "experiment"),
-                        "Model dirs, results.csv/.txt/.png.")
-    flags.DEFINE_float("pretrain_epochs", 1.0, "Pre-training passes over the training split.")
-    flags.DEFINE_integer("pretrain_steps", 0, "Pre-training steps (> 0 overrides epochs).")
+    config_lib.define_flags()
+    defaults = ExperimentConfig(base=None)
+    flags.DEFINE_list("labels_fractions", [str(f) for f in defaults.fractions],
+                      "Labels fractions to run.")
+    flags.DEFINE_list("runs", list(defaults.runs), f"Runs, of {list(RUNS)}.")
+    flags.DEFINE_string("output_dir", defaults.output_dir, "Model dirs, results.csv/.txt/.png.")
+    flags.DEFINE_float("pretrain_epochs", defaults.pretrain_epochs,
+                       "Pre-training passes over the training split.")
+    flags.DEFINE_integer("pretrain_steps", defaults.pretrain_steps,
+                         "Pre-training steps (> 0 overrides epochs).")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
-        base = dataclasses.replace(multitask.config_from_flags(), lora_rank=0,
+        base = dataclasses.replace(config_lib.from_flags(), lora_rank=0,
                                    lora_train_embeddings=False, init_checkpoint=None)
         if FLAGS["labels_fraction"].present:
             raise ValueError("use --labels_fractions (a list) with the experiment")
@@ -243,7 +247,7 @@ def main(argv):
             base=base, output_dir=FLAGS.output_dir,
             fractions=tuple(float(f) for f in FLAGS.labels_fractions), runs=tuple(FLAGS.runs),
             pretrain_epochs=FLAGS.pretrain_epochs, pretrain_steps=FLAGS.pretrain_steps,
-            lora_rank=FLAGS.lora_rank or 8)
+            lora_rank=FLAGS.lora_rank or ExperimentConfig.lora_rank)
         run(config)
     except (contract.ContractError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -16,6 +16,7 @@ from zoo.registry import (  # noqa: F401
     count_params,
     count_preset_params,
     describe,
+    spec,
     fit_vocabulary,
     get,
     get_config,
@@ -24,5 +25,5 @@ from zoo.registry import (  # noqa: F401
     register,
 )
 
-# `zoo.list()` as the brief names it (shadows the builtin only inside this namespace).
+# `zoo.list()` (shadows the builtin only inside this namespace).
 list = list_models  # noqa: A001

@@ -1,16 +1,16 @@
 """The model registry: name -> (builder, presets, description).
 
 In the style of TF Model Garden's `official/core/registry.py` and keras-hub's
-`register_presets`: every model family registers itself explicitly, in ONE place
-(`_register_builtin_families` below calls each family's `register(registry)`); nothing is
-registered as a side effect of importing a module. Presets are plain dicts of config.
+`register_presets`: the built-in families are registered in ONE place
+(`_register_builtin_families`, from each family package's `SPECS`); nothing is registered
+as a side effect of importing a module. Presets are plain dicts of config. A family names
+its builder and vocabulary fitter as "module:function" strings, loaded on first use, so a
+family package never imports this module and listing never imports TensorFlow.
 
     import zoo
-    zoo.list()                         # {"bert_mtl": ("tiny", "small", "base")}
-    model = zoo.get("bert_mtl", "tiny", vocabulary=vocab, dropout=0.0)
+    zoo.list()                         # {"bert_mtl": ("tiny", "small", ...), ...}
     config = zoo.get_config("bert_mtl", "tiny", dropout=0.0)
-
-Building a model imports TensorFlow; listing and describing do not.
+    model = zoo.get("bert_mtl", "tiny", vocabulary=vocab, dropout=0.0)
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import copy
 import dataclasses
 import threading
 from typing import Any, Callable, Mapping
+
+from zoo.lazy import resolve
 
 
 class UnknownModelError(KeyError, ValueError):
@@ -58,8 +60,8 @@ def _same_kind(preset_value, value) -> bool:
 class ModelSpec:
     """A registered model family.
 
-    builder: `builder(config: dict, **build_args) -> keras.Model`; `config` is a fresh copy
-      of the preset dict with the overrides applied.
+    builder: `builder(config: dict, **build_args) -> keras.Model` (or its "module:function"
+      name); `config` is a fresh copy of the preset dict with the overrides applied.
     presets: preset name -> plain dict of config (JSON-serialisable values).
     build_args: keyword arguments of `zoo.get` that go to the builder instead of the config
       (e.g. `vocabulary`).
@@ -71,11 +73,27 @@ class ModelSpec:
     description: str
     default_preset: str = "small"
     build_args: tuple[str, ...] = ()
-    # `fit_vocabulary(features: dict[str, np.ndarray], config: dict) -> JSON-able dict`,
-    # for families that learn vocabularies from training data; None = nothing to fit.
-    fit_vocabulary: Callable[..., Any] | None = None
+    # `fit_vocabulary(features: dict[str, np.ndarray], config: dict) -> JSON-able dict`
+    # (or its "module:function" name), for families that learn vocabularies from training
+    # data; None = nothing to fit.
+    fit_vocabulary: Callable[..., Any] | str | None = None
     # Module whose import registers the family's Keras classes (for safe-mode loading).
     keras_module: str | None = None
+    # `wants_xla(config) -> bool`: whether XLA compilation speeds this model's training
+    # step up (what `--jit_compile=auto` follows); None = never.
+    wants_xla: Callable[[dict], bool] | None = None
+    # Whether `trainers.pretrain` can pre-train this family's encoder.
+    pretrainable: bool = False
+
+    def build(self, config: dict, **build_args):
+        return resolve(self.builder)(config, **build_args)
+
+    def fit(self, features: dict, config: dict):
+        return None if self.fit_vocabulary is None else resolve(self.fit_vocabulary)(
+            features, config)
+
+    def jit_compile(self, config: dict) -> bool:
+        return bool(self.wants_xla(config)) if self.wants_xla else False
 
 
 class Registry:
@@ -94,6 +112,11 @@ class Registry:
                              f"is not one of {sorted(spec.presets)}")
         self._specs[spec.name] = spec
         return spec
+
+    def register_family(self, specs) -> None:
+        """Registers a family package's `SPECS` (ModelSpec keyword dicts)."""
+        for spec in specs:
+            self.register(ModelSpec(**spec))
 
     def names(self) -> list[str]:
         return sorted(self._specs)
@@ -131,7 +154,7 @@ class Registry:
         spec = self.spec(name)
         build_args = {k: kwargs.pop(k) for k in list(kwargs) if k in spec.build_args}
         config = self.config(name, preset, **kwargs)
-        return spec.builder(config, **build_args)
+        return spec.build(config, **build_args)
 
 
 _REGISTRY = Registry()
@@ -143,9 +166,8 @@ def _register_builtin_families(registry: Registry) -> None:
     """THE place where model families are registered, in listing order."""
     from zoo.models import bert_mtl, dnn_mtl, popularity
 
-    bert_mtl.register(registry)  # bert_mtl, shared_bottom, mmoe, ple
-    dnn_mtl.register(registry)
-    popularity.register(registry)
+    for family in (bert_mtl, dnn_mtl, popularity):  # bert_mtl: also shared_bottom, mmoe, ple
+        registry.register_family(family.SPECS)
 
 
 def registry() -> Registry:
@@ -164,12 +186,18 @@ def register(spec: ModelSpec) -> ModelSpec:
     return registry().register(spec)
 
 
-def get(name: str, preset: str = "small", **overrides):
-    """Builds model `name` from `preset` with config `overrides` (and build arguments)."""
+def spec(name: str) -> ModelSpec:
+    """The registered family `name` (UnknownModelError lists the known ones)."""
+    return registry().spec(name)
+
+
+def get(name: str, preset: str | None = None, **overrides):
+    """Builds model `name` from `preset` (default: the family's) with config `overrides`
+    (and build arguments)."""
     return registry().get(name, preset, **overrides)
 
 
-def get_config(name: str, preset: str = "small", **overrides) -> dict:
+def get_config(name: str, preset: str | None = None, **overrides) -> dict:
     """The resolved config dict (`preset` dict + overrides, plus key "preset")."""
     return registry().config(name, preset, **overrides)
 
@@ -182,9 +210,7 @@ def fit_vocabulary(name: str, features: dict, config=None):
     spec = registry().spec(name)
     if config is None or isinstance(config, str):
         config = get_config(name, config or spec.default_preset)
-    if spec.fit_vocabulary is None:
-        return None
-    return spec.fit_vocabulary(features, config)
+    return spec.fit(features, config)
 
 
 def load_model(path: str):

@@ -28,8 +28,8 @@ ITEMS_REQUIRED = ("item_id", "title", "category", "brand", "price")
 
 SECONDS_PER_DAY = 86400
 
-# Label and split defaults (the issue's): K price buckets, H / D day windows, eval share.
-DEFAULT_NUM_PRICE_BUCKETS = 5
+# Label and split defaults: K price ranges, H / D day windows, eval share.
+DEFAULT_NUM_PRICE_RANGES = 5
 DEFAULT_PRICE_HORIZON_DAYS = 7
 DEFAULT_DEMAND_HORIZON_DAYS = 7
 DEFAULT_EVAL_FRACTION = 0.2

@@ -19,11 +19,29 @@ from zoo.data.contract import EVENT_INDEX, SECONDS_PER_DAY
 
 @dataclasses.dataclass(frozen=True)
 class LabelConfig:
-    num_price_buckets: int = contract.DEFAULT_NUM_PRICE_BUCKETS
+    num_price_ranges: int = contract.DEFAULT_NUM_PRICE_RANGES
     price_horizon_days: float = contract.DEFAULT_PRICE_HORIZON_DAYS
     demand_horizon_days: float = contract.DEFAULT_DEMAND_HORIZON_DAYS
     eval_fraction: float = contract.DEFAULT_EVAL_FRACTION
     history_length: int = contract.DEFAULT_HISTORY_LENGTH
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "label_config") -> "LabelConfig":
+        """A label config read back from a run's JSON; keys renamed since are accepted
+        (with their new name) and unknown ones are an error naming them."""
+        values = dict(values)
+        for old, new in RENAMED_KEYS.items():
+            if old in values and new not in values:
+                values[new] = values.pop(old)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown key(s) {unknown}; expected {sorted(known)}")
+        return cls(**values)
+
+
+# Keys of LabelConfig that were renamed: old name -> new name (old run specs still load).
+RENAMED_KEYS = {"num_price_buckets": "num_price_ranges"}
 
 
 def _codes(*columns) -> np.ndarray:
@@ -56,7 +74,7 @@ class Prepared:
         self.session = _codes(ev["user_id"], ev["session_id"])
         self.item = ev["item_code"]  # row in the items table; -1 on search rows
         self.cut = contract.split_time(self.ts, config.eval_fraction)
-        self.edges = contract.training_price_edges(tables, self.cut, config.num_price_buckets)
+        self.edges = contract.training_price_edges(tables, self.cut, config.num_price_ranges)
         self.item_bucket = contract.price_bucket(tables.items["price"], self.edges)
         self.impressions = np.flatnonzero(self.kind == EVENT_INDEX["impression"])
         # Impressions in total order, so chunks of examples come out time-sorted.

@@ -74,8 +74,8 @@ def define_data_flags():
                         "$ECOM_ZOO_CACHE/tfds, ECOM_ZOO_CACHE defaults to ~/.cache/ecom_zoo).")
     flags.DEFINE_float("eval_fraction", contract.DEFAULT_EVAL_FRACTION,
                        "Last fraction of days that form the eval split.")
-    flags.DEFINE_integer("num_price_buckets", contract.DEFAULT_NUM_PRICE_BUCKETS,
-                         "K: price-range buckets (training items' price quantiles).")
+    flags.DEFINE_integer("num_price_ranges", contract.DEFAULT_NUM_PRICE_RANGES,
+                         "K: price ranges of the price_range label (training items' price quantiles).")
     flags.DEFINE_float("price_horizon_days", contract.DEFAULT_PRICE_HORIZON_DAYS,
                        "H: window for the next purchase's price range.")
     flags.DEFINE_float("demand_horizon_days", contract.DEFAULT_DEMAND_HORIZON_DAYS,
@@ -86,7 +86,7 @@ def define_data_flags():
 
 def label_config_from_flags() -> labels_lib.LabelConfig:
     return labels_lib.LabelConfig(
-        num_price_buckets=FLAGS.num_price_buckets,
+        num_price_ranges=FLAGS.num_price_ranges,
         price_horizon_days=FLAGS.price_horizon_days,
         demand_horizon_days=FLAGS.demand_horizon_days,
         eval_fraction=FLAGS.eval_fraction,

@@ -1,7 +1,7 @@
 r"""A behaviour simulator for a small web shop, with the true label probabilities (the oracle).
 
     python -m zoo.data.simulate --output_dir DIR [--num_users 1400 --num_items 3000 --days 28
-        --seed 0 --format parquet|csv --eval_fraction 0.2 --num_price_buckets 5
+        --seed 0 --format parquet|csv --eval_fraction 0.2 --num_price_ranges 5
         --price_horizon_days 7 --demand_horizon_days 7 --oracle_replays 6 --demand_replays 2]
 
 writes a contract folder (see `zoo/data/contract.py`) plus the oracle:
@@ -91,7 +91,7 @@ DEFAULT_VERSION = "default-v1"
 
 DEFAULTS = dict(num_users=1400, num_items=3000, num_brands=80, days=28, seed=0,
                 format="parquet", eval_fraction=contract.DEFAULT_EVAL_FRACTION,
-                num_price_buckets=contract.DEFAULT_NUM_PRICE_BUCKETS,
+                num_price_ranges=contract.DEFAULT_NUM_PRICE_RANGES,
                 price_horizon_days=contract.DEFAULT_PRICE_HORIZON_DAYS,
                 demand_horizon_days=contract.DEFAULT_DEMAND_HORIZON_DAYS,
                 oracle_replays=6, demand_replays=2, sessions_per_day=0.25)
@@ -852,7 +852,7 @@ def _write_table(table, path, fmt):
 def simulate(output_dir, num_users=DEFAULTS["num_users"], num_items=DEFAULTS["num_items"],
              num_brands=DEFAULTS["num_brands"], days=DEFAULTS["days"], seed=DEFAULTS["seed"],
              format=DEFAULTS["format"], eval_fraction=DEFAULTS["eval_fraction"],
-             num_price_buckets=DEFAULTS["num_price_buckets"],
+             num_price_ranges=DEFAULTS["num_price_ranges"],
              price_horizon_days=DEFAULTS["price_horizon_days"],
              demand_horizon_days=DEFAULTS["demand_horizon_days"],
              oracle_replays=DEFAULTS["oracle_replays"], demand_replays=DEFAULTS["demand_replays"],
@@ -870,7 +870,7 @@ def simulate(output_dir, num_users=DEFAULTS["num_users"], num_items=DEFAULTS["nu
     os.makedirs(tmp)
     try:
         summary = _simulate_into(tmp, num_users, num_items, num_brands, days, seed, format,
-                                 eval_fraction, num_price_buckets, price_horizon_days,
+                                 eval_fraction, num_price_ranges, price_horizon_days,
                                  demand_horizon_days, oracle_replays, demand_replays,
                                  sessions_per_day, verbose)
         if os.path.exists(output_dir):
@@ -1019,7 +1019,7 @@ def _simulate_into(out, num_users, num_items, num_brands, days, seed, fmt, eval_
     table = pa.table({k: (v.take(pa.array(order)) if isinstance(v, pa.Array) else v[order])
                       for k, v in oracle.items()})
     pq.write_table(table, os.path.join(out, "oracle.parquet"))
-    meta = dict(num_price_buckets=K, price_horizon_days=H, demand_horizon_days=D,
+    meta = dict(num_price_ranges=K, price_horizon_days=H, demand_horizon_days=D,
                 eval_fraction=eval_fraction, split_time=int(cut), price_edges=edges.tolist(),
                 oracle_replays=oracle_replays, demand_replays=demand_replays, seed=seed,
                 num_users=num_users, num_items=num_items, num_brands=num_brands, days=days,
@@ -1056,7 +1056,7 @@ def main(argv):
     F = flags.FLAGS
     summary = simulate(F.output_dir, num_users=F.num_users, num_items=F.num_items,
                        num_brands=F.num_brands, days=F.days, seed=F.seed, format=F.format,
-                       eval_fraction=F.eval_fraction, num_price_buckets=F.num_price_buckets,
+                       eval_fraction=F.eval_fraction, num_price_ranges=F.num_price_ranges,
                        price_horizon_days=F.price_horizon_days,
                        demand_horizon_days=F.demand_horizon_days,
                        oracle_replays=F.oracle_replays, demand_replays=F.demand_replays,
@@ -1074,7 +1074,7 @@ def _define_flags():
     flags.DEFINE_integer("seed", DEFAULTS["seed"], "Random seed.")
     flags.DEFINE_enum("format", DEFAULTS["format"], ["parquet", "csv"], "Table format.")
     flags.DEFINE_float("eval_fraction", DEFAULTS["eval_fraction"], "Eval share of days (oracle meta).")
-    flags.DEFINE_integer("num_price_buckets", DEFAULTS["num_price_buckets"], "K price buckets.")
+    flags.DEFINE_integer("num_price_ranges", DEFAULTS["num_price_ranges"], "K price ranges.")
     flags.DEFINE_float("price_horizon_days", DEFAULTS["price_horizon_days"], "H days.")
     flags.DEFINE_float("demand_horizon_days", DEFAULTS["demand_horizon_days"], "D days.")
     flags.DEFINE_integer("oracle_replays", DEFAULTS["oracle_replays"],

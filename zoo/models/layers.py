@@ -24,7 +24,7 @@ def _creating_table():
 
 def creating_table() -> bool:
     """True while an IdEmbedding creates its table: the one variable a parameter-server
-    partitioner should shard (`trainers.distribute.TablePartitioner`)."""
+    partitioner should shard (`trainers.core.distribute.TablePartitioner`)."""
     return getattr(_state, "table", False)
 
 

@@ -50,11 +50,6 @@ def poisson_nll(counts, rate, epsilon: float = EPSILON):
     return rate - y * tf.math.log(rate + epsilon)
 
 
-def purchase_loss_on_clicks_only(model) -> bool:
-    """Whether `model`'s purchase output is p(purchase | click) (`purchase_head="naive"`)."""
-    return getattr(model, "purchase_head", "esmm") == "naive"
-
-
 def per_example_losses(labels: dict, outputs: dict, purchase_on_clicks_only: bool = False
                        ) -> dict:
     """{task: Tensor[B]} for the tasks in both `outputs` and `labels`.

@@ -23,7 +23,7 @@ import keras
 from keras import ops
 
 STRUCTURES = ("shared_bottom", "mmoe", "ple")
-# The towers of `BertMtl` (purchase is derived from click and conversion).
+# The towers of `MultitaskRanker` (purchase is derived from click and conversion).
 TOWERS = ("click", "conversion", "price_range", "demand")
 
 

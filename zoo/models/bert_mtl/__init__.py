@@ -1,24 +1,20 @@
-"""`bert_mtl`: a BERT-style multi-task model over query, behaviour sequence and candidate.
+"""`bert_mtl`: a BERT-style transformer backbone under the shared multi-task ranker.
 
-keras-hub style split:
-  * `fit_vocabulary(features, config)` -> JSON-serialisable vocabulary (training data only)
-  * `BertMtlPreprocessor`  raw feature dict -> integer tensors (all string ops live here)
-  * `BertMtlBackbone`      transformer encoder, numeric only (XLA-compilable)
-  * `BertMtl`              the task: backbone + multi-task structure (shared bottom, MMoE,
-                           PLE) + click / purchase (ESMM or naive) / price_range / demand
-                           heads; carries `.preprocessor`
-  * `end_to_end(model)`    functional Keras model raw features -> outputs (serving)
+keras-hub style split (the preprocessor, vocabulary and task are the shared ranker's,
+`zoo.models.ranker`):
+  * `BertMtlBackbone`      transformer encoder over [CLS] query [SEP] events [SEP] candidate,
+                           numeric only (XLA-compilable)
+  * `build(config, vocabulary)`  the `MultitaskRanker` on that backbone
+  * `pretrainer`           the self-supervised tasks `trainers.pretrain` trains it on
 
-`register(registry)` is this family's ONE registration point (called by `zoo.registry`):
-`bert_mtl` and the structure variants `shared_bottom`, `mmoe`, `ple` (same builder and
-vocabulary, presets with the structure keys).
+Registered as `bert_mtl` and the structure variants `shared_bottom`, `mmoe`, `ple` (same
+builder and vocabulary, presets with the structure keys); `zoo.registry` reads `SPECS`.
 Importing this package does not import TensorFlow; the classes load on first access.
 """
 
 from __future__ import annotations
 
-import importlib
-
+from zoo.lazy import module_getattr
 from zoo.models.bert_mtl.presets import PRESETS, STRUCTURE_PRESETS
 
 NAME = "bert_mtl"
@@ -30,51 +26,35 @@ STRUCTURE_DESCRIPTIONS = {
     "ple": "bert_mtl encoder, Progressive Layered Extraction: task-specific + shared experts",
 }
 
-_LAZY = {
-    "BertMtl": "zoo.models.bert_mtl.task",
-    "build": "zoo.models.bert_mtl.task",
-    "end_to_end": "zoo.models.bert_mtl.task",
+__getattr__ = module_getattr(__name__, {
+    "build": "zoo.models.bert_mtl.model",
     "BertMtlBackbone": "zoo.models.bert_mtl.backbone",
-    "BertMtlPreprocessor": "zoo.models.bert_mtl.preprocessor",
-    "fit_vocabulary": "zoo.models.bert_mtl.vocabulary",
-    "placeholder_vocabulary": "zoo.models.bert_mtl.vocabulary",
-}
-
-__all__ = ["NAME", "DESCRIPTION", "PRESETS", "STRUCTURE_PRESETS", "register", *_LAZY]
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    "MultitaskRanker": "zoo.models.ranker.task",
+    "end_to_end": "zoo.models.ranker.task",
+    "RankerPreprocessor": "zoo.models.ranker.preprocessor",
+    "placeholder_vocabulary": "zoo.models.ranker.vocabulary",
+})
 
 
-def _build(config, vocabulary=None):
-    from zoo.models.bert_mtl.task import build
+def fit_vocabulary(features: dict, config) -> dict:
+    """The shared ranker's vocabulary; `config` a resolved config dict or a preset name."""
+    from zoo.models.ranker.vocabulary import fit_vocabulary as fit
 
-    return build(config, vocabulary=vocabulary)
-
-
-def _fit_vocabulary(features, config):
-    from zoo.models.bert_mtl.vocabulary import fit_vocabulary
-
-    return fit_vocabulary(features, config)
+    return fit(features, {**PRESETS[config], "preset": config} if isinstance(config, str)
+               else config)
 
 
-def register(registry) -> None:
-    """Registers `bert_mtl`, `shared_bottom`, `mmoe` and `ple` with `registry`."""
-    from zoo.registry import ModelSpec
+def wants_xla(config: dict) -> bool:
+    """Measured on 2 CPU cores (BUILD_NOTES.md): XLA makes `small` (width 128) 1.8x faster
+    per step and `tiny` (width 32) 3x slower; the width decides."""
+    return int(config["hidden_dim"]) >= 128
 
+
+SPECS = tuple(
+    dict(name=name, presets=presets, description=description,
+         builder="zoo.models.bert_mtl.model:build", build_args=("vocabulary",),
+         fit_vocabulary="zoo.models.ranker.vocabulary:fit_vocabulary",
+         keras_module="zoo.models.bert_mtl.model", wants_xla=wants_xla, pretrainable=True)
     for name, presets, description in (
-            (NAME, PRESETS, DESCRIPTION),
-            *((s, STRUCTURE_PRESETS[s], STRUCTURE_DESCRIPTIONS[s]) for s in STRUCTURE_PRESETS)):
-        registry.register(ModelSpec(
-            name=name,
-            builder=_build,
-            presets=presets,
-            description=description,
-            default_preset="small",
-            build_args=("vocabulary",),
-            fit_vocabulary=_fit_vocabulary,
-            keras_module="zoo.models.bert_mtl.task",
-        ))
+        (NAME, PRESETS, DESCRIPTION),
+        *((s, STRUCTURE_PRESETS[s], STRUCTURE_DESCRIPTIONS[s]) for s in STRUCTURE_PRESETS)))

@@ -26,7 +26,7 @@ import keras
 import keras_hub
 from keras import ops
 
-from zoo.models.bert_mtl.preprocessor import HISTORY_OUTPUTS, SCALAR_OUTPUTS
+from zoo.models.ranker.preprocessor import HISTORY_OUTPUTS, SCALAR_OUTPUTS
 from zoo.models.layers import IdEmbedding, LastAxisLayerNormalization, TransformerEncoderBlock
 
 SEGMENT_QUERY, SEGMENT_HISTORY, SEGMENT_CANDIDATE = 0, 1, 2
@@ -240,7 +240,7 @@ class BertMtlBackbone(keras_hub.models.Backbone):
     """The encoder. A functional model over the preprocessor's integer outputs.
 
     Args:
-      vocabulary_sizes: `BertMtlPreprocessor.vocabulary_sizes()` (embedding input dims).
+      vocabulary_sizes: `RankerPreprocessor.vocabulary_sizes()` (embedding input dims).
       hidden_dim, num_layers, num_heads, intermediate_dim, dropout, layer_norm_epsilon,
       initializer_range: transformer sizes (see the presets).
       max_query_tokens, max_title_tokens, max_history: the preprocessor's lengths.

@@ -1,25 +1,11 @@
-"""Presets of `bert_mtl`: plain dicts of config (JSON-serialisable)."""
+"""Presets of `bert_mtl`: plain dicts of config (JSON-serialisable).
+
+Each preset is the shared ranker's preprocessing preset of the same size
+(`zoo.models.ranker.presets`) plus the encoder and heads."""
+
+from zoo.models.ranker.presets import PREPROCESSING
 
 _COMMON = {
-    # Sequence lengths.
-    "max_query_tokens": 12,      # WordPiece tokens of the query (truncated / padded)
-    "max_title_tokens": 12,      # WordPiece tokens of the candidate's title; 0 = unused
-    "max_history": 30,           # first (= most recent) history columns used
-    "max_position": 64,          # impression ranks >= this share the last bucket
-    # Vocabularies (caps for `fit_vocabulary`, nominal sizes of the placeholder one).
-    "wordpiece_vocab_size": 8000,
-    "item_vocab_size": 20000,
-    "category_vocab_size": 500,
-    "brand_vocab_size": 2000,
-    # Users with an embedding of their own (most active first; new users share the OOV
-    # buckets; 0 = no user embedding: the model knows the user only by the behaviour
-    # sequence). Measured on the default data (BUILD_NOTES.md): +0.011 click and +0.017
-    # purchase AUC.
-    "user_vocab_size": 20000,
-    "num_oov_indices": 4,        # hashed OOV buckets of every id lookup
-    "num_price_buckets": 16,     # price feature buckets (quantile edges of training prices)
-    "num_gap_buckets": 24,       # log-scale buckets of the time gap, 1 s .. 1 year
-    "wordpiece_max_texts": 200000,  # texts sampled to learn the WordPiece vocabulary
     # Transformer.
     "hidden_dim": 128,
     "num_layers": 2,
@@ -65,19 +51,8 @@ _COMMON = {
 
 PRESETS = {
     "tiny": {
+        **PREPROCESSING["tiny"],
         **_COMMON,
-        "max_query_tokens": 8,
-        "max_title_tokens": 8,
-        "max_history": 16,
-        "max_position": 32,
-        "wordpiece_vocab_size": 1000,
-        "item_vocab_size": 2000,
-        "category_vocab_size": 100,
-        "brand_vocab_size": 200,
-        "user_vocab_size": 1000,
-        "num_oov_indices": 2,
-        "num_price_buckets": 8,
-        "num_gap_buckets": 16,
         "hidden_dim": 32,
         "num_layers": 1,
         "num_heads": 2,
@@ -90,27 +65,16 @@ PRESETS = {
     # History 20 and FFN 256 (from 30 / 512): measured on the default data, 1 epoch, the same
     # eval metrics within noise (click AUC 0.7007 vs 0.7032) at 0.55 s instead of 0.78 s
     # per step of 256 on 2 cores (BUILD_NOTES.md).
-    "small": {**_COMMON, "dropout": 0.0, "max_history": 20, "intermediate_dim": 256},
+    "small": {**PREPROCESSING["small"], **_COMMON, "dropout": 0.0, "intermediate_dim": 256},
     # `small` with the query and title read by MiniLM (2 of its 6 layers: on 2 CPU cores the
     # full tower would cost about 3x the rest of the model per step).
-    "small_minilm": {**_COMMON, "dropout": 0.0, "max_history": 20, "intermediate_dim": 256,
+    "small_minilm": {**PREPROCESSING["small"], **_COMMON, "dropout": 0.0,
+                     "intermediate_dim": 256,
                      "text_encoder": "minilm", "text_encoder_layers": 2,
                      "max_query_tokens": 14},
     "base": {
+        **PREPROCESSING["base"],
         **_COMMON,
-        "max_query_tokens": 32,
-        "max_title_tokens": 32,
-        "max_history": 50,
-        "max_position": 128,
-        "wordpiece_vocab_size": 30522,
-        "item_vocab_size": 100000,
-        "category_vocab_size": 2000,
-        "brand_vocab_size": 10000,
-        "user_vocab_size": 100000,
-        "num_oov_indices": 16,
-        "num_price_buckets": 32,
-        "num_gap_buckets": 32,
-        "wordpiece_max_texts": 1000000,
         "hidden_dim": 768,
         "num_layers": 12,
         "num_heads": 12,
@@ -121,7 +85,7 @@ PRESETS = {
 
 # The multi-task structures over the same preprocessing and encoder (registered as
 # `shared_bottom`, `mmoe`, `ple`): the bert_mtl tiny / small presets plus the structure
-# keys (see `BertMtl`). Experts are as wide as the encoder (hidden_dim); PLE adds one
+# keys (see `MultitaskRanker`). Experts are as wide as the encoder (hidden_dim); PLE adds one
 # expert per task at each level, so it keeps fewer shared ones than MMoE has experts.
 _ESMM = {"purchase_head": "esmm"}  # or "naive": p(purchase | click), trained on clicks
 STRUCTURE_PRESETS = {

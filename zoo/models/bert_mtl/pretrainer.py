@@ -33,7 +33,7 @@ import keras
 import keras_hub
 import tensorflow as tf
 
-from zoo.models.bert_mtl import vocabulary as vocab_lib
+from zoo.models.ranker import vocabulary as vocab_lib
 
 # The event fields a masked event loses (0 = the padding index of each embedding).
 MASKED_EVENT_FIELDS = ("hist_item_index", "hist_category_index", "hist_brand_index",
@@ -179,6 +179,10 @@ class BertMtlPretrainer(keras.Model):
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
         self.num_masked_events = int(num_masked_events)
         self.num_masked_tokens = int(num_masked_tokens)
+
+    def per_example_losses(self, targets: dict, logits: dict) -> dict:
+        """{task: [B]}: what pre-training minimises (the loop asks the model)."""
+        return per_example_losses(targets, logits)
 
     def get_config(self):
         return {"backbone": keras.saving.serialize_keras_object(self.backbone),

@@ -1,6 +1,6 @@
 """`DnnMtlBackbone`: embeddings, masked mean pooling and an MLP (no attention).
 
-Inputs are `BertMtlPreprocessor`'s outputs, exactly as for `BertMtlBackbone`:
+Inputs are `RankerPreprocessor`'s outputs, exactly as for `BertMtlBackbone`:
 
   * query: masked mean of its WordPiece embeddings (an empty query gives zeros)
   * history: each event = item + category + brand + event type + price bucket + time-gap
@@ -9,7 +9,7 @@ Inputs are `BertMtlPreprocessor`'s outputs, exactly as for `BertMtlBackbone`:
     impression position, 7-day clicks and purchases buckets, and the mean title
     embedding when T > 0); id tables are shared with the history events
 
-Outputs, named as `BertMtlBackbone`'s so `BertMtl` reads them unchanged:
+Outputs, named as `BertMtlBackbone`'s so `MultitaskRanker` reads them unchanged:
   cls_output        MLP(concat(query, history, candidate)) [B, hidden_dims[-1]]
   candidate_output  the candidate fields [B, F * embedding_dim], a direct path to the
                     towers beside the MLP
@@ -22,7 +22,7 @@ import keras
 import keras_hub
 from keras import ops
 
-from zoo.models.bert_mtl.preprocessor import HISTORY_OUTPUTS, SCALAR_OUTPUTS
+from zoo.models.ranker.preprocessor import HISTORY_OUTPUTS, SCALAR_OUTPUTS
 from zoo.models.layers import IdEmbedding
 
 _TABLES = (("word_embedding", "wordpiece"), ("item_embedding", "item"),
@@ -118,12 +118,12 @@ class DnnMtlBackbone(keras_hub.models.Backbone):
     """The DNN encoder. A functional model over the preprocessor's integer outputs.
 
     Args:
-      vocabulary_sizes: `BertMtlPreprocessor.vocabulary_sizes()` (embedding input dims).
+      vocabulary_sizes: `RankerPreprocessor.vocabulary_sizes()` (embedding input dims).
       embedding_dim: width of every embedding table.
       hidden_dims: widths of the ReLU MLP layers (the last one is `cls_output`'s width).
       max_query_tokens, max_title_tokens, max_history: the preprocessor's lengths.
       dropout: after each MLP layer.
-      initializer_range: stddev of the embeddings (and of `BertMtl`'s towers).
+      initializer_range: stddev of the embeddings (and of `MultitaskRanker`'s towers).
     """
 
     def __init__(self, vocabulary_sizes, embedding_dim=32, hidden_dims=(256, 128),

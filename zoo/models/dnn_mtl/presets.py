@@ -1,20 +1,18 @@
 """Presets of `dnn_mtl`: plain dicts of config (JSON-serialisable).
 
-The preprocessing keys are bert_mtl's (same preprocessor, same vocabularies); the rest
-sizes the embeddings, the MLP and the heads.
+The preprocessing keys are the shared ranker's (same preprocessor and vocabularies as
+bert_mtl); the rest sizes the embeddings, the MLP and the heads.
 """
 
-from zoo.models.bert_mtl.presets import PRESETS as _BERT_PRESETS
+from zoo.models.ranker.presets import PREPROCESSING
 
-# Keys read by `fit_vocabulary` / the preprocessor: shared with bert_mtl's presets.
-PREPROCESSING_KEYS = (
-    "max_query_tokens", "max_title_tokens", "max_history", "max_position",
-    "wordpiece_vocab_size", "item_vocab_size", "category_vocab_size", "brand_vocab_size",
-    "user_vocab_size", "num_oov_indices", "num_price_buckets", "num_gap_buckets", "wordpiece_max_texts")
+# Keys read by `fit_vocabulary` / the preprocessor: the shared ranker's (the same
+# vocabularies as bert_mtl of the same size).
+PREPROCESSING_KEYS = tuple(PREPROCESSING["small"])
 
 
 def _preprocessing(size):
-    return {k: _BERT_PRESETS[size][k] for k in PREPROCESSING_KEYS}
+    return dict(PREPROCESSING[size])
 
 
 _MODEL = {

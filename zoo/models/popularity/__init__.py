@@ -10,21 +10,20 @@
                               histogram, demand from the item's trailing purchases
   * `end_to_end(model)`       functional Keras model raw features -> outputs
 
-`register(registry)` is this family's ONE registration point (called by `zoo.registry`).
+`zoo.registry` reads `SPECS`.
 Importing this package does not import TensorFlow; the classes load on first access.
 """
 
 from __future__ import annotations
 
-import importlib
-
+from zoo.lazy import module_getattr
 from zoo.models.popularity.presets import PRESETS
 
 NAME = "popularity"
 DESCRIPTION = ("Non-neural baseline: item popularity x user-category affinity, user price "
                "histogram, trailing demand")
 
-_LAZY = {
+__getattr__ = module_getattr(__name__, {
     "Popularity": "zoo.models.popularity.task",
     "build": "zoo.models.popularity.task",
     "end_to_end": "zoo.models.popularity.task",
@@ -33,40 +32,9 @@ _LAZY = {
     "fit_vocabulary": "zoo.models.popularity.vocabulary",
     "placeholder_vocabulary": "zoo.models.popularity.vocabulary",
     "reference_outputs": "zoo.models.popularity.vocabulary",
-}
+})
 
-__all__ = ["NAME", "DESCRIPTION", "PRESETS", "register", *_LAZY]
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _build(config, vocabulary=None):
-    from zoo.models.popularity.task import build
-
-    return build(config, vocabulary=vocabulary)
-
-
-def _fit_vocabulary(features, config):
-    from zoo.models.popularity.vocabulary import fit_vocabulary
-
-    return fit_vocabulary(features, config)
-
-
-def register(registry) -> None:
-    """Registers `popularity` with `registry` (a `zoo.registry.Registry`)."""
-    from zoo.registry import ModelSpec
-
-    registry.register(ModelSpec(
-        name=NAME,
-        builder=_build,
-        presets=PRESETS,
-        description=DESCRIPTION,
-        default_preset="small",
-        build_args=("vocabulary",),
-        fit_vocabulary=_fit_vocabulary,
-        keras_module="zoo.models.popularity.task",
-    ))
+SPECS = (dict(name=NAME, presets=PRESETS, description=DESCRIPTION,
+              builder="zoo.models.popularity.task:build", build_args=("vocabulary",),
+              fit_vocabulary="zoo.models.popularity.vocabulary:fit_vocabulary",
+              keras_module="zoo.models.popularity.task"),)

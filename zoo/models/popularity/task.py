@@ -84,6 +84,12 @@ class Popularity(keras_hub.models.Task):
         # === Config ===
         self.zoo_config = dict(zoo_config or {})
 
+    def per_example_losses(self, labels: dict, outputs: dict) -> dict:
+        """{task: [B]}: the multi-task losses (reported; the statistics are not trained)."""
+        from zoo.models import losses as losses_lib
+
+        return losses_lib.per_example_losses(labels, outputs)
+
     def get_config(self):
         config = super().get_config()
         config.update({

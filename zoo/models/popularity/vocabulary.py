@@ -25,6 +25,7 @@ import numpy as np
 
 from zoo.data import contract
 from zoo.models.features import HISTORY_EVENT_TYPES
+from zoo.models.strings import arrow_strings, lookup, most_frequent, nonempty  # noqa: F401
 
 FORMAT = "popularity.vocabulary/1"
 LABEL_KEYS = ("click", "purchase", "price_range", "demand")
@@ -43,54 +44,6 @@ def _config(config) -> dict:
 
 
 # ---- strings -> indices ---------------------------------------------------------------------
-def _arrow(values):
-    """A pyarrow string array of str / bytes / object values (no Python-level loop)."""
-    import pyarrow as pa
-
-    arr = np.asarray(values).ravel()
-    if arr.dtype.kind == "S" or (arr.dtype.kind == "O" and arr.size and
-                                 any(isinstance(v, bytes) for v in arr[:1000])):
-        return pa.array(arr.astype(object), type=pa.binary()).cast(pa.string())
-    return pa.array(arr.astype(object) if arr.dtype.kind != "O" else arr, type=pa.string())
-
-
-def most_frequent(*arrays, max_size: int) -> list[str]:
-    """Distinct non-empty strings, most frequent first (ties: alphabetical), at most max_size."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    arrays = [a for a in arrays if np.asarray(a).size]
-    if not arrays:
-        return []
-    counts = pc.value_counts(pa.chunked_array([_arrow(a) for a in arrays], type=pa.string()))
-    values = counts.field("values").to_numpy(zero_copy_only=False).astype(str)
-    freq = counts.field("counts").to_numpy()
-    keep = values != ""
-    values, freq = values[keep], freq[keep]
-    order = np.lexsort((values, -freq))
-    return [str(v) for v in values[order][:max_size]]
-
-
-def nonempty(values) -> np.ndarray:
-    """values != "" (same shape), for str / bytes / object arrays."""
-    import pyarrow.compute as pc
-
-    return pc.not_equal(_arrow(values), "").to_numpy(zero_copy_only=False).reshape(
-        np.shape(values))
-
-
-def lookup(values, vocab: list[str]) -> np.ndarray:
-    """Index of each value in `vocab` (same shape); -1 for "" and unknown values."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    shape = np.shape(values)
-    if not vocab or not np.size(values):
-        return np.full(shape, -1, np.int64)
-    idx = pc.index_in(_arrow(values), value_set=pa.array(vocab, pa.string()))
-    return pc.fill_null(idx, -1).to_numpy(zero_copy_only=False).astype(np.int64).reshape(shape)
-
-
 # ---- shared definitions (the preprocessor and the model do the same in TensorFlow) ----------
 def position_bucket(position, max_position: int) -> np.ndarray:
     """0 = unknown rank (-1), else 1 + min(rank, max_position - 1)."""
@@ -233,9 +186,9 @@ def _price_edges(features: dict, num_buckets: int) -> np.ndarray:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    ids, prices = [_arrow(features["item_id"])], [np.asarray(features["item_price"]).ravel()]
+    ids, prices = [arrow_strings(features["item_id"])], [np.asarray(features["item_price"]).ravel()]
     if "hist_item_id" in features and "hist_price" in features:
-        ids.append(_arrow(features["hist_item_id"]))
+        ids.append(arrow_strings(features["hist_item_id"]))
         prices.append(np.asarray(features["hist_price"]).ravel())
     table = pa.table({"id": pa.concat_arrays(ids),
                       "price": np.concatenate(prices).astype(np.float64)})

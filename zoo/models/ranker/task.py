@@ -1,4 +1,8 @@
-"""`BertMtl`: the multi-task model (backbone + heads), its builder and `end_to_end`.
+"""`MultitaskRanker`: the multi-task model shared by the neural families (any backbone + the
+multi-task structure + heads), and `end_to_end`.
+
+`bert_mtl` (transformer) and `dnn_mtl` (pooled MLP) are backbones over this one task, so
+what the heads, losses and serving signature are is written once, here.
 
     model = zoo.get("bert_mtl", "small", vocabulary=vocab)
     ds = raw_ds.map(lambda f: (model.preprocessor(f), labels(f)))     # tf.data, batched
@@ -29,10 +33,10 @@ import keras
 import keras_hub
 from keras import ops
 
-from zoo.models.bert_mtl import text_encoders, vocabulary as vocab_lib
-from zoo.models.bert_mtl.backbone import BertMtlBackbone
-from zoo.models.bert_mtl.preprocessor import BertMtlPreprocessor
+from zoo.models import losses as losses_lib
 from zoo.models.features import RAW_FEATURES, TASKS
+from zoo.models.ranker import vocabulary as vocab_lib
+from zoo.models.ranker.preprocessor import RankerPreprocessor
 from zoo.models.multitask_heads import MMoE, PLE, STRUCTURES, TOWERS
 
 LOG_RATE_BOUND = 12.0
@@ -40,7 +44,7 @@ PURCHASE_HEADS = ("esmm", "naive")
 
 
 @keras.saving.register_keras_serializable(package="ecom_zoo")
-class BertMtl(keras_hub.models.Task):
+class MultitaskRanker(keras_hub.models.Task):
     """Backbone + multi-task structure + task heads on concat(CLS output, candidate output,
     candidate embedding when the backbone gives one).
 
@@ -50,7 +54,7 @@ class BertMtl(keras_hub.models.Task):
 
     Args:
       backbone: a `BertMtlBackbone` (or another backbone with those outputs).
-      preprocessor: a `BertMtlPreprocessor` (or None); saved with the model.
+      preprocessor: a `RankerPreprocessor` (or None); saved with the model.
       num_price_ranges: K, classes of the price_range head.
       head_hidden_dim: width of each task tower.
       dropout: dropout inside the towers (and on the experts).
@@ -64,8 +68,7 @@ class BertMtl(keras_hub.models.Task):
       zoo_config: the resolved zoo config the model was built from (kept for reference).
     """
 
-    backbone_cls = BertMtlBackbone
-    preprocessor_cls = BertMtlPreprocessor
+    preprocessor_cls = RankerPreprocessor
 
     def __init__(self, backbone, preprocessor=None, num_price_ranges=5, head_hidden_dim=128,
                  dropout=0.1, structure="shared_bottom", num_experts=4, expert_dim=128,
@@ -151,6 +154,13 @@ class BertMtl(keras_hub.models.Task):
             parts.append(encoded["candidate_embedding"])
         return ops.concatenate(parts, axis=-1)
 
+    def per_example_losses(self, labels: dict, outputs: dict) -> dict:
+        """{task: [B]}: the loss this model trains on. The training loop asks the model
+        instead of inspecting it: with purchase_head="naive" the purchase output is
+        p(purchase | click), so its loss counts clicked impressions only."""
+        return losses_lib.per_example_losses(
+            labels, outputs, purchase_on_clicks_only=self.purchase_head == "naive")
+
     def gate_weights(self, inputs, training=False) -> dict:
         """The experts' softmax gates on preprocessed `inputs` ({} for shared_bottom):
         MMoE {tower: [B, E]}, PLE {"level{l}/{tower or shared}": [B, n]}."""
@@ -183,6 +193,11 @@ class BertMtl(keras_hub.models.Task):
         return None if self.preprocessor is None else self.preprocessor.vocabulary
 
 
+# Registered under the family's earlier class name too: model.keras files written before
+# the shared ranker left `bert_mtl` still load in safe mode.
+keras.saving.get_custom_objects()["ecom_zoo>BertMtl"] = MultitaskRanker
+
+
 def load_vocabulary(vocabulary) -> dict:
     """A vocabulary dict, or the path of a JSON file holding one."""
     if isinstance(vocabulary, (str, os.PathLike)):
@@ -192,13 +207,13 @@ def load_vocabulary(vocabulary) -> dict:
 
 
 # Optional config keys of the multi-task structure and purchase head; a config without
-# them (the `bert_mtl` presets) gets `BertMtl`'s defaults: shared bottom, ESMM.
+# them (the `bert_mtl` presets) gets `MultitaskRanker`'s defaults: shared bottom, ESMM.
 STRUCTURE_KEYS = ("structure", "num_experts", "expert_dim", "num_shared_experts",
                   "num_task_experts", "num_levels", "purchase_head")
 
 
 def head_kwargs(config: dict) -> dict:
-    """`BertMtl` arguments (heads, structure) of a resolved zoo config."""
+    """`MultitaskRanker` arguments (heads, structure) of a resolved zoo config."""
     kwargs = {"num_price_ranges": config["num_price_ranges"],
               "head_hidden_dim": config["head_hidden_dim"],
               "dropout": config["dropout"]}
@@ -209,12 +224,12 @@ def head_kwargs(config: dict) -> dict:
 
 
 def build_preprocessor(config: dict, vocabulary=None,
-                       name="bert_mtl_preprocessor") -> BertMtlPreprocessor:
+                       name="bert_mtl_preprocessor") -> RankerPreprocessor:
     """The preprocessor of a resolved config; vocabulary as in `build`."""
     vocab = (vocab_lib.placeholder_vocabulary(config) if vocabulary is None
              else load_vocabulary(vocabulary))
     vocab = vocab_lib.with_users_of(config, vocab)
-    return BertMtlPreprocessor(
+    return RankerPreprocessor(
         vocab,
         max_query_tokens=config["max_query_tokens"],
         max_title_tokens=config["max_title_tokens"],
@@ -226,42 +241,6 @@ def build_preprocessor(config: dict, vocabulary=None,
         name=name)
 
 
-def build(config: dict, vocabulary=None) -> BertMtl:
-    """Builds `BertMtl` from a resolved zoo config (see `zoo.get_config("bert_mtl", ...)`).
-
-    vocabulary: a dict from `fit_vocabulary` (or a JSON path); None = a placeholder of the
-      config's nominal sizes (parameter counts, smoke tests; not for training).
-    """
-    preprocessor = build_preprocessor(config, vocabulary)
-    text_encoder = None
-    if text_encoders.check(config.get("text_encoder", "wordpiece")) == "minilm":
-        if len(preprocessor.vocabulary["wordpiece"]) != len(text_encoders.minilm_vocabulary()):
-            raise ValueError("text_encoder=minilm needs MiniLM's vocabulary: fit the "
-                             "vocabulary with the same config (fit_vocabulary)")
-        text_encoder = text_encoders.load_minilm(config.get("text_encoder_layers", 6),
-                                                 dropout=config["dropout"])
-    backbone = BertMtlBackbone(
-        preprocessor.vocabulary_sizes(),
-        hidden_dim=config["hidden_dim"],
-        num_layers=config["num_layers"],
-        num_heads=config["num_heads"],
-        intermediate_dim=config["intermediate_dim"],
-        max_query_tokens=config["max_query_tokens"],
-        max_title_tokens=config["max_title_tokens"],
-        max_history=config["max_history"],
-        cls_id=preprocessor.token_id(vocab_lib.CLS),
-        sep_id=preprocessor.token_id(vocab_lib.SEP),
-        dropout=config["dropout"],
-        layer_norm_epsilon=config["layer_norm_epsilon"],
-        initializer_range=config["initializer_range"],
-        text_encoder=text_encoder,
-        text_encoder_trainable=config.get("text_encoder_trainable", False),
-        history_titles=config.get("history_titles", False),
-        name="bert_mtl_backbone")
-    return BertMtl(backbone, preprocessor, **head_kwargs(config), zoo_config=config,
-                   name="bert_mtl")
-
-
 def raw_inputs(history_length=None) -> dict:
     """`keras.Input`s of the raw features (history columns of any, or a fixed, length)."""
     return {name: keras.Input(shape=() if rank == 1 else (history_length,), dtype=dtype,
@@ -269,7 +248,7 @@ def raw_inputs(history_length=None) -> dict:
             for name, (dtype, rank) in RAW_FEATURES.items()}
 
 
-def end_to_end(model: BertMtl, history_length=None) -> keras.Model:
+def end_to_end(model: MultitaskRanker, history_length=None) -> keras.Model:
     """A functional Keras model: raw feature dict -> outputs (preprocessor + model).
 
     For prediction and serving; its inputs are exactly `zoo.models.features.RAW_FEATURES`.

@@ -1,18 +1,18 @@
-"""`build` of `dnn_mtl`: bert_mtl's preprocessor and task (`BertMtl`) on `DnnMtlBackbone`.
+"""`build` of `dnn_mtl`: bert_mtl's preprocessor and task (`MultitaskRanker`) on `DnnMtlBackbone`.
 
     model = zoo.get("dnn_mtl", "small", vocabulary=vocab)   # vocab: bert_mtl's fit_vocabulary
-    serving = end_to_end(model)                              # zoo.models.bert_mtl.task
+    serving = end_to_end(model)                              # zoo.models.ranker.task
 """
 
 from __future__ import annotations
 
-from zoo.models.bert_mtl.task import BertMtl, build_preprocessor, end_to_end, head_kwargs
+from zoo.models.ranker.task import MultitaskRanker, build_preprocessor, end_to_end, head_kwargs
 from zoo.models.dnn_mtl.backbone import DnnMtlBackbone
 
 __all__ = ["build", "end_to_end", "DnnMtlBackbone"]
 
 
-def build(config: dict, vocabulary=None) -> BertMtl:
+def build(config: dict, vocabulary=None) -> MultitaskRanker:
     """Builds the model from a resolved zoo config (see `zoo.get_config("dnn_mtl", ...)`).
 
     vocabulary: as for bert_mtl (a `fit_vocabulary` dict or JSON path; None = placeholder).
@@ -28,5 +28,5 @@ def build(config: dict, vocabulary=None) -> BertMtl:
         dropout=config["dropout"],
         initializer_range=config["initializer_range"],
         name="dnn_mtl_backbone")
-    return BertMtl(backbone, preprocessor, **head_kwargs(config), zoo_config=config,
+    return MultitaskRanker(backbone, preprocessor, **head_kwargs(config), zoo_config=config,
                    name="dnn_mtl")

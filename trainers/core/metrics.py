@@ -15,6 +15,8 @@ METRIC_NAMES = (
     "click/auc", "click/logloss", "click/gauc", "purchase/auc", "purchase/logloss",
     "price_range/accuracy", "price_range/logloss", "demand/poisson_deviance", "demand/rmse",
 )
+# The headline metric of each task: the experiment's chart and the export registry's list.
+MAIN_METRICS = ("click/auc", "purchase/auc", "price_range/accuracy", "demand/poisson_deviance")
 # Direction of "better": AUC-like up, losses down.
 HIGHER_IS_BETTER = {"click/auc", "click/gauc", "purchase/auc", "price_range/accuracy"}
 

@@ -28,7 +28,6 @@ import tensorflow as tf
 from absl import logging
 
 from zoo.models import losses as losses_lib
-from zoo.models.features import TASKS
 
 # Steps per closure scheduled on a parameter-server worker: small enough that a killed
 # worker loses little and the workers share the remaining steps evenly.
@@ -68,12 +67,12 @@ class Trainer:
     def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model,
                  optimizer: keras.optimizers.Optimizer, config: LoopConfig,
                  checkpoint_dir: str, summary_dir: str | None,
-                 restore_dir: str | None = None, loss_fn: Callable | None = None,
-                 tasks: tuple = TASKS):
+                 tasks: tuple, restore_dir: str | None = None):
         """checkpoint_dir: where this process saves; restore_dir: where every process
         restores from (the chief's checkpoints; defaults to checkpoint_dir).
-        loss_fn(labels, outputs) -> {task: per-example loss [B]} for the names in `tasks`
-        (default: the multi-task losses of `zoo.models.losses`; pre-training passes its own).
+        The model declares its loss: `model.per_example_losses(labels, outputs)` ->
+        {task: per-example loss [B]} for the names in `tasks` (the loop never looks inside
+        the model to choose one).
         """
         self.strategy = strategy
         self.model = model
@@ -86,7 +85,6 @@ class Trainer:
         self.summary = (tf.summary.create_file_writer(summary_dir) if summary_dir
                         else tf.summary.create_noop_writer())
         self._tasks = list(tasks)
-        self.loss_fn = loss_fn
         self.history: list[dict] = []  # mean losses per loop call, for curves and tests
         self.coordinator = (tf.distribute.coordinator.ClusterCoordinator(strategy)
                             if isinstance(strategy, tf.distribute.ParameterServerStrategy)
@@ -138,10 +136,7 @@ class Trainer:
     def _forward_backward_fn(self, features, labels):
         with tf.GradientTape() as tape:
             outputs = self.model(features, training=True)
-            per_task = (self.loss_fn(labels, outputs) if self.loss_fn else
-                        losses_lib.per_example_losses(
-                            labels, outputs, purchase_on_clicks_only=(
-                                losses_lib.purchase_loss_on_clicks_only(self.model))))
+            per_task = self.model.per_example_losses(labels, outputs)
             per_example = losses_lib.combine(per_task, self.config.task_weights)
             loss = tf.nn.compute_average_loss(
                 per_example, global_batch_size=self.config.global_batch_size)
@@ -274,6 +269,8 @@ def predict_dataset(model: keras.Model, dataset: tf.data.Dataset,
 
     Returns (outputs, extras) as numpy arrays; extras are the ids and labels carried along.
     """
+    from zoo.models.features import TASKS
+
     forward = tf.function(lambda features: model(features, training=False), autograph=False,
                           jit_compile=jit_compile)
     preds: dict[str, list] = {}

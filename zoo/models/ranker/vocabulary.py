@@ -1,4 +1,5 @@
-"""Vocabularies of `bert_mtl`, learned from TRAINING examples only.
+"""Vocabularies of the shared ranker (`bert_mtl`, `dnn_mtl`), learned from TRAINING
+examples only.
 
 The vocabulary is a JSON-serialisable dict (the trainer saves it next to the run; the
 model also carries it inside its `.keras` file, in the preprocessor's config):
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from zoo.models.strings import most_frequent  # noqa: F401  (the family's API)
+
 FORMAT = "bert_mtl.vocabulary/1"
 RESERVED_TOKENS = ("[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]")
 PAD, CLS, SEP, UNK, MASK = RESERVED_TOKENS
@@ -31,10 +34,9 @@ def _user_vocab_size(config) -> int:
 
 
 def _config(config) -> dict:
-    if isinstance(config, str):
-        from zoo.registry import get_config
-
-        return get_config("bert_mtl", config)
+    if not isinstance(config, dict):
+        raise TypeError(f"expected a resolved config dict (zoo.get_config(...)), got "
+                        f"{type(config).__name__}")
     return dict(config)
 
 
@@ -54,37 +56,6 @@ def _as_str(values) -> np.ndarray:
                                  for v in arr], dtype=str)
         return arr.astype(str)
     return arr.astype(str)
-
-
-def _arrow_strings(values):
-    """A pyarrow string array from str / bytes / object arrays (no Python-level loop)."""
-    import pyarrow as pa
-
-    arr = np.asarray(values).ravel()
-    if arr.dtype.kind == "O" and any(isinstance(v, bytes) for v in arr[: min(arr.size, 1000)]):
-        return pa.array(arr, type=pa.binary()).cast(pa.string())
-    if arr.dtype.kind == "S":
-        return pa.array(arr.astype(object), type=pa.binary()).cast(pa.string())
-    return pa.array(arr.astype(object) if arr.dtype.kind != "O" else arr, type=pa.string())
-
-
-def most_frequent(*arrays, max_size: int) -> list[str]:
-    """Distinct non-empty strings, most frequent first (ties: alphabetical), at most max_size."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if not arrays:
-        return []
-    column = pa.chunked_array([_arrow_strings(a) for a in arrays], type=pa.string())
-    counts = pc.value_counts(column)
-    values = counts.field("values").to_numpy(zero_copy_only=False).astype(object)
-    freq = counts.field("counts").to_numpy()
-    keep = values != ""
-    values, freq = values[keep], freq[keep]
-    if values.size == 0:
-        return []
-    order = np.lexsort((values.astype(str), -freq))
-    return [str(v) for v in values[order][:max_size]]
 
 
 def quantile_edges(prices, num_buckets: int) -> list[float]:
@@ -138,7 +109,7 @@ def fit_vocabulary(features: dict, config) -> dict:
         return [features[n] for n in names if n in features]
 
     if config.get("text_encoder", "wordpiece") == "minilm":  # the pretrained tower's own
-        from zoo.models.bert_mtl import text_encoders
+        from zoo.models.ranker import text_encoders
         wordpiece = text_encoders.minilm_vocabulary()
     else:
         texts = np.concatenate([_as_str(a) for a in cols("query", "item_title")] or
@@ -189,7 +160,7 @@ def placeholder_vocabulary(config) -> dict:
     """A vocabulary of the config's nominal sizes (for parameter counts and smoke tests)."""
     config = _config(config)
     if config.get("text_encoder", "wordpiece") == "minilm":
-        from zoo.models.bert_mtl import text_encoders
+        from zoo.models.ranker import text_encoders
         wp = text_encoders.minilm_vocabulary()
     else:
         wp = _fallback_wordpiece()

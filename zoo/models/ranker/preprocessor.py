@@ -1,4 +1,4 @@
-"""`BertMtlPreprocessor`: raw feature dict -> integer tensors for `BertMtlBackbone`.
+"""`RankerPreprocessor`: raw feature dict -> integer tensors for `BertMtlBackbone`.
 
 All string ops of the model live here (WordPiece, id lookups, bucketing), so the same
 layer runs inside `tf.data.map` during training and inside the serving graph: training and
@@ -30,7 +30,7 @@ import tensorflow as tf
 # inner (ragged) tokenizer outputs to Python lists in eager mode, string ops on the CPU.
 from keras_hub.src.utils.tensor_utils import preprocessing_function
 
-from zoo.models.bert_mtl import vocabulary as vocab_lib
+from zoo.models.ranker import vocabulary as vocab_lib
 from zoo.models.features import HISTORY_EVENT_TYPES
 
 # Largest time gap with its own bucket: about a year, in seconds.
@@ -50,7 +50,7 @@ def gap_edges(num_gap_buckets: int) -> list[float]:
 
 
 @keras.saving.register_keras_serializable(package="ecom_zoo")
-class BertMtlPreprocessor(keras_hub.models.Preprocessor):
+class RankerPreprocessor(keras_hub.models.Preprocessor):
     """Raw features -> backbone inputs. `call(x, y=None, sample_weight=None)`.
 
     Args:
@@ -222,3 +222,7 @@ class BertMtlPreprocessor(keras_hub.models.Preprocessor):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+# The earlier class name, so model.keras files written before the rename still load.
+keras.saving.get_custom_objects()["ecom_zoo>BertMtlPreprocessor"] = RankerPreprocessor

@@ -1,0 +1,238 @@
+"""`MultitaskTask`: train a zoo model on click, purchase, price range and demand.
+
+Fine-tuning options live here because only this task has them: a pre-trained encoder
+(`--init_checkpoint`), LoRA adapters or a frozen encoder, a fraction of the labels. Under
+parameter servers the model that is evaluated, saved and exported is a local copy with the
+sharded tables gathered, so the saved model is the same whatever the strategy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from trainers.core import base_task, evaluation, rundir
+
+# Model config keys of pre-training only: changing one does not change a fine-tuning run.
+PRETRAIN_KEY_PREFIX = "pretrain_"
+# TrainConfig fields recorded in the run spec when they differ from their defaults.
+FINE_TUNING_FIELDS = ("init_checkpoint", "lora_rank", "freeze_encoder",
+                      "lora_train_embeddings", "labels_fraction")
+
+
+def check_fine_tuning(config) -> None:
+    """The --lora_rank / --freeze_encoder flags agree (checked before anything is written)."""
+    if config.lora_rank and config.freeze_encoder:
+        raise ValueError("--lora_rank and --freeze_encoder exclude each other")
+    if config.lora_rank < 0:
+        raise ValueError(f"--lora_rank must be >= 0, got {config.lora_rank}")
+    if config.lora_train_embeddings and not config.lora_rank:
+        raise ValueError("--lora_train_embeddings needs --lora_rank > 0")
+
+
+def adapt_for_fine_tuning(model, config) -> None:
+    """--lora_rank / --freeze_encoder: what of the encoder trains."""
+    check_fine_tuning(config)
+    if config.lora_rank:
+        model.backbone.enable_lora(config.lora_rank)  # freezes the rest of the backbone
+        if config.lora_train_embeddings:
+            # The id, user and feature tables (and the embedding LayerNorm): what the
+            # adapters of the attention cannot change, and what pre-training with the
+            # candidate hidden never trained (the rank and item-count buckets).
+            model.backbone.embeddings.trainable = True
+    elif config.freeze_encoder:
+        model.backbone.trainable = False
+
+
+def init_encoder(model, init_checkpoint: str) -> None:
+    """Loads a pre-trained encoder (trainers.pretrain) into the model's backbone."""
+    import tensorflow as tf
+    from trainers.core.pretrain_task import encoder_path
+    from zoo.models.bert_mtl import pretrainer
+
+    path = encoder_path(init_checkpoint)
+    if not tf.io.gfile.exists(path + ".index"):
+        raise ValueError(f"--init_checkpoint {init_checkpoint}: no encoder checkpoint "
+                         f"{path}.index; expected a finished python -m trainers.pretrain run")
+    try:
+        pretrainer.load_encoder(model.backbone, path)
+    except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as e:
+        raise ValueError(f"--init_checkpoint {init_checkpoint}: its encoder does not fit "
+                         f"this model (different preset or overrides, or written before "
+                         f"bert_mtl's encoder layers became TransformerEncoderBlock?): "
+                         f"{e}") from None
+
+
+def build_model(config, vocabulary: dict, sample: dict):
+    """The zoo model with its weights built (by a call on `sample`), the pre-trained encoder
+    loaded and LoRA / freezing applied: the same construction in and out of a strategy."""
+    import keras
+    import zoo
+
+    # Seeded here, not only at the start: what ran before (data preparation, vocabulary
+    # fitting) must not change the initial weights, or a resumed or relaunched cluster
+    # task would start from other weights than its peers.
+    keras.utils.set_random_seed(config.seed)
+    model = zoo.get(config.model, config.preset, vocabulary=vocabulary,
+                    num_price_ranges=config.label_config.num_price_ranges,
+                    **config.model_overrides)
+    model(model.preprocessor(evaluation.raw_features(sample)))
+    if config.init_checkpoint:
+        init_encoder(model, config.init_checkpoint)
+    adapt_for_fine_tuning(model, config)
+    return model
+
+
+def gathered_copy(source, target):
+    """Copies source's weights into target (built the same way, outside any strategy): a
+    sharded table is read whole here, once."""
+    import tensorflow as tf
+
+    if [tuple(w.shape) for w in source.weights] != [tuple(w.shape) for w in target.weights]:
+        raise ValueError("gathered_copy: the two models differ in their weights")
+    for s, t in zip(source.weights, target.weights):
+        t.assign(tf.convert_to_tensor(getattr(s, "value", s)))
+    return target
+
+
+class MultitaskTask(base_task.Task):
+    name = "multitask"
+    spec_ignore = (PRETRAIN_KEY_PREFIX,)
+
+    def __init__(self):
+        self._local = None
+        self._eval_ds = None
+
+    @property
+    def loss_names(self):
+        from zoo.models.features import TASKS
+
+        return TASKS
+
+    def check(self, config, model_config, spec) -> None:
+        check_fine_tuning(config)
+        if config.init_checkpoint and not spec.pretrainable:
+            raise ValueError(f"--init_checkpoint: model {config.model!r} has no pre-trained "
+                             "encoder to start from (python -m zoo list)")
+
+    def run_spec(self, config, model_config):
+        defaults = type(config)()
+        return {"model": config.model, "preset": config.preset, "model_config": model_config,
+                "label_config": dataclasses.asdict(config.label_config),
+                **{k: getattr(config, k) for k in FINE_TUNING_FIELDS
+                   if getattr(config, k) != getattr(defaults, k)}}
+
+    def initial_vocabulary(self, config):
+        if not config.init_checkpoint:
+            return None
+        vocabulary = rundir.read_vocabulary(config.init_checkpoint)
+        if vocabulary is None:
+            raise ValueError(f"--init_checkpoint {config.init_checkpoint}: no vocabulary.json; "
+                             "expected a model_dir written by python -m trainers.pretrain")
+        return vocabulary
+
+    def build_network(self, run):
+        run.model = build_model(run.config, run.vocabulary, run.sample)
+        return run.model
+
+    def local_model(self, run):
+        """The model to evaluate, save and export: under parameter_server a copy on this
+        process with the sharded tables gathered (same weights, one variable per table).
+        Built once; each call copies the current weights."""
+        if not run.parameter_server:
+            return run.model
+        if self._local is None:
+            self._local = build_model(run.config, run.vocabulary, run.sample)
+        return gathered_copy(run.model, self._local)
+
+    def train_dataset(self, run, ctx):
+        import tensorflow as tf
+        from zoo.data import pipeline
+        from zoo.models.features import split_labels
+
+        config = run.config
+        preprocessor = run.model.preprocessor
+        per_replica = ctx.get_per_replica_batch_size(config.batch_size)
+        # Each step takes one batch per replica fed by this pipeline.
+        per_step = ctx.num_replicas_in_sync // ctx.num_input_pipelines
+        # parameter_server: every worker runs this same (once traced) pipeline,
+        # asynchronously; the worker's index in the seed gives each its own order.
+        seed = config.seed
+        if run.parameter_server:
+            seed = tf.cast(tf.distribute.coordinator.experimental_get_current_worker_index(),
+                           tf.int64) + config.seed
+        ds = pipeline.make_dataset(
+            run.train_files, batch_size=per_replica, shuffle=True, repeat=True,
+            seed=seed, cache=config.cache_dataset,
+            drop_remainder=True, history_length=config.label_config.history_length,
+            input_context=ctx,
+            skip_batches=0 if run.parameter_server else run.start_step * per_step,
+            keep_fraction=config.labels_fraction)
+
+        def features_and_labels(batch):
+            return preprocessor(evaluation.raw_features(batch)), split_labels(batch)[1]
+
+        return ds.map(features_and_labels, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+            tf.data.AUTOTUNE)
+
+    def _eval_dataset(self, run):
+        if self._eval_ds is None and run.has_eval:
+            self._eval_ds = evaluation.eval_dataset(run.builder, "eval", run.model.preprocessor,
+                                                    run.config)
+        return self._eval_ds
+
+    def periodic_evaluation(self, run):
+        from trainers.core import loop, metrics as metrics_lib
+
+        eval_ds = self._eval_dataset(run)
+        if eval_ds is None:
+            return None
+
+        def evaluate(step):
+            preds, extras = loop.predict_dataset(self.local_model(run), eval_ds,
+                                                 jit_compile=run.jit_compile)
+            return metrics_lib.multitask_metrics(extras, preds, extras["user_id"])
+
+        return evaluate
+
+    def describe(self, run):
+        from trainers.core.train_lib import trainable_parameters
+
+        c = run.config
+        return (f"training {c.model}/{c.preset} ({run.model.count_params():,} parameters, "
+                f"{trainable_parameters(run.model):,} trainable) under {c.strategy} for "
+                f"{run.steps} steps of {c.batch_size} ({run.num_train:,} train examples), "
+                f"from step {run.start_step}; model_dir={run.model_dir}")
+
+    def evaluate(self, run, result):
+        import tensorflow as tf
+        from trainers.core.train_lib import trainable_parameters
+
+        model = self.local_model(run)
+        result["parameters"] = model.count_params()
+        result["trainable_parameters"] = trainable_parameters(model)
+        eval_ds = self._eval_dataset(run)
+        if eval_ds is None:
+            return
+        model_metrics, oracle_metrics, table = evaluation.evaluate_model(
+            model, eval_ds, run.builder.info.metadata, run.config, run.jit_compile)
+        result["metrics"] = model_metrics
+        if oracle_metrics:
+            result["oracle"] = oracle_metrics
+        if run.config.verbose:
+            print(f"\nevaluation on the eval split (step {run.trainer.step}):\n{table}")
+        with run.trainer.summary.as_default(step=run.trainer.step):
+            for k, v in model_metrics.items():
+                tf.summary.scalar(f"eval/{k}", v)
+        run.trainer.summary.flush()
+
+    def save(self, run, result):
+        model = self.local_model(run)
+        tmp = os.path.join(run.model_dir, "model.tmp.keras")  # Keras wants the suffix
+        model.save(tmp)
+        os.replace(tmp, os.path.join(run.model_dir, rundir.MODEL))
+        rundir.write_json(os.path.join(run.model_dir, rundir.TRAIN_CONFIG), {
+            **rundir.jsonable(dataclasses.asdict(run.config)), "model_dir": run.model_dir,
+            "total_steps": run.steps, "price_edges": run.builder.info.metadata["price_edges"]})
+        rundir.write_serving_examples(run.model_dir, builder=run.builder)
+
