@@ -335,3 +335,32 @@ def test_user_embedding_known_users_differ_new_users_share_oov(vocab, batch, fam
     reloaded = keras.models.load_model(path)
     np.testing.assert_allclose(_np(reloaded(reloaded.preprocessor(one))["click"]), click,
                                rtol=1e-5, atol=1e-7)
+
+
+def test_a_model_saved_under_the_earlier_class_names_still_loads(model, batch, tmp_path):
+    """`MultitaskRanker` / `RankerPreprocessor` were `BertMtl` / `BertMtlPreprocessor` in
+    `zoo.models.bert_mtl.task` / `.preprocessor`: a .keras file naming those loads."""
+    import zipfile
+
+    path = str(tmp_path / "new.keras")
+    model.save(path)
+    old = str(tmp_path / "old.keras")
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(old, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "config.json":
+                text = data.decode()
+                assert "ecom_zoo>MultitaskRanker" in text
+                text = (text.replace("zoo.models.ranker.task", "zoo.models.bert_mtl.task")
+                        .replace("zoo.models.ranker.preprocessor",
+                                 "zoo.models.bert_mtl.preprocessor")
+                        .replace("MultitaskRanker", "BertMtl")
+                        .replace("RankerPreprocessor", "BertMtlPreprocessor"))
+                assert "MultitaskRanker" not in text and "RankerPreprocessor" not in text
+                data = text.encode()
+            dst.writestr(item, data)
+    reloaded = zoo.load_model(old)
+    x = model.preprocessor(batch[0])
+    for k, v in model(x).items():
+        np.testing.assert_allclose(_np(reloaded(reloaded.preprocessor(batch[0]))[k]), _np(v),
+                                   rtol=1e-5, atol=1e-6, err_msg=k)

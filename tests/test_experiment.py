@@ -8,7 +8,7 @@ from trainers.core import config as config_lib
 
 
 def test_experiment_runs_every_row_and_writes_its_table(shop, tmp_path, capsys):
-    from trainers import experiment, multitask
+    from trainers import experiment
     data, tfds_dir = shop
     base = config_lib.TrainConfig(
         data_dir=data, tfds_dir=tfds_dir, label_config=LABEL_CFG, preset="tiny", steps=20,

@@ -15,9 +15,9 @@ import pytest
 from helpers import LABEL_CFG, REPO, run, subprocess_env, trainer_cmd
 from trainers.core import config as config_lib, evaluation, multitask_task, rundir
 
+
 def test_tiny_beats_untrained_on_every_task(trained):
     import zoo
-    from trainers import multitask
     from zoo.data import prepare
 
     config, result = trained
@@ -58,6 +58,17 @@ def test_outputs_of_arun(trained):
     # The loss went down over the run.
     curve = [p["loss"] for p in result["loss_curve"]]
     assert curve[-1] < curve[0]
+
+
+def test_the_run_writes_a_flagfile_that_gives_back_its_config(trained):
+    from absl import flags
+
+    config, _ = trained
+    path = os.path.join(config.model_dir, config_lib.FLAGFILE)
+    fv = flags.FlagValues()
+    config_lib.define_flags(flag_values=fv)
+    fv(["prog", f"--flagfile={path}"])
+    assert config_lib.from_flags(fv) == config
 
 
 def test_predict_matches_in_process_outputs(trained, tmp_path):
@@ -207,7 +218,6 @@ def test_model_dir_of_another_run_is_refused(trained):
 def test_pre_training_options_do_not_block_a_resume(tmp_path):
     """check_same_run: a pretrain_* key differs (or is new) -> the fine-tuning run resumes;
     any other model_config key differs -> refused."""
-    from trainers import multitask
     spec = {"model": "bert_mtl", "model_config": {"hidden_dim": 64, "pretrain_x": 1}}
     ignore = (multitask_task.PRETRAIN_KEY_PREFIX,)
     new_spec = rundir.check_same_run(str(tmp_path), spec, ignore=ignore)

@@ -259,7 +259,7 @@ def fitted():
     reg = _registry()
     config = reg.config("popularity", "tiny")
     train = random_raw_batch(batch_size=256, history_length=50, seed=0)
-    vocab = reg.spec("popularity").fit_vocabulary(train, config)
+    vocab = reg.spec("popularity").fit(train, config)
     model = reg.get("popularity", "tiny", vocabulary=vocab)
     return config, vocab, model
 
@@ -356,7 +356,7 @@ def test_beats_trivial_baselines_on_the_small_shop(shop):
     train, evaluation = _read(builder, "train"), _read(builder, "eval")
     reg = _registry()
     config = reg.config("popularity", "small", max_history=16)
-    vocab = reg.spec("popularity").fit_vocabulary(train, config)
+    vocab = reg.spec("popularity").fit(train, config)
     # The label edges are recovered exactly (float32 prices).
     np.testing.assert_allclose(vocab["price_edges"], builder.info.metadata["price_edges"],
                                rtol=1e-6)

@@ -123,9 +123,9 @@ class Trainer:
             except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as e:
                 raise ValueError(
                     f"checkpoint {latest} does not fit this model: written with another "
-                    "model, preset or overrides, or by ecom-zoo before 2026-12-03 (bert_mtl's "
-                    "encoder layers changed then); resume with what wrote it, or use a new "
-                    f"--model_dir. ({type(e).__name__}: {str(e)[:300]})") from None
+                    "model, preset or overrides, or by an ecom-zoo release whose layers "
+                    "differ; resume with what wrote it, or use a new --model_dir. "
+                    f"({type(e).__name__}: {str(e)[:300]})") from None
             logging.info("restored %s at step %d", latest, self.step)
         return self.step
 

@@ -17,12 +17,12 @@ Outputs (B = batch, H = max_history):
 from __future__ import annotations
 
 import keras
-import keras_hub
 import numpy as np
 import tensorflow as tf
 from keras_hub.src.utils.tensor_utils import preprocessing_function
 
 from zoo.models.features import HISTORY_EVENT_TYPES
+from zoo.models.preprocessing import BehaviourPreprocessor
 
 INT_OUTPUTS = ("item_index", "category_index", "position_bucket", "price_bucket")
 FLOAT_OUTPUTS = ("item_purchases_7d",)
@@ -30,7 +30,7 @@ HISTORY_OUTPUTS = ("hist_category_index", "hist_event_index", "hist_price_bucket
 
 
 @keras.saving.register_keras_serializable(package="ecom_zoo")
-class PopularityPreprocessor(keras_hub.models.Preprocessor):
+class PopularityPreprocessor(BehaviourPreprocessor):
     """Raw features -> `Popularity` inputs. `call(x, y=None, sample_weight=None)`.
 
     Args:
@@ -69,25 +69,13 @@ class PopularityPreprocessor(keras_hub.models.Preprocessor):
     def num_price_ranges(self) -> int:
         return len(self.vocabulary["price_edges"]) + 1
 
-    def _history(self, x, pad_value):
-        x = x[:, : self.max_history]
-        pad = self.max_history - tf.shape(x)[1]
-        x = tf.pad(x, [[0, 0], [0, pad]], constant_values=pad_value)
-        return tf.reshape(x, [-1, self.max_history])
-
-    @staticmethod
-    def _index(layer, x):
-        return tf.cast(layer(x), tf.int32)
-
     @preprocessing_function
     def call(self, x, y=None, sample_weight=None):
         f = {k: tf.convert_to_tensor(v) for k, v in x.items()}
-        position = tf.cast(f["position"], tf.int32)
         out = {
             "item_index": self._index(self.item_lookup, f["item_id"]),
             "category_index": self._index(self.category_lookup, f["item_category"]),
-            "position_bucket": tf.where(
-                position < 0, 0, tf.minimum(position, self.max_position - 1) + 1),
+            "position_bucket": self._position_bucket(f["position"]),
             "price_bucket": self._index(self.price_discretization,
                                         tf.cast(f["item_price"], tf.float32)),
             "item_purchases_7d": tf.cast(f["item_purchases_7d"], tf.float32),

@@ -32,6 +32,7 @@ from keras_hub.src.utils.tensor_utils import preprocessing_function
 
 from zoo.models.ranker import vocabulary as vocab_lib
 from zoo.models.features import HISTORY_EVENT_TYPES
+from zoo.models.preprocessing import BehaviourPreprocessor
 
 # Largest time gap with its own bucket: about a year, in seconds.
 MAX_GAP_SECONDS = 3.2e7
@@ -50,7 +51,7 @@ def gap_edges(num_gap_buckets: int) -> list[float]:
 
 
 @keras.saving.register_keras_serializable(package="ecom_zoo")
-class RankerPreprocessor(keras_hub.models.Preprocessor):
+class RankerPreprocessor(BehaviourPreprocessor):
     """Raw features -> backbone inputs. `call(x, y=None, sample_weight=None)`.
 
     Args:
@@ -137,16 +138,6 @@ class RankerPreprocessor(keras_hub.models.Preprocessor):
             tokens = tokens.to_tensor(default_value=0, shape=[None, length])
         return tf.cast(tokens, tf.int32)
 
-    def _history(self, x, pad_value):
-        x = x[:, : self.max_history]
-        pad = self.max_history - tf.shape(x)[1]
-        x = tf.pad(x, [[0, 0], [0, pad]], constant_values=pad_value)
-        return tf.reshape(x, [-1, self.max_history])
-
-    @staticmethod
-    def _index(layer, x):
-        return tf.cast(layer(x), tf.int32)
-
     @preprocessing_function
     def call(self, x, y=None, sample_weight=None):
         f = {k: tf.convert_to_tensor(v) for k, v in x.items()}
@@ -160,9 +151,7 @@ class RankerPreprocessor(keras_hub.models.Preprocessor):
             out["user_index"] = self._index(self.user_lookup, f["user_id"])
         price = tf.cast(f["item_price"], tf.float32)
         out["price_bucket"] = self._index(self.price_discretization, price) + 1
-        position = tf.cast(f["position"], tf.int32)
-        out["position_bucket"] = tf.where(
-            position < 0, 0, tf.minimum(position, self.max_position - 1) + 1)
+        out["position_bucket"] = self._position_bucket(f["position"])
 
         for name in ("item_clicks", "item_purchases"):
             count = tf.cast(f[f"{name}_7d"], tf.float32)
