@@ -5,6 +5,7 @@ training impressions; pre-training and vocabularies see all of their features) i
 and evaluates, on the same time split:
 
   popularity          the non-neural baseline (statistics of the labelled impressions)
+  gbdt                LightGBM on the standard log features (the yardstick)
   dnn_mtl             pooled embeddings + MLP towers (the classic deep recommender)
   bert_mtl            the transformer, from scratch
   bert_mtl+pretrain   pre-trained on the logs (trainers.pretrain, once), then fine-tuned
@@ -37,6 +38,7 @@ from zoo.data import contract  # noqa: E402
 # name -> (model, overrides of TrainConfig, model config overrides, needs pre-training)
 RUNS = {
     "popularity": ("popularity", {}, {}, False),
+    "gbdt": ("gbdt", {}, {}, False),
     "dnn_mtl": ("dnn_mtl", {}, {}, False),
     "bert_mtl": ("bert_mtl", {}, {}, False),
     "bert_mtl+pretrain": ("bert_mtl", {}, {}, True),
@@ -49,7 +51,7 @@ RUNS = {
     "mmoe": ("mmoe", {}, {}, False),
     "ple": ("ple", {}, {}, False),
 }
-DEFAULT_RUNS = ("popularity", "dnn_mtl", "bert_mtl", "bert_mtl+pretrain", "bert_mtl+minilm",
+DEFAULT_RUNS = ("popularity", "gbdt", "dnn_mtl", "bert_mtl", "bert_mtl+pretrain", "bert_mtl+minilm",
                 "bert_mtl+lora", "bert_mtl+lora_emb", "bert_mtl-naive")
 
 
@@ -75,7 +77,6 @@ def pretrain_dir(config: ExperimentConfig) -> str:
 def run(config: ExperimentConfig) -> list[dict]:
     """Trains and evaluates every (fraction, run); returns the result rows."""
     from trainers.core import train_lib
-    from trainers.core.multitask_task import MultitaskTask
     from trainers.core.pretrain_task import DEFAULT_TASK_WEIGHTS, PretrainTask
 
     unknown = sorted(set(config.runs) - set(RUNS))
@@ -106,7 +107,7 @@ def run(config: ExperimentConfig) -> list[dict]:
                 init_checkpoint=pretrain_dir(config) if pretrained else None, **overrides)
             if base.verbose:
                 print(f"\n=== {name} at {fraction:.0%} of the labels ===")
-            result = train_lib.run_experiment(MultitaskTask(), run_config)
+            result = train_lib.train(run_config)
             rows.append({"fraction": fraction, "run": name, "metrics": result.get("metrics", {}),
                          "oracle": result.get("oracle"),
                          "train_seconds": result["train_seconds"], "steps": result["step"],

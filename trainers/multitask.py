@@ -23,7 +23,7 @@ from zoo.data import contract  # noqa: E402
 
 def run(config: config_lib.TrainConfig) -> dict:
     """Trains, evaluates and saves; with `config.export_base` exports the model too."""
-    from trainers.core import multitask_task, train_lib
+    from trainers.core import train_lib
 
     def export(model_dir: str, result: dict) -> None:
         from export import saved_model
@@ -33,8 +33,7 @@ def run(config: config_lib.TrainConfig) -> dict:
         if config.verbose:
             print(f"exported {result['export']}")
 
-    return train_lib.run_experiment(multitask_task.MultitaskTask(), config,
-                                    after_save=export if config.export_base else None)
+    return train_lib.train(config, after_save=export if config.export_base else None)
 
 
 def main(argv):

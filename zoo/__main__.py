@@ -15,7 +15,7 @@ def _list(args) -> int:
     for name, presets in zoo.list_models().items():
         spec = zoo.describe(name)
         for preset in presets:
-            if args.no_params:
+            if args.no_params or spec["trainer"] != "keras":
                 params = "-"
             else:
                 params = f"{zoo.count_preset_params(name, preset):,}"

@@ -84,6 +84,11 @@ class ModelSpec:
     wants_xla: Callable[[dict], bool] | None = None
     # Whether `trainers.pretrain` can pre-train this family's encoder.
     pretrainable: bool = False
+    # How the family is trained: "keras" (the custom loop under tf.distribute) or
+    # "lightgbm" (`trainers.core.gbdt_task`).
+    trainer: str = "keras"
+    # Whether `export.saved_model` can export it for TF Serving.
+    exportable: bool = True
 
     def build(self, config: dict, **build_args):
         return resolve(self.builder)(config, **build_args)
@@ -164,9 +169,9 @@ _REGISTERED = False
 
 def _register_builtin_families(registry: Registry) -> None:
     """THE place where model families are registered, in listing order."""
-    from zoo.models import bert_mtl, dnn_mtl, popularity
+    from zoo.models import bert_mtl, dnn_mtl, gbdt, popularity
 
-    for family in (bert_mtl, dnn_mtl, popularity):  # bert_mtl: also shared_bottom, mmoe, ple
+    for family in (bert_mtl, dnn_mtl, popularity, gbdt):  # bert_mtl: also shared_bottom, ...
         registry.register_family(family.SPECS)
 
 
@@ -241,6 +246,8 @@ def describe(name: str) -> dict:
         "description": spec.description,
         "default_preset": spec.default_preset,
         "build_args": list(spec.build_args),
+        "trainer": spec.trainer,
+        "exportable": spec.exportable,
         "presets": copy.deepcopy({k: dict(v) for k, v in spec.presets.items()}),
     }
 

@@ -121,6 +121,15 @@ LABEL_HELP = {
 }
 
 
+def model_config_of(config: TrainConfig) -> dict:
+    """The resolved zoo config of the run (preset + overrides + the label's K)."""
+    import zoo
+
+    return zoo.get_config(config.model, config.preset,
+                          num_price_ranges=config.label_config.num_price_ranges,
+                          **config.model_overrides)
+
+
 def parse_task_weights(text: str, tasks=None) -> dict:
     """'click=1,purchase=1,price_range=0.5,demand=0.5' -> dict; names checked against
     `tasks` (default: the multi-task outputs)."""

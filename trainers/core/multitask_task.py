@@ -83,6 +83,12 @@ def build_model(config, vocabulary: dict, sample: dict):
     return model
 
 
+def trainable_parameters(model) -> int:
+    import math
+
+    return int(sum(math.prod(v.shape) for v in model.trainable_variables))
+
+
 def gathered_copy(source, target):
     """Copies source's weights into target (built the same way, outside any strategy): a
     sharded table is read whole here, once."""
@@ -196,8 +202,6 @@ class MultitaskTask(base_task.Task):
         return evaluate
 
     def describe(self, run):
-        from trainers.core.train_lib import trainable_parameters
-
         c = run.config
         return (f"training {c.model}/{c.preset} ({run.model.count_params():,} parameters, "
                 f"{trainable_parameters(run.model):,} trainable) under {c.strategy} for "
@@ -206,8 +210,6 @@ class MultitaskTask(base_task.Task):
 
     def evaluate(self, run, result):
         import tensorflow as tf
-        from trainers.core.train_lib import trainable_parameters
-
         model = self.local_model(run)
         result["parameters"] = model.count_params()
         result["trainable_parameters"] = trainable_parameters(model)

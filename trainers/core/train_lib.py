@@ -20,15 +20,6 @@ from trainers.core import base_task, config as config_lib, rundir
 from zoo.data import prepare as prepare_lib
 
 
-def model_config_of(config) -> dict:
-    """The resolved zoo config of the run (preset + overrides + the label's K)."""
-    import zoo
-
-    return zoo.get_config(config.model, config.preset,
-                          num_price_ranges=config.label_config.num_price_ranges,
-                          **config.model_overrides)
-
-
 def use_jit(setting: str, model: str, model_config: dict) -> bool:
     """--jit_compile: true / false, or auto = what the model family declares."""
     import zoo
@@ -49,19 +40,13 @@ def learning_rate_schedule(config, total_steps: int):
         warmup_target=config.learning_rate, warmup_steps=warmup)
 
 
-def trainable_parameters(model) -> int:
-    import math
-
-    return int(sum(math.prod(v.shape) for v in model.trainable_variables))
-
-
 def check(task: base_task.Task, config) -> dict:
     """Every check that needs no data: flags, the model's config, the task's own rules.
     Returns the resolved model config. Runs before anything is created."""
     import zoo
 
     config_lib.validate(config)
-    model_config = model_config_of(config)
+    model_config = config_lib.model_config_of(config)
     task.task_weights(config)
     task.check(config, model_config, zoo.spec(config.model))
     return model_config
@@ -163,3 +148,17 @@ def run_experiment(task: base_task.Task, config,
     else:
         loop.cleanup_worker_dir(run.write_dir, run.model_dir)
     return result
+
+
+def train(config, after_save: Callable[[str, dict], None] | None = None) -> dict:
+    """Trains `config.model` the way its family is trained: the multi-task task under the
+    custom loop, or LightGBM for the tree family."""
+    import zoo
+
+    if zoo.spec(config.model).trainer == "lightgbm":
+        from trainers.core import gbdt_task
+
+        return gbdt_task.run(config, after_save=after_save)
+    from trainers.core.multitask_task import MultitaskTask
+
+    return run_experiment(MultitaskTask(), config, after_save=after_save)
