@@ -31,8 +31,11 @@ def test_experiment_runs_every_row_and_writes_its_table(shop, tmp_path, capsys):
     # The labels fraction reaches the runs: fewer labelled rows -> other baseline statistics.
     assert (by_run[(1.0, "popularity")]["metrics"]["click/logloss"]
             != by_run[(0.5, "popularity")]["metrics"]["click/logloss"])
+    assert (by_run[(1.0, "gbdt")]["metrics"]["click/logloss"]
+            != by_run[(0.5, "gbdt")]["metrics"]["click/logloss"])
     out = capsys.readouterr().out
     assert "bert_mtl+pretrain" in out and "oracle" in out and "ESMM >= naive" in out
+    assert "transformer >= GBDT (click AUC)" in out
     with open(tmp_path / "exp" / "results.csv") as f:
         table = list(csv.DictReader(f))
     assert len(table) == 2 * (len(experiment.DEFAULT_RUNS) + 1)  # + the oracle per fraction

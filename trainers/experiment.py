@@ -154,7 +154,9 @@ def shape_checks(rows: list[dict]) -> list[str]:
 
     out = []
     for f in dict.fromkeys(r["fraction"] for r in rows):
-        checks = [("transformer >= DNN (click AUC)", "bert_mtl", "dnn_mtl", "click/auc"),
+        checks = [("transformer >= GBDT (click AUC)", "bert_mtl", "gbdt", "click/auc"),
+                  ("transformer >= GBDT (purchase AUC)", "bert_mtl", "gbdt", "purchase/auc"),
+                  ("transformer >= DNN (click AUC)", "bert_mtl", "dnn_mtl", "click/auc"),
                   ("DNN >= baseline (click AUC)", "dnn_mtl", "popularity", "click/auc"),
                   ("pre-trained >= scratch (click AUC)", "bert_mtl+pretrain", "bert_mtl",
                    "click/auc"),

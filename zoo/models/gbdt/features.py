@@ -20,7 +20,9 @@ Features (NaN where undefined, e.g. a ratio over nothing; LightGBM handles NaN):
   user_category_clicks, user_category_purchases, user_category_seconds (since last click)
   user_brand_clicks, user_brand_purchases
   item_impressions_1d, item_clicks_1d, item_impressions_7d, item_clicks_7d,
-  item_purchases_7d, item_ctr (all impressions and clicks of the item so far)
+  item_purchases_7d, item_ctr (all impressions and clicks of the item so far),
+  item_cvr (purchases per click of the item so far), session_carts, user_cvr,
+  hour_of_day, day_of_week (UTC)
   query_category_impressions, query_category_ctr  impressions of this (query, category)
                                                  so far and the share clicked (a click counts
                                                  once it has happened)
@@ -46,7 +48,8 @@ NAMES = (
     "user_category_clicks", "user_category_purchases", "user_category_seconds",
     "user_brand_clicks", "user_brand_purchases",
     "item_impressions_1d", "item_clicks_1d", "item_impressions_7d", "item_clicks_7d",
-    "item_purchases_7d", "item_ctr",
+    "item_purchases_7d", "item_ctr", "item_cvr", "session_carts", "user_cvr",
+    "hour_of_day", "day_of_week",
     "query_category_impressions", "query_category_ctr",
     "price_vs_user_purchases", "price_vs_user_clicks",
 )
@@ -219,6 +222,14 @@ def build(tables: contract.Tables, impressions: np.ndarray | None = None) -> dic
     rate = np.nan_to_num(rate, nan=0.0)
     f["item_ctr"] = (all_clicks + CTR_PRIOR_STRENGTH * rate) / (all_imps + CTR_PRIOR_STRENGTH)
 
+    purchase_rate = np.nan_to_num(_ratio(before(everyone, ["purchase"]).total(zero, t),
+                                         before(everyone, ["click"]).total(zero, t)), nan=0.0)
+    f["item_cvr"] = ((before(item, ["purchase"]).total(it, t) + CTR_PRIOR_STRENGTH
+                      * purchase_rate) / (all_clicks + CTR_PRIOR_STRENGTH))
+    f["session_carts"] = before(session, ["cart"]).total(s_imp, t)
+    f["hour_of_day"] = ((t % SECONDS_PER_DAY) // 3600).astype(np.float64)
+    f["day_of_week"] = ((t // SECONDS_PER_DAY + 3) % 7).astype(np.float64)  # 0 = Monday
+
     # (query, category): impressions so far, and those whose click has happened by now.
     query_code = _codes(ev["query"])
     qc = query_code * n_cat + category
@@ -238,6 +249,7 @@ def build(tables: contract.Tables, impressions: np.ndarray | None = None) -> dic
     click_prices = before(user, ["click"], price)
     f["price_vs_user_clicks"] = _ratio(price[imp], _ratio(click_prices.total(u, t),
                                                            f["user_clicks"]))
+    f["user_cvr"] = _ratio(f["user_purchases"], f["user_clicks"])
     missing = sorted(set(NAMES) - set(f))
     assert not missing, missing
     out.update({k: np.asarray(f[k], np.float64) for k in NAMES})
