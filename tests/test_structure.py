@@ -183,7 +183,9 @@ def test_bad_flag_values_fail_before_anything_is_created(tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT)
     for bad, message in (("--batch_size=0", "--batch_size must be > 0"),
                          ("--steps=-5", "--steps must be >= 0"),
-                         ("--labels_fraction=2", "--labels_fraction must be in (0, 1]")):
+                         ("--labels_fraction=2", "--labels_fraction must be in (0, 1]"),
+                         ("--data_dir=/no/such/folder", "--data_dir /no/such/folder: not a "
+                          "directory")):
         model_dir = tmp_path / bad.strip("-").replace("=", "_")
         p = subprocess.run([sys.executable, "-m", "trainers.multitask", bad,
                             f"--model_dir={model_dir}"],

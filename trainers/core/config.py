@@ -271,6 +271,9 @@ def validate(config: TrainConfig) -> None:
         raise ValueError(f"--learning_rate must be > 0, got {config.learning_rate}")
     if not 0.0 < config.labels_fraction <= 1.0:
         raise ValueError(f"--labels_fraction must be in (0, 1], got {config.labels_fraction}")
+    if config.data_dir is not None and not os.path.isdir(config.data_dir):
+        raise ValueError(f"--data_dir {config.data_dir}: not a directory; expected a contract "
+                         "folder with events.(csv|parquet) and items.(csv|parquet)")
     for name, field in TrainConfig.__dataclass_fields__.items():
         choices = field.metadata.get("choices")
         if choices and getattr(config, name) not in choices:

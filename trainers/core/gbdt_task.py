@@ -51,7 +51,6 @@ def run(config, after_save=None) -> dict:
             "label_config": dataclasses.asdict(config.label_config),
             "labels_fraction": config.labels_fraction}
     new_spec = rundir.check_same_run(model_dir, spec)
-    os.makedirs(model_dir, exist_ok=True)
     builder = prepare_lib.prepare(config.data_dir, config.tfds_dir, config.label_config)
     meta = builder.info.metadata
     if config.verbose:
@@ -112,6 +111,7 @@ def run(config, after_save=None) -> dict:
             print(f"\nevaluation on the eval split ({int(is_eval.sum()):,} impressions):\n"
                   f"{table}")
 
+    os.makedirs(model_dir, exist_ok=True)
     model.save(os.path.join(model_dir, MODEL_FOLDER))
     if new_spec is not None:
         rundir.write_json(os.path.join(model_dir, rundir.RUN_SPEC), new_spec)

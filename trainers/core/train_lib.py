@@ -72,7 +72,6 @@ def run_experiment(task: base_task.Task, config,
     run.parameter_server = distribute.is_parameter_server(run.strategy)
     run.chief = distribute.is_chief(run.strategy)
     run.write_dir = distribute.write_dir(run.model_dir, run.strategy)
-    os.makedirs(run.write_dir, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
 
     # In a cluster the chief prepares the examples; the others wait for them to appear.
@@ -83,6 +82,7 @@ def run_experiment(task: base_task.Task, config,
     run.train_files = pipeline.split_files(run.builder, "train")
     run.num_train = run.builder.info.splits["train"].num_examples
     run.steps = task.total_steps(config, run.num_train)
+    os.makedirs(run.write_dir, exist_ok=True)  # after the data is known to be readable
 
     # Vocabulary: fitted once per model_dir, then reused so checkpoints stay compatible.
     new_spec = rundir.check_same_run(run.model_dir, task.run_spec(config, model_config),
