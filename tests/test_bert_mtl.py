@@ -241,7 +241,9 @@ def test_end_to_end_model_matches_two_step_call(model, batch):
 def test_heads_read_the_candidate_embedding_past_the_encoder(vocab, batch, to_heads, tmp_path):
     import keras
     features, _ = batch
-    model = zoo.get("bert_mtl", "tiny", vocabulary=vocab, candidate_embedding_to_heads=to_heads)
+    # The other direct paths to the heads (target attention, context features) off.
+    model = zoo.get("bert_mtl", "tiny", vocabulary=vocab, candidate_embedding_to_heads=to_heads,
+                    target_attention=False, context_features=False)
     x = model.preprocessor(features)
     model(x)
     # Zeroed transformer layers (post-LN, gamma 0) output zeros: the encoder path is cut.

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 import zoo
 from zoo.models import popularity
-from zoo.models.features import RAW_FEATURES, TASKS
+from zoo.models.features import CONTEXT_FEATURES, RAW_FEATURES, TASKS
 from zoo.models.popularity import scorer as scorer_lib, task as task_lib, vocabulary as V
 from zoo.models.testing import random_raw_batch, split_labels
 
@@ -84,6 +84,8 @@ def hand_features(rows=ROWS, histories=HISTORIES, length=4):
         "price_range_mask": (np.array(col[6]) >= 0).astype(np.float32),
         "demand": np.array(col[7], np.float32),
         "timestamp": np.arange(n, dtype=np.int64),
+        # Context features (unused by popularity): undefined.
+        **{name: np.full(n, -1.0, np.float32) for name in CONTEXT_FEATURES},
     }
 
 

@@ -123,8 +123,11 @@ class MultitaskTask(base_task.Task):
 
     def run_spec(self, config, model_config):
         defaults = type(config)()
+        from zoo.data.ecom_events import EXAMPLES_VERSION
+
         return {"model": config.model, "preset": config.preset, "model_config": model_config,
                 "label_config": dataclasses.asdict(config.label_config),
+                "examples_version": EXAMPLES_VERSION,
                 **{k: getattr(config, k) for k in FINE_TUNING_FIELDS
                    if getattr(config, k) != getattr(defaults, k)}}
 
@@ -229,12 +232,15 @@ class MultitaskTask(base_task.Task):
         run.trainer.summary.flush()
 
     def save(self, run, result):
+        from zoo.data.ecom_events import EXAMPLES_VERSION
+
         model = self.local_model(run)
         tmp = os.path.join(run.model_dir, "model.tmp.keras")  # Keras wants the suffix
         model.save(tmp)
         os.replace(tmp, os.path.join(run.model_dir, rundir.MODEL))
         rundir.write_json(os.path.join(run.model_dir, rundir.TRAIN_CONFIG), {
             **rundir.jsonable(dataclasses.asdict(run.config)), "model_dir": run.model_dir,
-            "total_steps": run.steps, "price_edges": run.builder.info.metadata["price_edges"]})
+            "total_steps": run.steps, "price_edges": run.builder.info.metadata["price_edges"],
+            "examples_version": EXAMPLES_VERSION})
         rundir.write_serving_examples(run.model_dir, builder=run.builder)
 

@@ -138,9 +138,23 @@ def load_trained(model_dir: str):
             raise FileNotFoundError(f"{p}: not found; expected a model_dir written by "
                                     "python -m trainers.multitask")
     with open(config_path, encoding="utf-8") as f:
-        label_config = labels_lib.LabelConfig.from_dict(json.load(f)["label_config"],
-                                                        source=config_path)
+        train_config = json.load(f)
+    check_examples_version(model_dir, train_config.get("examples_version"))
+    label_config = labels_lib.LabelConfig.from_dict(train_config["label_config"],
+                                                    source=config_path)
     return zoo.load_model(path), label_config
+
+
+def check_examples_version(model_dir: str, version) -> None:
+    """A model reads the examples of the code that trained it: the features of another
+    examples version are missing or mean something else, so it is refused, by name."""
+    from zoo.data.ecom_events import EXAMPLES_VERSION
+
+    if version != EXAMPLES_VERSION:
+        raise ValueError(
+            f"{model_dir} was trained on examples version {version or '3 or older'}; this "
+            f"code writes version {EXAMPLES_VERSION} (see zoo/data/ecom_events.py). Train it "
+            "again with python -m trainers.multitask (its flags are in flags.txt)")
 
 
 def write_serving_examples(model_dir: str, train_config: dict | None = None, builder=None,

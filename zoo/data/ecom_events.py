@@ -25,7 +25,9 @@ from zoo.data import contract, examples as examples_lib, labels as labels_lib, s
 
 
 # Bump when the example-building code changes what it writes: cached examples are re-made.
-EXAMPLES_VERSION = "3"  # 2: item_clicks_7d, item_purchases_7d; 3: next_item_id, next_category
+# 2: item_clicks_7d, item_purchases_7d; 3: next_item_id, next_category; 4: the context
+# features (`examples.CONTEXT_FEATURES`).
+EXAMPLES_VERSION = "4"
 
 
 def _fingerprint(contract_dir: str, config: labels_lib.LabelConfig) -> str:

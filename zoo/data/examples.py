@@ -12,7 +12,7 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
-from zoo.data import contract, labels as labels_lib
+from zoo.data import contract, labels as labels_lib, log_features
 
 # Feature names and dtypes of one example (the history features are lists of length <= L,
 # most recent event first). The parser in `zoo.data.pipeline` pads them to L.
@@ -22,6 +22,14 @@ SCALAR_FEATURES = {
     "item_title": np.bytes_, "item_price": np.float32, "position": np.int64,
     "timestamp": np.int64, "item_clicks_7d": np.float32, "item_purchases_7d": np.float32,
 }
+# The impression's context from the whole log before it (`zoo.data.log_features.CONTEXT`:
+# the session so far, the user's counts and recency with the candidate's item, category and
+# brand, trailing item and query x category statistics, price against the user's past);
+# what a feature store serves beside the request. Every value is >= 0; MISSING (-1) where
+# it is undefined (a ratio over nothing, a time since an event that never happened).
+CONTEXT_FEATURES = {name: np.float32 for name in log_features.CONTEXT}
+MISSING = -1.0
+SCALAR_FEATURES.update(CONTEXT_FEATURES)
 SEQUENCE_FEATURES = {
     "hist_item_id": np.bytes_, "hist_category": np.bytes_, "hist_brand": np.bytes_,
     "hist_event": np.bytes_, "hist_price": np.float32, "hist_price_bucket": np.int64,
@@ -58,6 +66,9 @@ class ExampleSource:
         self.labels = labels_lib.compute_labels(tables, self.config, prepared=self.prep)
         self.history = labels_lib.HistoryIndex(self.prep)
         self.item_stats = labels_lib.item_trailing_stats(self.prep, self.labels["row"])
+        built = log_features.build(tables, impressions=self.labels["row"])
+        self.context = {name: np.nan_to_num(built[name], nan=MISSING).astype(np.float32)
+                        for name in CONTEXT_FEATURES}
 
     def num_examples(self, split: str) -> int:
         is_eval = self.labels["is_eval"]
@@ -94,6 +105,7 @@ class ExampleSource:
             "position": ev["position"][imp],
             "timestamp": prep.ts[imp],
             **{name: values[sel] for name, values in self.item_stats.items()},
+            **{name: values[sel] for name, values in self.context.items()},
             "hist_length": valid.sum(axis=1).astype(np.int64),
             "hist_item": h_item,
             "hist_kind": np.where(valid, prep.kind[rows], -1).astype(np.int64),

@@ -20,7 +20,8 @@ def feature_spec(with_labels: bool = True, with_pretext: bool = False) -> dict:
     `with_pretext` adds pre-training's next-event targets."""
     spec = {}
     for name, dtype in examples_lib.SCALAR_FEATURES.items():
-        default = "" if dtype is np.bytes_ else (-1 if name == "position" else 0)
+        default = ("" if dtype is np.bytes_ else -1 if name == "position"
+                   else examples_lib.MISSING if name in examples_lib.CONTEXT_FEATURES else 0)
         spec[name] = tf.io.FixedLenFeature([], examples_lib.tf_dtype(dtype), default_value=default)
     for name, dtype in examples_lib.SEQUENCE_FEATURES.items():
         spec[name] = tf.io.RaggedFeature(examples_lib.tf_dtype(dtype), row_splits_dtype=tf.int64)

@@ -7,6 +7,12 @@ MOST RECENT FIRST (column 0 = latest event) and padded with "" / 0. Keys not lis
 
 from __future__ import annotations
 
+from zoo.data.log_features import CONTEXT
+
+# The impression's context from the log before it (see `zoo.data.log_features`): float32
+# values >= 0, -1 where undefined. Served beside the request, like the item's 7-day counts.
+CONTEXT_FEATURES = tuple(CONTEXT)
+
 # name -> (dtype, rank): rank 1 = [B], rank 2 = [B, L].
 RAW_FEATURES = {
     # Who sees the impression: models with a user embedding look it up (users not seen in
@@ -29,6 +35,7 @@ RAW_FEATURES = {
     "hist_event": ("string", 2),
     "hist_price": ("float32", 2),
     "hist_gap": ("float32", 2),
+    **{name: ("float32", 1) for name in CONTEXT_FEATURES},
 }
 
 HISTORY_EVENT_TYPES = ("click", "cart", "purchase")

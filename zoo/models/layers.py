@@ -213,3 +213,101 @@ class TransformerEncoderBlock(keras.layers.Layer):
             "bias_initializer": keras.initializers.serialize(self.bias_initializer),
         })
         return config
+
+
+@keras.saving.register_keras_serializable(package="ecom_zoo")
+class TargetAttention(keras.layers.Layer):
+    """DIN's local activation unit (Zhou et al. 2018): the candidate weighs each history event.
+
+    `call(history [B, H, D], candidate [B, D], mask [B, H])` -> [B, D]: the sum of the
+    events weighted by a small MLP over [event, candidate, event * candidate, event -
+    candidate]. The weights are softmax-normalised over the real events (BST/DIN variants
+    differ here; normalised weights keep the scale stable for long histories); an empty
+    history gives zeros. The self-attention of the encoder mixes events with each other and
+    the query; this pools them by their relevance to the one candidate, which is what makes
+    a user's past purchases of *this* brand count when *this* item is shown.
+    """
+
+    def __init__(self, hidden_dim=64, initializer_range=0.02, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_dim = int(hidden_dim)
+        self.initializer_range = float(initializer_range)
+
+        def init():
+            return keras.initializers.TruncatedNormal(stddev=self.initializer_range)
+        self.hidden = keras.layers.Dense(self.hidden_dim, activation="gelu",
+                                         kernel_initializer=init(), dtype=self.dtype_policy,
+                                         name="attention_hidden")
+        self.score = keras.layers.Dense(1, kernel_initializer=init(), dtype=self.dtype_policy,
+                                        name="attention_score")
+
+    def build(self, history_shape, candidate_shape=None, mask_shape=None):
+        d = history_shape[-1]
+        self.hidden.build((None, None, 4 * d))
+        self.score.build((None, None, self.hidden_dim))
+        self.built = True
+
+    def attention_weights(self, history, candidate, mask):
+        c = ops.broadcast_to(ops.expand_dims(candidate, 1), ops.shape(history))
+        x = ops.concatenate([history, c, history * c, history - c], axis=-1)
+        logits = ops.cast(ops.squeeze(self.score(self.hidden(x)), -1), "float32")  # [B, H]
+        real = ops.cast(mask, "bool")
+        logits = ops.where(real, logits, -1e9)
+        weights = ops.softmax(logits, axis=-1) * ops.cast(real, "float32")
+        return weights  # all zeros for an empty history
+
+    def call(self, history, candidate, mask):
+        weights = self.attention_weights(history, candidate, mask)
+        return ops.einsum("bh,bhd->bd", ops.cast(weights, history.dtype), history)
+
+    def compute_output_spec(self, history, candidate, mask):
+        return keras.KerasTensor((history.shape[0], history.shape[2]), dtype=self.compute_dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"hidden_dim": self.hidden_dim,
+                       "initializer_range": self.initializer_range})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="ecom_zoo")
+class PositionBias(keras.layers.Layer):
+    """PAL's position tower (Guo et al. 2019): the logit of p(seen | impression rank).
+
+    The click a log records is p(seen | rank) x p(click | seen); fitting the two apart keeps
+    the rank out of the relevance part, so a request whose rank is unknown (bucket 0: a
+    recommendation, before any list exists) is scored by relevance alone and cannot be
+    ordered by where items happened to be shown. During training a `dropout_rate` share of
+    the ranks is hidden (bucket 0), so bucket 0 learns the average rank's factor and a
+    rank-free answer stays calibrated. `call(position_bucket [B], training)` -> [B] logits.
+    """
+
+    def __init__(self, num_buckets, dropout_rate=0.1, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.num_buckets = int(num_buckets)
+        self.dropout_rate = float(dropout_rate)
+        if not 0.0 <= self.dropout_rate < 1.0:
+            raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed, name="position_dropout_seed")
+
+    def build(self, input_shape=None):
+        self.logits = self.add_weight(shape=(self.num_buckets,), initializer="zeros",
+                                      name="position_logits")
+        self.built = True
+
+    def call(self, position_bucket, training=None):
+        bucket = ops.cast(position_bucket, "int32")
+        if training and self.dropout_rate > 0:
+            hide = keras.random.uniform(ops.shape(bucket), seed=self.seed_generator)
+            bucket = ops.where(hide < self.dropout_rate, 0, bucket)
+        return ops.cast(ops.take(self.logits, bucket), "float32")
+
+    def compute_output_spec(self, position_bucket, training=None):
+        return keras.KerasTensor(position_bucket.shape, dtype="float32")
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"num_buckets": self.num_buckets, "dropout_rate": self.dropout_rate,
+                       "seed": self.seed})
+        return config

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from zoo.models.features import HISTORY_EVENT_TYPES, split_labels  # noqa: F401
+from zoo.models.features import CONTEXT_FEATURES, HISTORY_EVENT_TYPES, split_labels  # noqa: F401
 
 WORDS = ("red", "blue", "running", "shoes", "phone", "case", "wireless", "headphones",
          "coffee", "maker", "kids", "toy", "organic", "tea", "laptop", "stand", "usb",
@@ -79,6 +79,11 @@ def random_raw_batch(batch_size: int = 8, history_length: int = 50, seed: int = 
         "event_id": np.array([f"e{seed}_{i}" for i in range(B)], dtype=object),
         "timestamp": rng.integers(1_700_000_000, 1_700_100_000, size=B).astype(np.int64),
     }
+    # Context features: counts and rates >= 0, with some undefined (-1).
+    for name in CONTEXT_FEATURES:
+        batch[name] = np.where(rng.random(B) < 0.15, -1.0, rng.poisson(3.0, size=B) * (
+            rng.random(B) if name.endswith(("ctr", "cvr", "share")) else 1.0)
+        ).astype(np.float32)
     if with_labels:
         click = (rng.random(B) < 0.3).astype(np.int64)
         purchase = click * (rng.random(B) < 0.3).astype(np.int64)

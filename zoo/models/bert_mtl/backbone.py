@@ -17,7 +17,12 @@ keras-hub's `TransformerEncoder` computation with projections that train faster 
 
 Numeric only (int32 in, float out): XLA-compilable (`jit_compile=True`).
 Outputs: {"sequence_output": [B, S, D], "cls_output": [B, D], "candidate_output": [B, D],
-"candidate_embedding": [B, D] (the candidate token before the transformer layers)}.
+"candidate_embedding": [B, D] (the candidate token before the transformer layers)}, and
+  "target_attention_output" [B, D]  (target_attention) DIN: the history events' embeddings
+                                    pooled by the candidate (`layers.TargetAttention`)
+  "context_output" [B, F + D]       (dense_features in the inputs, see the preprocessor)
+                                    the dense features and their projection, for the heads
+The dense features are also projected onto the candidate token.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ import keras_hub
 from keras import ops
 
 from zoo.models.ranker.preprocessor import HISTORY_OUTPUTS, SCALAR_OUTPUTS
-from zoo.models.layers import IdEmbedding, LastAxisLayerNormalization, TransformerEncoderBlock
+from zoo.models.layers import (IdEmbedding, LastAxisLayerNormalization, TargetAttention,
+                               TransformerEncoderBlock)
 
 SEGMENT_QUERY, SEGMENT_HISTORY, SEGMENT_CANDIDATE = 0, 1, 2
 
@@ -89,6 +95,12 @@ class EventSequenceEmbedding(keras.layers.Layer):
         # Added to the candidate token: the user's own bias and tastes meet the candidate
         # in the encoder and on the heads' direct path.
         self.user_embedding = emb("user_embedding", "user") if "user" in sizes else None
+        # The context features ("dense_features") projected onto the candidate token: the
+        # encoder attends from a candidate that knows the session and the user's counts.
+        self.context_projection = (
+            keras.layers.Dense(self.hidden_dim, kernel_initializer=init(),
+                               dtype=self.dtype_policy, name="context_projection")
+            if "dense_features" in sizes else None)
         self.segment_embedding = keras.layers.Embedding(
             3, self.hidden_dim, embeddings_initializer=init(), name="segment_embedding")
         self.position_embedding = keras_hub.layers.PositionEmbedding(
@@ -112,6 +124,8 @@ class EventSequenceEmbedding(keras.layers.Layer):
                       self.segment_embedding, *([self.user_embedding]
                                                 if self.user_embedding else [])):
             layer.build((None,))
+        if self.context_projection is not None:
+            self.context_projection.build((None, self.vocabulary_sizes["dense_features"]))
         self.position_embedding.build((None, seq, self.hidden_dim))
         self.layer_norm.build((None, seq, self.hidden_dim))
         self.built = True
@@ -148,6 +162,9 @@ class EventSequenceEmbedding(keras.layers.Layer):
                      + self.purchases_embedding(inputs["item_purchases_bucket"]))  # [B, D]
         if self.user_embedding is not None:
             candidate = candidate + self.user_embedding(inputs["user_index"])
+        if self.context_projection is not None:
+            candidate = candidate + self.context_projection(
+                ops.cast(inputs["dense_features"], self.compute_dtype))
         if self.max_title_tokens > 0 and self.use_text_tower:
             candidate = candidate + ops.cast(inputs["title_embedding"], self.compute_dtype)
         elif self.max_title_tokens > 0:
@@ -256,7 +273,7 @@ class BertMtlBackbone(keras_hub.models.Backbone):
                  intermediate_dim=512, max_query_tokens=12, max_title_tokens=12,
                  max_history=30, cls_id=1, sep_id=2, dropout=0.1, layer_norm_epsilon=1e-12,
                  initializer_range=0.02, text_encoder=None, text_encoder_trainable=False,
-                 history_titles=False, dtype=None, **kwargs):
+                 history_titles=False, target_attention=False, dtype=None, **kwargs):
         Q, T, H = int(max_query_tokens), int(max_title_tokens), int(max_history)
         if history_titles and (T == 0 or text_encoder is not None):
             raise ValueError("history_titles needs max_title_tokens > 0 and the wordpiece "
@@ -281,6 +298,14 @@ class BertMtlBackbone(keras_hub.models.Backbone):
             dropout=dropout, layer_norm_epsilon=layer_norm_epsilon,
             initializer_range=initializer_range, use_text_tower=text_encoder is not None,
             history_titles=history_titles, dtype=dtype, name="embeddings")
+        self.target_attention = (
+            TargetAttention(hidden_dim=hidden_dim, initializer_range=initializer_range,
+                            dtype=dtype, name="target_attention")
+            if target_attention else None)
+        num_dense = vocabulary_sizes.get("dense_features", 0)
+        self.context_encoder = (
+            keras.layers.Dense(hidden_dim, activation="gelu", kernel_initializer=init(),
+                               dtype=dtype, name="context_encoder") if num_dense else None)
         self.transformer_layers = [
             TransformerEncoderBlock(
                 num_heads=num_heads, intermediate_dim=intermediate_dim, activation="gelu",
@@ -302,6 +327,9 @@ class BertMtlBackbone(keras_hub.models.Backbone):
         if history_titles:
             inputs["hist_title_tokens"] = keras.Input((H, T), dtype="int32",
                                                       name="hist_title_tokens")
+        if num_dense:
+            inputs["dense_features"] = keras.Input((num_dense,), dtype="float32",
+                                                   name="dense_features")
         embedding_inputs = dict(inputs)
         if text_encoder is not None:
             text = text_encoder(self.text_inputs(inputs["query_tokens"]))["sequence_output"]
@@ -315,11 +343,20 @@ class BertMtlBackbone(keras_hub.models.Backbone):
         # (as dnn_mtl's candidate fields and BST's concatenation): rank, popularity and item
         # identity reach them whatever the encoder learned in pre-training.
         candidate_embedding = x[:, -1, :]
+        extra = {}
+        if self.target_attention is not None:
+            # DIN: the history events (before the encoder mixes them) pooled by the candidate.
+            extra["target_attention_output"] = self.target_attention(
+                x[:, Q + 2:Q + 2 + H, :], candidate_embedding, inputs["hist_mask"])
+        if self.context_encoder is not None:
+            # The context features straight to the heads too (the wide path a tree has).
+            dense = ops.cast(inputs["dense_features"], x.dtype)
+            extra["context_output"] = ops.concatenate([dense, self.context_encoder(dense)], -1)
         for layer in self.transformer_layers:
             x = layer(x, padding_mask=padding_mask)
         outputs = {"sequence_output": x, "cls_output": x[:, 0, :],
                    "candidate_output": x[:, -1, :],
-                   "candidate_embedding": candidate_embedding}
+                   "candidate_embedding": candidate_embedding, **extra}
         super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
 
         # === Config ===
@@ -338,10 +375,12 @@ class BertMtlBackbone(keras_hub.models.Backbone):
         self.initializer_range = float(initializer_range)
         self.text_encoder_trainable = bool(text_encoder_trainable)
         self.history_titles = bool(history_titles)
+        self.use_target_attention = bool(target_attention)
 
     def get_config(self):
         config = super().get_config()
         config.update({
+            "target_attention": self.use_target_attention,
             "text_encoder": (None if self.text_encoder is None else
                              keras.saving.serialize_keras_object(self.text_encoder)),
             "text_encoder_trainable": self.text_encoder_trainable,

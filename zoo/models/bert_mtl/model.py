@@ -38,6 +38,7 @@ def build(config: dict, vocabulary=None) -> MultitaskRanker:
         text_encoder=text_encoder,
         text_encoder_trainable=config.get("text_encoder_trainable", False),
         history_titles=config.get("history_titles", False),
+        target_attention=config.get("target_attention", False),
         name="bert_mtl_backbone")
     return MultitaskRanker(backbone, preprocessor, **head_kwargs(config), zoo_config=config,
                    name="bert_mtl")

@@ -19,6 +19,11 @@ _COMMON = {
     "num_price_ranges": 5,       # K classes of the price_range head
     "structure": "shared_bottom",  # or "mmoe" / "ple" (see the registered names)
     "purchase_head": "esmm",     # or "naive": p(purchase | click) fitted on clicks only
+    # The impression rank: "feature" (an embedding of the candidate) or "pal" (a shallow
+    # position tower beside the model, `layers.PositionBias`; unknown ranks score by
+    # relevance alone). Measured in BUILD_NOTES.md.
+    "position_bias": "feature",
+    "position_dropout": 0.1,     # pal: share of training ranks hidden
     # The towers also read the candidate's embedding before the encoder (not only its
     # encoder output): measured at 10 % labels, pre-trained fine-tuning needs this path.
     "candidate_embedding_to_heads": True,
@@ -32,6 +37,9 @@ _COMMON = {
     # in the catalogue the vocabulary learned from the training candidates (unknown items:
     # no title). Off by default until measured on the demo (BUILD_NOTES.md).
     "history_titles": False,
+    # DIN target attention: the candidate pools the history events into one more input of
+    # the heads (`layers.TargetAttention`). Measured in BUILD_NOTES.md.
+    "target_attention": True,
     # Pre-training (`trainers.pretrain`): masked fractions of history events and query
     # tokens; "position" masks the chosen events only (BERT4Rec as published), "item" also
     # every other event of a chosen event's item (a click, its cart and its purchase are one

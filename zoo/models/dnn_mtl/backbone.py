@@ -5,6 +5,7 @@ Inputs are `RankerPreprocessor`'s outputs, exactly as for `BertMtlBackbone`:
   * query: masked mean of its WordPiece embeddings (an empty query gives zeros)
   * history: each event = item + category + brand + event type + price bucket + time-gap
     bucket embeddings; masked mean over the events (`hist_mask`)
+  * the preprocessor's dense_features (context), when it has them, as they are
   * candidate: its fields' embeddings CONCATENATED (item, category, brand, price bucket,
     impression position, 7-day clicks and purchases buckets, and the mean title
     embedding when T > 0); id tables are shared with the history events
@@ -153,8 +154,14 @@ class DnnMtlBackbone(keras_hub.models.Backbone):
             inputs["user_index"] = keras.Input((), dtype="int32", name="user_index")
         for name in HISTORY_OUTPUTS:
             inputs[name] = keras.Input((H,), dtype="int32", name=name)
-        query, history, candidate = self.embeddings(inputs)
-        x = ops.concatenate([query, history, candidate], axis=-1)
+        parts = list(self.embeddings(inputs))
+        num_dense = vocabulary_sizes.get("dense_features", 0)
+        if num_dense:  # the context features (see the preprocessor) into the MLP
+            inputs["dense_features"] = keras.Input((num_dense,), dtype="float32",
+                                                   name="dense_features")
+            parts.append(ops.cast(inputs["dense_features"], parts[0].dtype))
+        candidate = parts[2]
+        x = ops.concatenate(parts, axis=-1)
         for layer in self.mlp_layers:
             x = self.mlp_dropout(layer(x))
         outputs = {"cls_output": x, "candidate_output": candidate}

@@ -20,6 +20,8 @@ _MODEL = {
     "num_price_ranges": 5,
     "structure": "shared_bottom",  # or "mmoe" / "ple" (then num_experts, ... apply)
     "purchase_head": "esmm",       # or "naive"
+    "position_bias": "feature",    # or "pal" (see bert_mtl's presets)
+    "position_dropout": 0.1,
 }
 
 PRESETS = {

@@ -18,6 +18,12 @@ Outputs (int32; B = batch, Q = max_query_tokens, T = max_title_tokens, H = max_h
   hist_title_tokens [B, H, T]  (history_titles only) WordPiece ids of each history item's
                           title, from the vocabulary's catalogue (`item_titles`); all 0 for
                           padding, OOV items and items without a known title
+  dense_features [B, F]   (context_features only; float32) what the tree sees, the neural
+                          way: per context feature of the examples (`CONTEXT_FEATURES`)
+                          its standardised log1p (statistics of the training split, in the
+                          vocabulary) and a missing flag, then the in-graph features of
+                          `IN_GRAPH_FEATURES` computed here from the raw query, title,
+                          candidate and history, so serving needs nothing more
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import tensorflow as tf
 from keras_hub.src.utils.tensor_utils import preprocessing_function
 
 from zoo.models.ranker import vocabulary as vocab_lib
-from zoo.models.features import HISTORY_EVENT_TYPES
+from zoo.models.features import CONTEXT_FEATURES, HISTORY_EVENT_TYPES
 from zoo.models.preprocessing import BehaviourPreprocessor
 
 # Largest time gap with its own bucket: about a year, in seconds.
@@ -41,6 +47,19 @@ SCALAR_OUTPUTS = ("item_index", "category_index", "brand_index", "price_bucket",
                   "position_bucket", "item_clicks_bucket", "item_purchases_bucket")
 # Counts in roughly doubling buckets: 0, 1, 2, 3-4, 5-8, ..., > 1024.
 COUNT_EDGES = [0.5, 1.5, 2.5, 4.5, 8.5, 16.5, 32.5, 64.5, 128.5, 256.5, 512.5, 1024.5]
+# Computed in the graph from raw inputs (after the context features' values and flags):
+#   has_query, title_coverage   share of the query's WordPiece ids found in the title's
+#   price_vs_history            log(price / mean price of the history's events); 0 if none
+#   history_empty
+#   {item,category,brand}_{click,cart,purchase}s   log1p of the history's events of that
+#                               type on the candidate's item / category / brand
+#   {item,category,brand}_freshness   1 - log1p(seconds since the latest such event of any
+#                               type) / log1p(MAX_GAP_SECONDS); 0 if none in the history
+MATCH_FIELDS = ("item", "category", "brand")
+IN_GRAPH_FEATURES = (
+    ("has_query", "title_coverage", "price_vs_history", "history_empty")
+    + tuple(f"{field}_{event}s" for field in MATCH_FIELDS for event in HISTORY_EVENT_TYPES)
+    + tuple(f"{field}_freshness" for field in MATCH_FIELDS))
 HISTORY_OUTPUTS = ("hist_item_index", "hist_category_index", "hist_brand_index",
                    "hist_event_index", "hist_price_bucket", "hist_gap_bucket", "hist_mask")
 
@@ -63,7 +82,7 @@ class RankerPreprocessor(BehaviourPreprocessor):
 
     def __init__(self, vocabulary, max_query_tokens=12, max_title_tokens=12, max_history=30,
                  max_position=64, num_oov_indices=1, num_gap_buckets=24,
-                 history_titles=False, **kwargs):
+                 history_titles=False, context_features=False, **kwargs):
         super().__init__(**kwargs)
         # Plain attribute (not Keras-tracked: tracking walks every string of the lists).
         object.__setattr__(self, "vocabulary", vocab_lib.validate(vocabulary))
@@ -74,6 +93,7 @@ class RankerPreprocessor(BehaviourPreprocessor):
         self.num_oov_indices = int(num_oov_indices)
         self.num_gap_buckets = int(num_gap_buckets)
         self.history_titles = bool(history_titles)
+        self.context_features = bool(context_features)
         if self.history_titles and self.max_title_tokens <= 0:
             raise ValueError("history_titles needs max_title_tokens > 0")
         v = self.vocabulary
@@ -126,7 +146,12 @@ class RankerPreprocessor(BehaviourPreprocessor):
             "count": len(COUNT_EDGES) + 1,
             **({"user": len(self.vocabulary["user_id"]) + lookup_extra}
                if self.user_lookup is not None else {}),
+            **({"dense_features": self.num_dense_features} if self.context_features else {}),
         }
+
+    @property
+    def num_dense_features(self) -> int:
+        return 2 * len(CONTEXT_FEATURES) + len(IN_GRAPH_FEATURES)
 
     def token_id(self, token: str) -> int:
         return self.vocabulary["wordpiece"].index(token)
@@ -174,7 +199,58 @@ class RankerPreprocessor(BehaviourPreprocessor):
         if self.history_titles:
             out["hist_title_tokens"] = tf.gather(self._item_title_tokens,
                                                  out["hist_item_index"])
+        if self.context_features:
+            out["dense_features"] = self._dense_features(f, out, hist_item, hist_price,
+                                                         hist_gap, mask)
         return keras.utils.pack_x_y_sample_weight(out, y, sample_weight)
+
+    def _dense_features(self, f, out, hist_item, hist_price, hist_gap, mask):
+        stats = self.vocabulary.get("context") or {}
+        mean = tf.constant(stats.get("mean", [0.0] * len(CONTEXT_FEATURES)), tf.float32)
+        std = tf.constant(stats.get("std", [1.0] * len(CONTEXT_FEATURES)), tf.float32)
+        raw = tf.stack([tf.reshape(tf.cast(f[name], tf.float32), [-1])
+                        for name in CONTEXT_FEATURES], axis=1)  # [B, C]
+        missing = tf.cast(raw < 0, tf.float32)
+        values = (tf.math.log1p(tf.maximum(raw, 0.0)) - mean) / std * (1.0 - missing)
+
+        q = out["query_tokens"]
+        q_real = tf.cast(tf.not_equal(q, 0), tf.float32)
+        q_count = tf.reduce_sum(q_real, axis=1)
+        if self.max_title_tokens > 0:
+            t = out["title_tokens"]
+            found = tf.reduce_any(tf.equal(q[:, :, None], t[:, None, :])
+                                  & tf.not_equal(t, 0)[:, None, :], axis=2)
+            coverage = tf.reduce_sum(tf.cast(found, tf.float32) * q_real, axis=1) / (
+                tf.maximum(q_count, 1.0))
+        else:
+            coverage = tf.zeros_like(q_count)
+        real = tf.cast(mask, tf.float32)  # [B, H]
+        n_hist = tf.reduce_sum(real, axis=1)
+        mean_price = tf.reduce_sum(hist_price * real, axis=1) / tf.maximum(n_hist, 1.0)
+        price = tf.reshape(tf.cast(f["item_price"], tf.float32), [-1])
+        has_hist = n_hist > 0
+        price_vs = tf.where(has_hist & (mean_price > 0) & (price > 0),
+                            tf.math.log(tf.maximum(price, 1e-6))
+                            - tf.math.log(tf.maximum(mean_price, 1e-6)), 0.0)
+        in_graph = [tf.cast(q_count > 0, tf.float32), coverage, price_vs,
+                    1.0 - tf.cast(has_hist, tf.float32)]
+        events = self._history(f["hist_event"], "")
+        fields = {"item": (hist_item, f["item_id"]),
+                  "category": (self._history(f["hist_category"], ""), f["item_category"]),
+                  "brand": (self._history(f["hist_brand"], ""), f["item_brand"])}
+        freshness = []
+        for field in MATCH_FIELDS:
+            hist, candidate = fields[field]
+            same = tf.equal(hist, tf.reshape(candidate, [-1, 1])) & tf.not_equal(hist, "")
+            for event in HISTORY_EVENT_TYPES:
+                count = tf.reduce_sum(tf.cast(same & tf.equal(events, event), tf.float32), 1)
+                in_graph.append(tf.math.log1p(count))
+            # Most recent first: the smallest gap among the matches is the latest one.
+            gap = tf.reduce_min(tf.where(same, hist_gap, MAX_GAP_SECONDS), axis=1)
+            freshness.append(tf.where(tf.reduce_any(same, axis=1), 1.0 - tf.math.log1p(
+                tf.maximum(gap, 0.0)) / np.log1p(MAX_GAP_SECONDS), 0.0))
+        in_graph += freshness
+        return tf.concat([values, missing, tf.stack(in_graph, axis=1)], axis=1)
 
     def output_shapes(self, batch_size=None) -> dict:
         shapes = {"query_tokens": (batch_size, self.max_query_tokens)}
@@ -186,11 +262,13 @@ class RankerPreprocessor(BehaviourPreprocessor):
         shapes.update({k: (batch_size, self.max_history) for k in HISTORY_OUTPUTS})
         if self.history_titles:
             shapes["hist_title_tokens"] = (batch_size, self.max_history, self.max_title_tokens)
+        if self.context_features:
+            shapes["dense_features"] = (batch_size, self.num_dense_features)
         return shapes
 
     def compute_output_spec(self, x, y=None, sample_weight=None):
         batch = x["query"].shape[0] if hasattr(x["query"], "shape") else None
-        out = {k: keras.KerasTensor(s, dtype="int32")
+        out = {k: keras.KerasTensor(s, dtype="float32" if k == "dense_features" else "int32")
                for k, s in self.output_shapes(batch).items()}
         return keras.utils.pack_x_y_sample_weight(out, y, sample_weight)
 
@@ -205,6 +283,7 @@ class RankerPreprocessor(BehaviourPreprocessor):
             "num_oov_indices": self.num_oov_indices,
             "num_gap_buckets": self.num_gap_buckets,
             "history_titles": self.history_titles,
+            "context_features": self.context_features,
         })
         return config
 

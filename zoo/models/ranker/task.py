@@ -37,10 +37,15 @@ from zoo.models import losses as losses_lib
 from zoo.models.features import RAW_FEATURES, TASKS
 from zoo.models.ranker import vocabulary as vocab_lib
 from zoo.models.ranker.preprocessor import RankerPreprocessor
+from zoo.models.layers import PositionBias
 from zoo.models.multitask_heads import MMoE, PLE, STRUCTURES, TOWERS
 
 LOG_RATE_BOUND = 12.0
 PURCHASE_HEADS = ("esmm", "naive")
+# "feature": the impression rank is one more embedding of the candidate; "pal": a shallow
+# position tower multiplies the click probability (`layers.PositionBias`) and the backbone
+# never sees the rank.
+POSITION_BIASES = ("feature", "pal")
 
 
 @keras.saving.register_keras_serializable(package="ecom_zoo")
@@ -65,6 +70,10 @@ class MultitaskRanker(keras_hub.models.Task):
         conversion, trained on clicks only).
       candidate_embedding_to_heads: the towers also read the backbone's
         "candidate_embedding" (the candidate before the encoder), when it has one.
+      position_bias: "feature" or "pal" (see POSITION_BIASES): with "pal",
+        click = sigmoid(relevance logit) x sigmoid(position logit); a request with an unknown
+        rank (-1) gets the average rank's factor, the same for every candidate.
+      position_dropout: "pal" only: share of training ranks hidden (`PositionBias`).
       zoo_config: the resolved zoo config the model was built from (kept for reference).
     """
 
@@ -73,15 +82,22 @@ class MultitaskRanker(keras_hub.models.Task):
     def __init__(self, backbone, preprocessor=None, num_price_ranges=5, head_hidden_dim=128,
                  dropout=0.1, structure="shared_bottom", num_experts=4, expert_dim=128,
                  num_shared_experts=1, num_task_experts=1, num_levels=2,
-                 purchase_head="esmm", candidate_embedding_to_heads=True, zoo_config=None,
-                 **kwargs):
+                 purchase_head="esmm", candidate_embedding_to_heads=True,
+                 position_bias="feature", position_dropout=0.1, zoo_config=None, **kwargs):
         if structure not in STRUCTURES:
             raise ValueError(f"structure must be one of {STRUCTURES}, got {structure!r}")
         if purchase_head not in PURCHASE_HEADS:
             raise ValueError(f"purchase_head must be one of {PURCHASE_HEADS}, "
                              f"got {purchase_head!r}")
+        if position_bias not in POSITION_BIASES:
+            raise ValueError(f"position_bias must be one of {POSITION_BIASES}, "
+                             f"got {position_bias!r}")
         # === Layers ===
         self.backbone = backbone
+        self.position_bias = position_bias
+        self.position_tower = (
+            PositionBias(backbone.vocabulary_sizes["position"], dropout_rate=position_dropout,
+                         name="position_tower") if position_bias == "pal" else None)
         self.preprocessor = preprocessor
         self.candidate_embedding_to_heads = bool(candidate_embedding_to_heads)
         # A new initializer per weight: one unseeded instance gives every weight the same values.
@@ -111,7 +127,7 @@ class MultitaskRanker(keras_hub.models.Task):
 
         # === Functional model ===
         inputs = backbone.input
-        features = self._shared_features(backbone(inputs))
+        features = self._shared_features(backbone(self._backbone_inputs(inputs)))
         if self.multitask_heads is None:
             tower_inputs = {task: features for task in TOWERS}
         else:
@@ -122,6 +138,8 @@ class MultitaskRanker(keras_hub.models.Task):
             return ops.cast(logits(drop(hidden(tower_inputs[task]))), "float32")
 
         click = ops.sigmoid(ops.squeeze(tower("click"), -1))
+        if self.position_tower is not None:
+            click = click * ops.sigmoid(self.position_tower(inputs["position_bucket"]))
         conversion = ops.sigmoid(ops.squeeze(tower("conversion"), -1))
         price_range = ops.softmax(tower("price_range"), axis=-1)
         log_rate = LOG_RATE_BOUND * ops.tanh(ops.squeeze(tower("demand"), -1) / LOG_RATE_BOUND)
@@ -146,12 +164,20 @@ class MultitaskRanker(keras_hub.models.Task):
         self.num_task_experts = int(num_task_experts)
         self.num_levels = int(num_levels)
         self.purchase_head = purchase_head
+        self.position_dropout = float(position_dropout)
         self.zoo_config = dict(zoo_config or {})
+
+    def _backbone_inputs(self, inputs):
+        if self.position_tower is None:
+            return inputs
+        return {**inputs, "position_bucket": ops.zeros_like(inputs["position_bucket"])}
 
     def _shared_features(self, encoded):
         parts = [encoded["cls_output"], encoded["candidate_output"]]
         if self.candidate_embedding_to_heads and "candidate_embedding" in encoded:
             parts.append(encoded["candidate_embedding"])
+        parts += [encoded[k] for k in ("target_attention_output", "context_output")
+                  if k in encoded]
         return ops.concatenate(parts, axis=-1)
 
     def per_example_losses(self, labels: dict, outputs: dict) -> dict:
@@ -166,7 +192,8 @@ class MultitaskRanker(keras_hub.models.Task):
         MMoE {tower: [B, E]}, PLE {"level{l}/{tower or shared}": [B, n]}."""
         if self.multitask_heads is None:
             return {}
-        features = self._shared_features(self.backbone(inputs, training=training))
+        features = self._shared_features(self.backbone(self._backbone_inputs(inputs),
+                                                        training=training))
         return self.multitask_heads(features, training=training, return_gates=True)[1]
 
     def get_config(self):
@@ -183,6 +210,8 @@ class MultitaskRanker(keras_hub.models.Task):
             "num_levels": self.num_levels,
             "purchase_head": self.purchase_head,
             "candidate_embedding_to_heads": self.candidate_embedding_to_heads,
+            "position_bias": self.position_bias,
+            "position_dropout": self.position_dropout,
             "zoo_config": dict(self.zoo_config),
         })
         return config
@@ -209,7 +238,8 @@ def load_vocabulary(vocabulary) -> dict:
 # Optional config keys of the multi-task structure and purchase head; a config without
 # them (the `bert_mtl` presets) gets `MultitaskRanker`'s defaults: shared bottom, ESMM.
 STRUCTURE_KEYS = ("structure", "num_experts", "expert_dim", "num_shared_experts",
-                  "num_task_experts", "num_levels", "purchase_head")
+                  "num_task_experts", "num_levels", "purchase_head", "position_bias",
+                  "position_dropout")
 
 
 def head_kwargs(config: dict) -> dict:
@@ -238,6 +268,7 @@ def build_preprocessor(config: dict, vocabulary=None,
         num_oov_indices=config["num_oov_indices"],
         num_gap_buckets=config["num_gap_buckets"],
         history_titles=config.get("history_titles", False),
+        context_features=config.get("context_features", False),
         name=name)
 
 

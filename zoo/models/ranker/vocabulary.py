@@ -11,7 +11,10 @@ model also carries it inside its `.keras` file, in the preprocessor's config):
      "price_edges": [...],        # increasing inner edges of the price feature buckets
      "item_titles": [...],        # optional: title of each item_id ("" = not seen as a
                                   # candidate), for history_titles
-     "user_id": [...]}            # optional (user_vocab_size > 0): most active users first
+     "user_id": [...],            # optional (user_vocab_size > 0): most active users first
+     "context": {"names": [...], "mean": [...], "std": [...]}}
+                                  # optional (context_features): statistics of log1p of
+                                  # each context feature over its defined training values
 """
 
 from __future__ import annotations
@@ -134,7 +137,24 @@ def fit_vocabulary(features: dict, config) -> dict:
     users = most_frequent(*cols("user_id"), max_size=_user_vocab_size(config))
     if users:  # none: no user_id column, or user_vocab_size 0
         out["user_id"] = users
+    if config.get("context_features"):
+        out["context"] = context_statistics(features)
     return out
+
+
+def context_statistics(features: dict) -> dict:
+    """Mean and standard deviation of log1p(value) of each context feature over its defined
+    (>= 0) values: what standardises them in the preprocessor. A feature absent from
+    `features` or never defined gets (0, 1)."""
+    from zoo.models.features import CONTEXT_FEATURES
+
+    mean, std = [], []
+    for name in CONTEXT_FEATURES:
+        values = np.asarray(features.get(name, []), np.float64).ravel()
+        values = np.log1p(values[np.isfinite(values) & (values >= 0)])
+        mean.append(float(values.mean()) if values.size else 0.0)
+        std.append(float(max(values.std(), 1e-3)) if values.size > 1 else 1.0)
+    return {"names": list(CONTEXT_FEATURES), "mean": mean, "std": std}
 
 
 def with_users_of(config, vocabulary: dict) -> dict:
@@ -202,6 +222,20 @@ def validate(vocabulary: dict) -> dict:
     if not edges or any(b <= a for a, b in zip(edges, edges[1:])):
         raise ValueError("vocabulary['price_edges'] must be non-empty and strictly increasing")
     out["price_edges"] = edges
+    if "context" in vocabulary:
+        from zoo.models.features import CONTEXT_FEATURES
+
+        context = vocabulary["context"]
+        if list(context.get("names", [])) != list(CONTEXT_FEATURES) or any(
+                len(context.get(k, [])) != len(CONTEXT_FEATURES) for k in ("mean", "std")):
+            raise ValueError("vocabulary['context'] must hold names (equal to "
+                             "zoo.models.features.CONTEXT_FEATURES), mean and std of one "
+                             "value per name; refit the vocabulary on the current examples")
+        if any(not float(s) > 0 for s in context["std"]):
+            raise ValueError("vocabulary['context']['std'] must be > 0")
+        out["context"] = {"names": list(context["names"]),
+                          "mean": [float(m) for m in context["mean"]],
+                          "std": [float(s) for s in context["std"]]}
     if "item_titles" in vocabulary:
         titles = [str(t) for t in vocabulary["item_titles"]]
         if len(titles) != len(out["item_id"]):

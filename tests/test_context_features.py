@@ -1,0 +1,266 @@
+"""What the tree sees, given to the neural models: the examples' context features, the
+in-graph match features, DIN target attention and the PAL position tower."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import fixtures
+import zoo
+from zoo.data import contract, examples, labels, log_features
+from zoo.models import layers
+from zoo.models.features import CONTEXT_FEATURES
+from zoo.models.ranker import preprocessor as prep_lib
+
+CFG = labels.LabelConfig(num_price_ranges=2)
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    folder = fixtures.write_csv(str(tmp_path_factory.mktemp("log")))
+    return examples.ExampleSource(contract.read_contract(folder), CFG)
+
+
+def _rows(source):
+    out = {}
+    for split in ("train", "eval"):
+        for chunk in source.chunks(split):
+            for i, e in enumerate(chunk["event_id"]):
+                out[e.decode() if isinstance(e, bytes) else e] = {
+                    k: chunk[k][i] for k in CONTEXT_FEATURES}
+    return out
+
+
+def test_examples_carry_the_log_features_with_missing_as_minus_one(source):
+    rows = _rows(source)
+    built = log_features.build(source.tables)
+    assert set(rows) == set(built["event_id"])
+    for i, e in enumerate(built["event_id"]):
+        for name in CONTEXT_FEATURES:
+            want = built[name][i]
+            want = examples.MISSING if np.isnan(want) else want
+            assert rows[e][name] == pytest.approx(want, rel=1e-6), (e, name)
+    # By hand (fixtures.EVENTS), strictly before: e8 is u1's first event of s2, a day later.
+    e8 = rows["e8"]
+    assert e8["session_events"] == 0 and e8["session_category_share"] == examples.MISSING
+    assert e8["user_item_clicks"] == 1 and e8["user_category_purchases"] == 1
+    assert e8["user_item_seconds"] == fixtures.DAY - 50
+    assert e8["price_vs_user_purchases"] == pytest.approx(2.0)
+    # e2 and e3 share a second with nothing of u1 before them but the search.
+    assert rows["e3"]["session_impressions"] == 0 and rows["e3"]["session_searches"] == 1
+    assert rows["e3"]["user_item_seconds"] == examples.MISSING
+
+
+def test_context_features_are_in_every_serialized_example(tmp_path):
+    from zoo.data import pipeline, prepare
+
+    folder = fixtures.write_csv(str(tmp_path / "log"))
+    builder = prepare.prepare(folder, str(tmp_path / "tfds"), CFG)
+    files = pipeline.split_files(builder, "train")
+    batch = next(iter(pipeline.make_dataset(files, batch_size=64)))
+    got = {e.decode(): i for i, e in enumerate(batch["event_id"].numpy())}
+    assert "e8" in got
+    assert float(batch["user_item_clicks"][got["e8"]]) == 1.0
+    assert float(batch["session_category_share"][got["e8"]]) == examples.MISSING
+
+
+def _vocabulary(config):
+    texts = {"query": np.array(["red shoe", "trail backpack", "gps watch"], object),
+             "item_title": np.array(["blue running shoe", "trail backpack", "gps watch"],
+                                    object),
+             "item_id": np.array(["A", "B", "C"], object),
+             "item_category": np.array(["shoes", "shoes", "outdoor"], object),
+             "item_brand": np.array(["acme", "zoom", "acme"], object),
+             "item_price": np.array([10.0, 20.0, 30.0])}
+    for name in CONTEXT_FEATURES:
+        texts[name] = np.array([-1.0, 0.0, 3.0, 7.0])
+    return zoo.fit_vocabulary("bert_mtl", texts, config)
+
+
+def test_vocabulary_holds_context_statistics_of_defined_values():
+    config = zoo.get_config("bert_mtl", "tiny")
+    vocab = _vocabulary(config)
+    stats = vocab["context"]
+    assert stats["names"] == list(CONTEXT_FEATURES)
+    values = np.log1p([0.0, 3.0, 7.0])  # -1 (undefined) is left out
+    np.testing.assert_allclose(stats["mean"], values.mean(), rtol=1e-6)
+    np.testing.assert_allclose(stats["std"], values.std(), rtol=1e-6)
+    json.dumps(vocab)
+    bad = {**vocab, "context": {**stats, "names": stats["names"][:-1]}}
+    with pytest.raises(ValueError, match="context"):
+        zoo.get("bert_mtl", "tiny", vocabulary=bad)
+
+
+def _raw(history, candidate, query, title, price, context_value):
+    """One impression: history = [(item, category, brand, event, price, gap)], newest first."""
+    h = list(history) + [("", "", "", "", 0.0, 0.0)] * (4 - len(history))
+    cols = list(zip(*h))
+    row = {"user_id": "u", "query": query, "item_id": candidate[0],
+           "item_category": candidate[1], "item_brand": candidate[2], "item_title": title,
+           "item_price": price, "position": 0, "item_clicks_7d": 0.0,
+           "item_purchases_7d": 0.0, "hist_item_id": cols[0], "hist_category": cols[1],
+           "hist_brand": cols[2], "hist_event": cols[3], "hist_price": cols[4],
+           "hist_gap": cols[5]}
+    row.update({name: context_value for name in CONTEXT_FEATURES})
+    return row
+
+
+def _batch(rows):
+    out = {}
+    for k in rows[0]:
+        values = [r[k] for r in rows]
+        if isinstance(values[0], str) or (isinstance(values[0], tuple)
+                                          and isinstance(values[0][0], str)):
+            out[k] = tf.constant(values, tf.string)
+        elif k == "position":
+            out[k] = tf.constant(values, tf.int64)
+        else:
+            out[k] = tf.constant(values, tf.float32)
+    return out
+
+
+def test_in_graph_features_by_hand():
+    config = zoo.get_config("bert_mtl", "tiny")
+    model = zoo.get("bert_mtl", "tiny", vocabulary=_vocabulary(config))
+    pre = model.preprocessor
+    rows = [
+        # Candidate A (shoes, acme, 10) after: a purchase of B (shoes, zoom) 10 s ago, a
+        # click on A 100 s ago, a cart of A 500 s ago, a click on C (outdoor, acme) 1000 s ago.
+        _raw([("B", "shoes", "zoom", "purchase", 20.0, 10.0),
+              ("A", "shoes", "acme", "click", 10.0, 100.0),
+              ("A", "shoes", "acme", "cart", 10.0, 500.0),
+              ("C", "outdoor", "acme", "click", 40.0, 1000.0)],
+             ("A", "shoes", "acme"), "red shoe", "blue running shoe", 10.0, 3.0),
+        # No history, no query, every context feature undefined.
+        _raw([], ("C", "outdoor", "acme"), "", "steel bottle", 30.0, -1.0),
+    ]
+    dense = pre(_batch(rows))["dense_features"].numpy()
+    C = len(CONTEXT_FEATURES)
+    assert dense.shape == (2, pre.num_dense_features)
+    stats = pre.vocabulary["context"]
+    np.testing.assert_allclose(
+        dense[0, :C], (np.log1p(3.0) - np.array(stats["mean"])) / np.array(stats["std"]),
+        rtol=1e-5)
+    np.testing.assert_array_equal(dense[0, C:2 * C], 0.0)
+    np.testing.assert_array_equal(dense[1, :C], 0.0)
+    np.testing.assert_array_equal(dense[1, C:2 * C], 1.0)
+
+    got = [dict(zip(prep_lib.IN_GRAPH_FEATURES, row[2 * C:])) for row in dense]
+    # The query's word pieces found in the title, by the tokenizer itself.
+    q = pre.tokenizer("red shoe").numpy().tolist()[:pre.max_query_tokens]
+    t = set(pre.tokenizer("blue running shoe").numpy().tolist()[:pre.max_title_tokens])
+    assert got[0]["has_query"] == 1.0
+    assert got[0]["title_coverage"] == pytest.approx(sum(x in t for x in q) / len(q))
+    assert 0.0 < got[0]["title_coverage"] < 1.0
+    assert got[0]["price_vs_history"] == pytest.approx(np.log(10.0 / 20.0), rel=1e-5)
+    assert got[0]["history_empty"] == 0.0
+    expected_counts = {"item_clicks": 1, "item_carts": 1, "item_purchases": 0,
+                       "category_clicks": 1, "category_carts": 1, "category_purchases": 1,
+                       "brand_clicks": 2, "brand_carts": 1, "brand_purchases": 0}
+    for name, count in expected_counts.items():
+        assert got[0][name] == pytest.approx(np.log1p(count)), name
+    top = np.log1p(prep_lib.MAX_GAP_SECONDS)
+    assert got[0]["item_freshness"] == pytest.approx(1 - np.log1p(100.0) / top, rel=1e-5)
+    assert got[0]["category_freshness"] == pytest.approx(1 - np.log1p(10.0) / top, rel=1e-5)
+    assert got[0]["brand_freshness"] == pytest.approx(1 - np.log1p(100.0) / top, rel=1e-5)
+    assert got[1] == {**{k: 0.0 for k in prep_lib.IN_GRAPH_FEATURES}, "history_empty": 1.0}
+
+
+def test_target_attention_pools_by_the_candidate():
+    layer = layers.TargetAttention(hidden_dim=8, initializer_range=0.5)
+    rng = np.random.default_rng(0)
+    history = tf.constant(rng.normal(size=(2, 5, 4)), tf.float32)
+    mask = tf.constant([[1, 1, 1, 0, 0], [0, 0, 0, 0, 0]], tf.int32)
+    c1 = tf.constant(rng.normal(size=(2, 4)), tf.float32)
+    c2 = tf.constant(rng.normal(size=(2, 4)), tf.float32)
+    out1, out2 = layer(history, c1, mask).numpy(), layer(history, c2, mask).numpy()
+    w = layer.attention_weights(history, c1, mask).numpy()
+    np.testing.assert_allclose(w[0].sum(), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(w[0, 3:], 0.0)
+    np.testing.assert_array_equal(w[1], 0.0)  # empty history: nothing pooled
+    np.testing.assert_allclose(out1[0], (w[0][:, None] * history.numpy()[0]).sum(0),
+                               rtol=1e-5)
+    np.testing.assert_array_equal(out1[1], 0.0)
+    # Same history, another candidate: other weights, another pooled history.
+    assert np.abs(out1[0] - out2[0]).max() > 1e-4
+    # A padded slot's content changes nothing.
+    padded = history.numpy()
+    padded[0, 3:] = 100.0
+    np.testing.assert_allclose(layer(tf.constant(padded), c1, mask).numpy(), out1, rtol=1e-5)
+
+
+def test_model_target_attention_changes_with_the_candidate_only(tmp_path):
+    from zoo.models.testing import random_raw_batch
+    from zoo.models.features import split_labels
+
+    model = zoo.get("bert_mtl", "tiny", initializer_range=0.3)
+    features, _ = split_labels(random_raw_batch(4, 16, seed=3))
+    x = model.preprocessor(features)
+    other = dict(x)
+    other["item_index"] = (x["item_index"] + 7) % 50 + 2
+    encoded, encoded_other = model.backbone(x), model.backbone(other)
+    # The history is the same (row 0 is a full one); what the candidate pools from it is not.
+    assert int(x["hist_mask"][0].numpy().sum()) == model.backbone.max_history
+    assert np.abs(encoded["target_attention_output"][0].numpy()
+                  - encoded_other["target_attention_output"][0].numpy()).max() > 1e-5
+    # The heads read it: without the attention the model has fewer inputs to its towers.
+    plain = zoo.get("bert_mtl", "tiny", target_attention=False)
+    assert (model.towers["click"][0].kernel.shape[0]
+            == plain.towers["click"][0].kernel.shape[0] + model.backbone.hidden_dim)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    again = keras.models.load_model(path)
+    np.testing.assert_allclose(again(x)["click"].numpy(), model(x)["click"].numpy(),
+                               rtol=1e-5)
+
+
+def test_pal_position_tower_factors_out_the_rank(tmp_path):
+    from zoo.models.testing import random_raw_batch
+    from zoo.models.features import split_labels
+
+    model = zoo.get("bert_mtl", "tiny", position_bias="pal", position_dropout=0.5)
+    tower = model.position_tower
+    tower.logits.assign(np.linspace(2.0, -2.0, tower.num_buckets).astype(np.float32))
+    features, _ = split_labels(random_raw_batch(6, 16, seed=4))
+    x = model.preprocessor(features)
+
+    def click(bucket):
+        return model({**x, "position_bucket": tf.fill(tf.shape(x["position_bucket"]),
+                                                       bucket)})["click"].numpy()
+
+    sig = 1 / (1 + np.exp(-tower.logits.numpy()))
+    # The rank multiplies every candidate by the same factor: the order among candidates
+    # shown at one rank (or with none, bucket 0) is the relevance order.
+    np.testing.assert_allclose(click(5) / click(1), sig[5] / sig[1], rtol=1e-4)
+    np.testing.assert_array_equal(np.argsort(click(0)), np.argsort(click(9)))
+    # The backbone never sees the rank.
+    e1 = model.backbone(model._backbone_inputs({**x, "position_bucket": x["position_bucket"]}))
+    e2 = model.backbone(model._backbone_inputs({**x, "position_bucket": x["position_bucket"]
+                                                + 3}))
+    np.testing.assert_array_equal(e1["candidate_output"].numpy(), e2["candidate_output"].numpy())
+    # Training hides about position_dropout of the ranks (bucket 0).
+    hidden = tower(tf.fill([20000], 7), training=True).numpy()
+    assert np.mean(hidden == tower.logits.numpy()[0]) == pytest.approx(0.5, abs=0.02)
+    np.testing.assert_array_equal(tower(tf.fill([100], 7)).numpy(), tower.logits.numpy()[7])
+    path = str(tmp_path / "pal.keras")
+    model.save(path)
+    again = keras.models.load_model(path)
+    np.testing.assert_allclose(again(x)["click"].numpy(), model(x)["click"].numpy(), rtol=1e-5)
+
+
+def test_a_model_dir_of_older_examples_is_refused_by_name(tmp_path):
+    from trainers.core import rundir
+
+    model_dir = str(tmp_path / "old_run")
+    os.makedirs(model_dir)
+    with open(os.path.join(model_dir, rundir.MODEL), "w") as f:
+        f.write("not read")
+    rundir.write_json(os.path.join(model_dir, rundir.TRAIN_CONFIG),
+                      {"label_config": {}, "model_dir": model_dir})
+    with pytest.raises(ValueError, match=r"old_run was trained on examples version 3 or "
+                                         r"older; this code writes version \d+"):
+        rundir.load_trained(model_dir)

@@ -1,0 +1,298 @@
+"""The standard hand-built features of an impression, from the event log.
+
+What a practitioner computes first for a (user, query, candidate) impression, every value
+from events with a timestamp STRICTLY before the impression's (the rule of the examples'
+histories, `zoo.data.labels.HistoryIndex`), so cutting the log at any time leaves the
+features of the impressions before it unchanged (tested). All of it is vectorised: each
+"count before" is one sort of the events by (key, time) and one binary search per
+impression, no loop over events in Python.
+
+The gradient-boosted tree (`zoo.models.gbdt`) reads all of them; the examples carry the
+ones a neural model cannot compute from its own inputs (`CONTEXT`: session so far, the
+user's counts and recency with the candidate's item, category and brand, the item's
+trailing statistics, query x category rates, price against the user's whole past), which is
+what a shop's feature store serves beside a request.
+
+Features (NaN where undefined, e.g. a ratio over nothing; LightGBM handles NaN):
+  position, price, log_price, category (categorical code of the items table)
+  has_query, query_tokens, title_coverage        share of the query's tokens in the title
+  session_seconds                                time since the session's first event
+  session_events, session_searches, session_impressions, session_clicks   so far
+  session_category_share                         share of the session's impressions so far
+                                                 in the candidate's category
+  user_impressions, user_clicks, user_purchases, user_ctr
+  user_item_clicks, user_item_carts, user_item_purchases, user_item_seconds
+                                                 (since the user last touched the item)
+  user_category_clicks, user_category_purchases, user_category_seconds (since last click)
+  user_brand_clicks, user_brand_purchases
+  item_impressions_1d, item_clicks_1d, item_impressions_7d, item_clicks_7d,
+  item_purchases_7d, item_ctr (all impressions and clicks of the item so far),
+  item_cvr (purchases per click of the item so far), session_carts, user_cvr,
+  hour_of_day, day_of_week (UTC)
+  query_category_impressions, query_category_ctr  impressions of this (query, category)
+                                                 so far and the share clicked (a click counts
+                                                 once it has happened)
+  price_vs_user_purchases, price_vs_user_clicks  price / the user's mean price so far
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from zoo.data import contract, labels as labels_lib
+from zoo.data.contract import EVENT_INDEX, SECONDS_PER_DAY
+
+NAMES = (
+    "position", "price", "log_price", "category",
+    "has_query", "query_tokens", "title_coverage",
+    "session_seconds", "session_events", "session_searches", "session_impressions",
+    "session_clicks", "session_category_share",
+    "user_impressions", "user_clicks", "user_purchases", "user_ctr",
+    "user_item_clicks", "user_item_carts", "user_item_purchases", "user_item_seconds",
+    "user_category_clicks", "user_category_purchases", "user_category_seconds",
+    "user_brand_clicks", "user_brand_purchases",
+    "item_impressions_1d", "item_clicks_1d", "item_impressions_7d", "item_clicks_7d",
+    "item_purchases_7d", "item_ctr", "item_cvr", "session_carts", "user_cvr",
+    "hour_of_day", "day_of_week",
+    "query_category_impressions", "query_category_ctr",
+    "price_vs_user_purchases", "price_vs_user_clicks",
+)
+CATEGORICAL = ("category",)
+# What the neural models read as context features (`zoo.data.examples.CONTEXT_FEATURES`):
+# every name but those already raw inputs (position, price, category, the item's 7-day
+# clicks and purchases) and the query/title match, which the models compute in-graph from
+# the raw query and title.
+IN_GRAPH = ("position", "price", "log_price", "category", "has_query", "query_tokens",
+            "title_coverage", "item_clicks_7d", "item_purchases_7d")
+CONTEXT = tuple(n for n in NAMES if n not in IN_GRAPH)
+# Pseudo-impressions at the global rate that smooth a CTR of few impressions.
+CTR_PRIOR_STRENGTH = 20.0
+
+
+class Before:
+    """Events keyed by an integer key, for "how many / which last, strictly before t"."""
+
+    def __init__(self, keys: np.ndarray, times: np.ndarray, t0: int, span: int,
+                 values: np.ndarray | None = None):
+        self.t0, self.span = t0, np.int64(span)
+        composite = keys.astype(np.int64) * self.span + (times.astype(np.int64) - t0)
+        order = np.argsort(composite, kind="stable")
+        self.composite = composite[order]
+        self.times = times[order]
+        self.keys = keys[order]
+        values = np.ones(len(keys)) if values is None else np.asarray(values, np.float64)
+        self.cum = np.r_[0.0, np.cumsum(values[order])]
+
+    def _at(self, keys, times):
+        return keys.astype(np.int64) * self.span + (times.astype(np.int64) - self.t0)
+
+    def total(self, keys, times, window: int | None = None) -> np.ndarray:
+        """Sum of values of events with the key in [t - window, t) (window None: all)."""
+        hi = np.searchsorted(self.composite, self._at(keys, times), side="left")
+        if window is None:
+            lo = np.searchsorted(self.composite, self._at(keys, np.full_like(times, self.t0)),
+                                 side="left")
+        else:
+            lo = np.searchsorted(self.composite, self._at(keys, times - window), side="left")
+        return self.cum[hi] - self.cum[lo]
+
+    def last_time(self, keys, times) -> np.ndarray:
+        """Time of the latest event with the key before t; NaN if none."""
+        at = np.searchsorted(self.composite, self._at(keys, times), side="left") - 1
+        ok = at >= 0
+        at = np.maximum(at, 0)
+        ok &= (self.keys[at] == keys) if len(self.keys) else False
+        return np.where(ok, self.times[at] if len(self.times) else 0, np.nan)
+
+
+def _codes(*columns) -> np.ndarray:
+    return labels_lib._codes(*columns)
+
+
+def _ratio(a, b):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(b > 0, a / np.where(b > 0, b, 1), np.nan)
+
+
+def _token_coverage(queries: pa.Array, titles: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(number of query tokens, share of them found in the title), lower-cased."""
+    def tokens(texts):
+        split = pc.utf8_split_whitespace(pc.utf8_lower(pc.fill_null(texts, "")))
+        row = pc.list_parent_indices(split).to_numpy(zero_copy_only=False)
+        flat = pc.list_flatten(split)
+        keep = pc.not_equal(flat, "").to_numpy(zero_copy_only=False)
+        return row[keep], flat.filter(pa.array(keep))
+
+    n = len(queries)
+    q_row, q_flat = tokens(queries)
+    t_row, t_flat = tokens(titles)
+    vocab = pc.unique(pa.chunked_array([q_flat, t_flat], type=pa.string()))
+    q_code = pc.index_in(q_flat, value_set=vocab).to_numpy(zero_copy_only=False)
+    t_code = pc.index_in(t_flat, value_set=vocab).to_numpy(zero_copy_only=False)
+    width = np.int64(len(vocab) + 1)
+    in_title = np.isin(q_row.astype(np.int64) * width + q_code,
+                       t_row.astype(np.int64) * width + t_code)
+    q_tokens = np.bincount(q_row, minlength=n).astype(np.float64)
+    found = np.bincount(q_row, weights=in_title, minlength=n)
+    return q_tokens, _ratio(found, q_tokens)
+
+
+def build(tables: contract.Tables, impressions: np.ndarray | None = None) -> dict:
+    """{"row": impression rows, "event_id": their ids, "timestamp", **features} for every
+    impression of the log (or the given event rows), each feature a float64 array."""
+    ev, items = tables.events, tables.items
+    ts = ev["timestamp"].astype(np.int64)
+    kind = ev["event_type"]
+    item = ev["item_code"]
+    imp = (np.flatnonzero(kind == EVENT_INDEX["impression"]) if impressions is None
+           else np.asarray(impressions))
+    t = ts[imp]
+    t0 = int(ts.min()) - 8 * SECONDS_PER_DAY if len(ts) else 0
+    span = int(ts.max()) - t0 + 2 if len(ts) else 2
+    user = _codes(ev["user_id"])
+    session = _codes(ev["user_id"], ev["session_id"])
+    safe_item = np.maximum(item, 0)
+    category = _codes(items["category"])[safe_item]
+    brand = _codes(items["brand"])[safe_item]
+    price = items["price"][safe_item]
+    n_items = np.int64(len(items["price"]) + 1)
+    n_cat, n_brand = np.int64(category.max(initial=0) + 1), np.int64(brand.max(initial=0) + 1)
+
+    def rows(*names):
+        return np.flatnonzero(np.isin(kind, [EVENT_INDEX[n] for n in names]))
+
+    def before(keys_all, event_names, values=None):
+        r = rows(*event_names)
+        return Before(keys_all[r], ts[r], t0, span,
+                      None if values is None else values[r])
+
+    out = {"row": imp, "event_id": ev["event_id"].take(pa.array(imp)).to_numpy(
+        zero_copy_only=False), "timestamp": t}
+    f = {}
+    f["position"] = ev["position"][imp].astype(np.float64)
+    f["price"] = price[imp]
+    f["log_price"] = np.log(price[imp])
+    f["category"] = category[imp].astype(np.float64)
+    queries = ev["query"].take(pa.array(imp))
+    q_tokens, coverage = _token_coverage(queries, items["title"].take(pa.array(safe_item[imp])))
+    f["has_query"] = (q_tokens > 0).astype(np.float64)
+    f["query_tokens"] = q_tokens
+    f["title_coverage"] = coverage
+
+    # Session so far.
+    first = np.full(int(session.max(initial=0)) + 1, np.iinfo(np.int64).max)
+    np.minimum.at(first, session, ts)
+    f["session_seconds"] = (t - first[session[imp]]).astype(np.float64)
+    s_imp = session[imp]
+    f["session_events"] = Before(session, ts, t0, span).total(s_imp, t)
+    f["session_searches"] = before(session, ["search"]).total(s_imp, t)
+    f["session_impressions"] = before(session, ["impression"]).total(s_imp, t)
+    f["session_clicks"] = before(session, ["click"]).total(s_imp, t)
+    sess_cat = session * n_cat + category
+    f["session_category_share"] = _ratio(
+        before(sess_cat, ["impression"]).total(sess_cat[imp], t), f["session_impressions"])
+
+    # The user so far: overall, with this item, category and brand.
+    u = user[imp]
+    f["user_impressions"] = before(user, ["impression"]).total(u, t)
+    f["user_clicks"] = before(user, ["click"]).total(u, t)
+    f["user_purchases"] = before(user, ["purchase"]).total(u, t)
+    f["user_ctr"] = _ratio(f["user_clicks"], f["user_impressions"])
+    user_item = user * n_items + item
+    ui = user_item[imp]
+    f["user_item_clicks"] = before(user_item, ["click"]).total(ui, t)
+    f["user_item_carts"] = before(user_item, ["cart"]).total(ui, t)
+    f["user_item_purchases"] = before(user_item, ["purchase"]).total(ui, t)
+    f["user_item_seconds"] = t - before(user_item, contract.HISTORY_EVENTS).last_time(ui, t)
+    user_cat = user * n_cat + category
+    uc = user_cat[imp]
+    clicks_cat = before(user_cat, ["click"])
+    f["user_category_clicks"] = clicks_cat.total(uc, t)
+    f["user_category_purchases"] = before(user_cat, ["purchase"]).total(uc, t)
+    f["user_category_seconds"] = t - clicks_cat.last_time(uc, t)
+    user_brand = user * n_brand + brand
+    ub = user_brand[imp]
+    f["user_brand_clicks"] = before(user_brand, ["click"]).total(ub, t)
+    f["user_brand_purchases"] = before(user_brand, ["purchase"]).total(ub, t)
+
+    # The item, by anyone.
+    it = item[imp]
+    day, week = SECONDS_PER_DAY, 7 * SECONDS_PER_DAY
+    item_imps, item_clicks = before(item, ["impression"]), before(item, ["click"])
+    f["item_impressions_1d"] = item_imps.total(it, t, day)
+    f["item_clicks_1d"] = item_clicks.total(it, t, day)
+    f["item_impressions_7d"] = item_imps.total(it, t, week)
+    f["item_clicks_7d"] = item_clicks.total(it, t, week)
+    f["item_purchases_7d"] = before(item, ["purchase"]).total(it, t, week)
+    all_imps, all_clicks = item_imps.total(it, t), item_clicks.total(it, t)
+    # The prior of the smoothed rates: the shop's click rate so far.
+    everyone = np.zeros(len(kind), np.int64)
+    zero = np.zeros(len(imp), np.int64)
+    rate = _ratio(before(everyone, ["click"]).total(zero, t),
+                  before(everyone, ["impression"]).total(zero, t))
+    rate = np.nan_to_num(rate, nan=0.0)
+    f["item_ctr"] = (all_clicks + CTR_PRIOR_STRENGTH * rate) / (all_imps + CTR_PRIOR_STRENGTH)
+
+    purchase_rate = np.nan_to_num(_ratio(before(everyone, ["purchase"]).total(zero, t),
+                                         before(everyone, ["click"]).total(zero, t)), nan=0.0)
+    f["item_cvr"] = ((before(item, ["purchase"]).total(it, t) + CTR_PRIOR_STRENGTH
+                      * purchase_rate) / (all_clicks + CTR_PRIOR_STRENGTH))
+    f["session_carts"] = before(session, ["cart"]).total(s_imp, t)
+    f["hour_of_day"] = ((t % SECONDS_PER_DAY) // 3600).astype(np.float64)
+    f["day_of_week"] = ((t // SECONDS_PER_DAY + 3) % 7).astype(np.float64)  # 0 = Monday
+
+    # (query, category): impressions so far, and those whose click has happened by now.
+    query_code = _codes(ev["query"])
+    qc = query_code * n_cat + category
+    all_imp = rows("impression")
+    f["query_category_impressions"] = Before(qc[all_imp], ts[all_imp], t0, span).total(
+        qc[imp], t)
+    clicked_at = _click_time(ts, kind, session, item, all_imp)
+    done = np.isfinite(clicked_at)
+    clicked = Before(qc[all_imp][done], clicked_at[done].astype(np.int64), t0, span)
+    f["query_category_ctr"] = ((clicked.total(qc[imp], t) + CTR_PRIOR_STRENGTH * rate)
+                               / (f["query_category_impressions"] + CTR_PRIOR_STRENGTH))
+
+    # The candidate's price against what the user paid for / clicked on so far.
+    purchases = before(user, ["purchase"], price)
+    f["price_vs_user_purchases"] = _ratio(price[imp], _ratio(purchases.total(u, t),
+                                                              f["user_purchases"]))
+    click_prices = before(user, ["click"], price)
+    f["price_vs_user_clicks"] = _ratio(price[imp], _ratio(click_prices.total(u, t),
+                                                           f["user_clicks"]))
+    f["user_cvr"] = _ratio(f["user_purchases"], f["user_clicks"])
+    missing = sorted(set(NAMES) - set(f))
+    assert not missing, missing
+    out.update({k: np.asarray(f[k], np.float64) for k in NAMES})
+    return out
+
+
+def _click_time(ts, kind, session, item, imp_rows) -> np.ndarray:
+    """Time of the first click on the same (session, item) at or after each impression
+    (NaN if none): when the impression becomes a known click."""
+    clicks = np.flatnonzero(kind == EVENT_INDEX["click"])
+    out = np.full(len(imp_rows), np.nan)
+    if not len(clicks):
+        return out
+    n_items = np.int64(item.max() + 2)
+    key_c = session[clicks] * n_items + item[clicks]
+    order = np.lexsort((ts[clicks], key_c))
+    key_c, t_c = key_c[order], ts[clicks][order]
+    key_i = session[imp_rows] * n_items + item[imp_rows]
+    # First click of the key at or after the impression's time.
+    span = np.int64(ts.max() - ts.min() + 2)
+    comp_c = key_c * span + (t_c - ts.min())
+    comp_i = key_i * span + (ts[imp_rows] - ts.min())
+    at = np.searchsorted(comp_c, comp_i, side="left")
+    ok = at < len(comp_c)
+    at = np.minimum(at, len(comp_c) - 1)
+    ok &= key_c[at] == key_i
+    out[ok] = t_c[at[ok]]
+    return out
+
+
+def matrix(features: dict) -> np.ndarray:
+    """The features as a [n, len(NAMES)] float64 matrix, in NAMES order."""
+    return np.stack([features[k] for k in NAMES], axis=1)
