@@ -223,3 +223,34 @@ def test_default_dataset_location_and_reuse(tmp_path, monkeypatch):
     assert simulate.ensure_default_dataset() == folder
     assert simulate.ensure_default_dataset() == folder
     assert calls == [folder]
+
+
+def _repeat_share(folder, categories):
+    """Share of the purchases in `categories` whose (user, item) was bought before."""
+    ev = pq.read_table(os.path.join(folder, "events.parquet")).to_pydict()
+    items = pq.read_table(os.path.join(folder, "items.parquet")).to_pydict()
+    cat = dict(zip(items["item_id"], items["category"]))
+    seen, repeats, n = set(), 0, 0
+    for u, i, e in zip(ev["user_id"], ev["item_id"], ev["event"]):
+        if e == "purchase" and cat.get(i) in categories:
+            n += 1
+            repeats += (u, i) in seen
+            seen.add((u, i))
+    return repeats / max(n, 1), n
+
+
+def test_repeat_purchase_regime_buys_staples_again(small, tmp_path):
+    """Consumables are bought again (the same item, by the same user) far more often with the
+    regime than without; the regime's own stream leaves the world otherwise as it was."""
+    consumables = set(simulate.CONSUMABLES)
+    with_regime, n_with = _repeat_share(small["folder"], consumables)
+    off = str(tmp_path / "off")
+    simulate.simulate(off, **dict(SMALL, repeat_purchase=False, oracle_replays=0))
+    without, n_without = _repeat_share(off, consumables)
+    assert small["meta"]["repeat_purchase"] is True
+    assert n_with > 1.5 * n_without, (n_with, n_without)
+    assert with_regime > 2 * without, (with_regime, without)
+    # Off, the catalogue is the one of the first simulator (same items and prices).
+    on_items = pq.read_table(os.path.join(small["folder"], "items.parquet"))
+    off_items = pq.read_table(os.path.join(off, "items.parquet"))
+    assert on_items.equals(off_items)

@@ -2,7 +2,8 @@ r"""A behaviour simulator for a small web shop, with the true label probabilitie
 
     python -m zoo.data.simulate --output_dir DIR [--num_users 1400 --num_items 3000 --days 28
         --seed 0 --format parquet|csv --eval_fraction 0.2 --num_price_ranges 5
-        --price_horizon_days 7 --demand_horizon_days 7 --oracle_replays 6 --demand_replays 2]
+        --price_horizon_days 7 --demand_horizon_days 7 --oracle_replays 6 --demand_replays 2
+        --[no]repeat_purchase]
 
 writes a contract folder (see `zoo/data/contract.py`) plus the oracle:
 
@@ -25,6 +26,16 @@ category and brand, with an attractiveness that has an item trend and weekly sea
 Users have latent category tastes (an AR(1) drift per day), a budget (preferred price relative
 to the category level; lower budgets mean stronger price sensitivity), preferred attribute per
 category, brand affinities (grow with purchases), a session rate and a search propensity.
+
+Repeat purchases (`repeat_purchase`, on by default): some categories are consumables (pet
+food, skincare, t-shirts) that a user buys again on a cycle of their own (a per-user multiple
+of the category's cycle). A user who buys in such a category keeps the item as their staple
+(the start of the log finds the category's regular buyers with a staple bought some time
+before); as the cycle runs out the need grows (a logistic in time since the last purchase over
+the cycle), which raises the category's chance to be the session's intent and the feed's page,
+the shop puts the staple into the retrieved pool and ranks it up ("buy it again"), and the
+staple's click, cart and buy probabilities rise with the need. Off, the world is the one of the
+first simulator version (the regime draws from its own random stream).
 
 Sessions arrive per user as a Poisson process with a time-of-day (zero between 23:30 and 06:00,
 so no session crosses midnight) and day-of-week profile; the next one can only start after the
@@ -87,14 +98,16 @@ MAX_PAGES = 6      # pages per session
 SHOWN = LIST * MAX_PAGES
 NEVER = np.iinfo(np.int64).max // 4
 POOL = 64          # retrieved candidates per page (random sample of the category)
-DEFAULT_VERSION = "default-v1"
+# v2: the repeat-purchase regime.
+DEFAULT_VERSION = "default-v2"
 
 DEFAULTS = dict(num_users=1400, num_items=3000, num_brands=80, days=28, seed=0,
                 format="parquet", eval_fraction=contract.DEFAULT_EVAL_FRACTION,
                 num_price_ranges=contract.DEFAULT_NUM_PRICE_RANGES,
                 price_horizon_days=contract.DEFAULT_PRICE_HORIZON_DAYS,
                 demand_horizon_days=contract.DEFAULT_DEMAND_HORIZON_DAYS,
-                oracle_replays=6, demand_replays=2, sessions_per_day=0.25)
+                oracle_replays=6, demand_replays=2, sessions_per_day=0.25,
+                repeat_purchase=True)
 
 # name, [noun, synonyms...], 8 attribute words, median price
 CATEGORIES = [
@@ -151,6 +164,11 @@ TAU_SAT = 6.0 * DAY      # decay of purchase satiation
 DRIFT_PHI = 0.93         # daily AR(1) taste drift towards the user's base taste
 DRIFT_SIGMA = 0.25
 EXAM = (1.0 / (1.0 + np.arange(LIST))) ** 0.6   # position bias
+# Consumables of the repeat-purchase regime: category -> median days between purchases.
+CONSUMABLES = {"pet food": 8.0, "skincare": 12.0, "t-shirts": 16.0}
+NEED_INTENT = 2.5        # intent / feed logit of a fully due consumable
+NEED_SLOPE = 6.0         # steepness of the need around the end of the cycle
+STAPLE_RANK = 1.5        # the shop's "buy it again" boost of the staple in the ranking
 
 
 def _sigmoid(x):
@@ -167,7 +185,7 @@ class World:
     """Static catalogue, users and the exogenous time profiles."""
 
     def __init__(self, num_users, num_items, num_brands, days, extra_days, seed,
-                 sessions_per_day):
+                 sessions_per_day, repeat_purchase=False):
         rng = np.random.default_rng([seed, 1])
         C, A = NUM_CATS, NUM_ATTRS
         self.days = days
@@ -263,6 +281,7 @@ class World:
         self.p_search = rng.beta(4, 2, U)
         self.engage = rng.normal(0, 0.5, U)
         self.num_users, self.num_brands = U, B
+        self._repeat_purchase(repeat_purchase, np.random.default_rng([seed, 4]))
 
         # Session intensity: 15-minute bins over all days, normalised to 1 session per day.
         binsec = 900
@@ -277,6 +296,40 @@ class World:
         self.binsec = binsec
         self.rate = rate
         self.cum = np.concatenate([[0.0], np.cumsum(rate)])
+
+    def _repeat_purchase(self, on, rng):
+        """Per-user cycles and the staples the log starts with (own stream: off, the world is
+        the same as before the regime existed)."""
+        U, C = self.num_users, NUM_CATS
+        cycle_days = np.zeros(C)
+        if on:
+            names = [c[0] for c in CATEGORIES]
+            for name, days in CONSUMABLES.items():
+                cycle_days[names.index(name)] = days
+        self.consumable = cycle_days > 0
+        self.cycle = (cycle_days[None, :] * DAY * rng.lognormal(0.0, 0.35, (U, C)))
+        self.staple0 = np.full((U, C), -1, np.int64)
+        self.last_buy0 = np.full((U, C), self.t0, np.int64)
+        for c in np.flatnonzero(self.consumable):
+            items = self.cat_items[c, :self.cat_n[c]]
+            buyers = np.flatnonzero(self.theta0[:, c] > 0.0)
+            if not len(buyers) or not len(items):
+                continue
+            # The staple: the buyer's pick by quality and brand affinity.
+            pick = (self.quality[items][None, :] + self.baff0[buyers][:, self.ibrand[items]]
+                    + _gumbel(rng, (len(buyers), len(items))))
+            self.staple0[buyers, c] = items[np.argmax(pick, 1)]
+            ago = rng.uniform(0.0, 1.0, len(buyers)) * self.cycle[buyers, c]
+            self.last_buy0[buyers, c] = self.t0 - ago.astype(np.int64)
+
+    def need(self, st, a, t):
+        """[n, C] in [0, 1]: how due each consumable with a staple is for agents a at t."""
+        if not self.consumable.any():
+            return np.zeros((len(a), NUM_CATS))
+        cycle = np.where(self.consumable, self.cycle[st.uid[a]], 1.0)
+        due = (np.asarray(t, np.float64)[:, None] - st.last_buy[a]) / cycle
+        has = (st.staple[a] >= 0) & self.consumable[None, :]
+        return np.where(has, _sigmoid(NEED_SLOPE * (due - 1.0)), 0.0)
 
     def intensity_at(self, t):
         x = (np.asarray(t, np.float64) - self.t0) / self.binsec
@@ -304,7 +357,7 @@ class World:
 class State:
     """Dynamic per-agent state (an agent is a user, or a copy of one in a replay)."""
 
-    FIELDS = ("uid", "theta", "rec", "sat", "baff", "last_t", "day")
+    FIELDS = ("uid", "theta", "rec", "sat", "baff", "last_t", "day", "staple", "last_buy")
 
     def __init__(self, **kw):
         for k in self.FIELDS:
@@ -315,7 +368,8 @@ class State:
         U = world.num_users
         return cls(uid=np.arange(U), theta=world.theta0.copy(), rec=np.zeros((U, NUM_CATS)),
                    sat=np.zeros((U, NUM_CATS)), baff=world.baff0.copy(),
-                   last_t=np.full(U, world.t0, np.int64), day=np.zeros(U, np.int64))
+                   last_t=np.full(U, world.t0, np.int64), day=np.zeros(U, np.int64),
+                   staple=world.staple0.copy(), last_buy=world.last_buy0.copy())
 
     def take(self, idx):
         return State(**{k: getattr(self, k)[idx].copy() for k in self.FIELDS})
@@ -337,7 +391,8 @@ def _session_start(world, st, a, t, rng):
         base = world.theta0[st.uid[am]]
         st.theta[am] = base + phik * (st.theta[am] - base) + sd * rng.normal(size=(len(am), NUM_CATS))
         st.day[am] = day[moved]
-    logits = st.theta[a] + 1.0 * np.log1p(st.rec[a]) - 1.2 * st.sat[a]
+    logits = (st.theta[a] + 1.0 * np.log1p(st.rec[a]) - 1.2 * st.sat[a]
+              + NEED_INTENT * world.need(st, a, np.broadcast_to(t, a.shape)))
     intent = np.argmax(logits + _gumbel(rng, logits.shape), axis=1)
     n = len(a)
     return dict(a=a, intent=intent, p=np.zeros(n, np.int64), T=np.asarray(t, np.int64).copy(),
@@ -395,9 +450,11 @@ def _gen_page(world, st, S, rng):
     S["kind"] = np.where(search, 0, 1)
     _new_queries(world, st, S, np.flatnonzero(search & ~paginate), rng)
     # Page category: the query's (search) or the recommender's (feed).
-    feed_logits = st.theta[a] + 0.8 * np.log1p(st.rec[a])
+    need = world.need(st, a, S["T"])
+    feed_logits = st.theta[a] + 0.8 * np.log1p(st.rec[a]) + NEED_INTENT * need
     feed_cat = np.argmax(feed_logits + _gumbel(rng, feed_logits.shape), 1)
     pc = np.where(search, S["qc"], feed_cat)
+    staple = st.staple[a, pc]  # the user's staple of the page's category (-1: none)
     # Retrieval: all of the category, or POOL distinct ones (stride by a prime > size).
     cn = world.cat_n[pc]
     big = cn > POOL
@@ -408,6 +465,10 @@ def _gen_page(world, st, S, rng):
     valid = ar[None, :] < cn[:, None]
     items = world.cat_items[pc[:, None], pos]
     items = np.where(valid, items, 0)
+    # "Buy it again": the staple joins the retrieved pool (in the first slot) if missing.
+    inject = (staple >= 0) & ~(valid & (items == staple[:, None])).any(1)
+    items[inject, 0] = staple[inject]
+    valid[inject, 0] = True
     # Not shown before in the session.
     I = world.num_items
     shown_keys = (np.arange(n)[:, None] * I + S["shown"])[S["shown"] >= 0]
@@ -422,6 +483,7 @@ def _gen_page(world, st, S, rng):
     lp = world.logp_rel[items]
     score = (0.6 * att + 1.8 * brand_hit + 1.2 * attr_hit - 1.0 * lp * (qm == 0) + 1.0 * lp * (qm == 1)
              + np.where(search[:, None], 0.0, 0.6 * np.take_along_axis(st.baff[a], world.ibrand[items], 1))
+             + STAPLE_RANK * (items == staple[:, None])
              + rng.normal(0, 0.8, items.shape))
     score = np.where(valid, score, -np.inf)
     top = np.argpartition(-score, LIST - 1, axis=1)[:, :LIST]
@@ -453,12 +515,17 @@ def _gen_page(world, st, S, rng):
     q_attr = (world.attr1[it] == qa) | (world.attr2[it] == qa)
     att = world.attract[it, day[:, None]]
     qual = world.quality[it]
+    # The staple, and how due it is (0 for everything else).
+    is_staple = ok & (it == np.take_along_axis(st.staple[a], ic, 1))
+    due = np.take_along_axis(need, ic, 1) * is_staple
     util = (-2.6 + 1.6 * intent_hit + 0.45 * theta + 0.5 * baff + 0.8 * pref_hit + 0.7 * q_brand
             + 0.6 * q_attr + 1.0 * fit + 0.5 * att + 0.35 * qual - 0.12 * S["p"][:, None]
-            + 0.3 * world.engage[uid][:, None])
+            + 0.3 * world.engage[uid][:, None] + 1.2 * is_staple + 2.0 * due)
     c = EXAM[None, :] * _sigmoid(util)
-    cart = _sigmoid(-0.4 + 0.9 * intent_hit + 1.2 * fit + 0.4 * qual + 0.3 * baff - 1.0 * sat)
-    buy = _sigmoid(0.2 + 0.8 * fit + 0.3 * qual - 0.5 * sat + 0.3 * pref_hit)
+    cart = _sigmoid(-0.4 + 0.9 * intent_hit + 1.2 * fit + 0.4 * qual + 0.3 * baff - 1.0 * sat
+                    + 1.0 * is_staple + 1.0 * due)
+    buy = _sigmoid(0.2 + 0.8 * fit + 0.3 * qual - 0.5 * sat + 0.3 * pref_hit
+                   + 1.0 * is_staple + 1.0 * due)
     c = np.where(ok, c, 0.0)
     return dict(items=shown_items, ok=ok, c=c, cart=cart, buy=buy, muq=world.muq[it], T=S["T"].copy(),
                 kind=S["kind"].copy(), qkey=np.where(search, _query_key(world, S), -1))
@@ -517,6 +584,12 @@ def _respond(world, st, S, G, rng, recorder):
     np.add.at(st.sat, (rows, ic), bought * 1.0)
     np.add.at(st.baff, (rows, ib), click * 0.1 + bought * 0.5)
     np.minimum(st.baff, 3.0, out=st.baff)
+    # A consumable bought becomes the staple of its category; its cycle starts again.
+    refill = bought & world.consumable[ic]
+    if refill.any():
+        r, c = np.nonzero(refill)
+        st.staple[a[r], ic[r, c]] = it[r, c]
+        st.last_buy[a[r], ic[r, c]] = base[r, c] + 2
     nclick = click.sum(1)
     anyb = bought.any(1)
     uid = st.uid[a]
@@ -856,7 +929,8 @@ def simulate(output_dir, num_users=DEFAULTS["num_users"], num_items=DEFAULTS["nu
              price_horizon_days=DEFAULTS["price_horizon_days"],
              demand_horizon_days=DEFAULTS["demand_horizon_days"],
              oracle_replays=DEFAULTS["oracle_replays"], demand_replays=DEFAULTS["demand_replays"],
-             sessions_per_day=DEFAULTS["sessions_per_day"], overwrite=True, verbose=False):
+             sessions_per_day=DEFAULTS["sessions_per_day"],
+             repeat_purchase=DEFAULTS["repeat_purchase"], overwrite=True, verbose=False):
     """Simulates the shop and writes the contract folder + oracle; returns a summary dict."""
     if format not in ("parquet", "csv"):
         raise ValueError(f"format must be parquet or csv, got {format!r}")
@@ -872,7 +946,7 @@ def simulate(output_dir, num_users=DEFAULTS["num_users"], num_items=DEFAULTS["nu
         summary = _simulate_into(tmp, num_users, num_items, num_brands, days, seed, format,
                                  eval_fraction, num_price_ranges, price_horizon_days,
                                  demand_horizon_days, oracle_replays, demand_replays,
-                                 sessions_per_day, verbose)
+                                 sessions_per_day, repeat_purchase, verbose)
         if os.path.exists(output_dir):
             if not overwrite:
                 shutil.rmtree(tmp)
@@ -892,9 +966,10 @@ def simulate(output_dir, num_users=DEFAULTS["num_users"], num_items=DEFAULTS["nu
 
 
 def _simulate_into(out, num_users, num_items, num_brands, days, seed, fmt, eval_fraction, K, H, D,
-                   oracle_replays, demand_replays, sessions_per_day, verbose):
+                   oracle_replays, demand_replays, sessions_per_day, repeat_purchase, verbose):
     extra = int(np.ceil(max(H, D))) + 2
-    world = World(num_users, num_items, num_brands, days, extra, seed, sessions_per_day)
+    world = World(num_users, num_items, num_brands, days, extra, seed, sessions_per_day,
+                  repeat_purchase)
     rng = np.random.default_rng([seed, 0])
     use_oracle = oracle_replays > 0
     st = State.initial(world)
@@ -1024,6 +1099,7 @@ def _simulate_into(out, num_users, num_items, num_brands, days, seed, fmt, eval_
                 oracle_replays=oracle_replays, demand_replays=demand_replays, seed=seed,
                 num_users=num_users, num_items=num_items, num_brands=num_brands, days=days,
                 start_time=START_TIME, sessions_per_day=sessions_per_day,
+                repeat_purchase=bool(repeat_purchase),
                 notes="p_click/p_purchase exact; p_price_range_* and demand: Rao-Blackwellised "
                       "Monte Carlo (see zoo/data/simulate.py docstring); NaN when replays are 0.")
     with open(os.path.join(out, "oracle_meta.json"), "w") as f:
@@ -1037,7 +1113,8 @@ def _simulate_into(out, num_users, num_items, num_brands, days, seed, fmt, eval_
 
 
 def default_data_dir():
-    """Where the default data set lives: $ECOM_ZOO_CACHE (or ~/.cache/ecom_zoo)/simulated/default-v1."""
+    """Where the default data set lives: $ECOM_ZOO_CACHE (or ~/.cache/ecom_zoo)/simulated/
+    DEFAULT_VERSION."""
     root = os.environ.get("ECOM_ZOO_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "ecom_zoo")
     return os.path.join(root, "simulated", DEFAULT_VERSION)
 
@@ -1060,7 +1137,8 @@ def main(argv):
                        price_horizon_days=F.price_horizon_days,
                        demand_horizon_days=F.demand_horizon_days,
                        oracle_replays=F.oracle_replays, demand_replays=F.demand_replays,
-                       sessions_per_day=F.sessions_per_day, verbose=F.verbose)
+                       sessions_per_day=F.sessions_per_day,
+                       repeat_purchase=F.repeat_purchase, verbose=F.verbose)
     print(json.dumps(summary, indent=1))
 
 
@@ -1083,6 +1161,8 @@ def _define_flags():
     flags.DEFINE_integer("demand_replays", DEFAULTS["demand_replays"],
                          "Whole-world replays per day for the others' part of the demand oracle.")
     flags.DEFINE_float("sessions_per_day", DEFAULTS["sessions_per_day"], "Mean sessions per user-day.")
+    flags.DEFINE_bool("repeat_purchase", DEFAULTS["repeat_purchase"],
+                      "Consumables bought again on per-user cycles (see the docstring).")
     flags.DEFINE_bool("verbose", False, "Progress per day.")
     flags.mark_flag_as_required("output_dir")
 

@@ -24,6 +24,9 @@ _COMMON = {
     # relevance alone). Measured in BUILD_NOTES.md.
     "position_bias": "feature",
     "position_dropout": 0.1,     # pal: share of training ranks hidden
+    # DCN-v2 cross layers on the towers' input (keras_rs FeatureCross), low rank.
+    "feature_cross_layers": 0,
+    "feature_cross_projection": 64,
     # The towers also read the candidate's embedding before the encoder (not only its
     # encoder output): measured at 10 % labels, pre-trained fine-tuning needs this path.
     "candidate_embedding_to_heads": True,

@@ -44,10 +44,12 @@ _WEIGHT_KEYS = {"item": "event_weights", "category": "event_weights",
                 "query": "query_weights", "next_item": "next_weights",
                 "next_category": "next_category_weights"}
 MASK_UNITS = ("item", "position")
-# The candidate's inputs `mask_candidate` sets to 0 (the padding index: a [MASK] event).
+# The candidate's inputs `mask_candidate` sets to 0 (the padding index: a [MASK] event);
+# the dense features too: most of them describe the candidate (the user's clicks on its
+# item, its click rate, its match with the history), which would give its item away.
 CANDIDATE_FIELDS = ("item_index", "category_index", "brand_index", "price_bucket",
                     "position_bucket", "item_clicks_bucket", "item_purchases_bucket",
-                    "title_tokens")
+                    "title_tokens", "dense_features")
 
 
 def num_selections(length: int, rate: float) -> int:

@@ -22,6 +22,9 @@ _MODEL = {
     "purchase_head": "esmm",       # or "naive"
     "position_bias": "feature",    # or "pal" (see bert_mtl's presets)
     "position_dropout": 0.1,
+    # DCN-v2 cross layers on the towers' input (keras_rs FeatureCross), low rank.
+    "feature_cross_layers": 0,
+    "feature_cross_projection": 64,
 }
 
 PRESETS = {

@@ -74,6 +74,9 @@ class MultitaskRanker(keras_hub.models.Task):
         click = sigmoid(relevance logit) x sigmoid(position logit); a request with an unknown
         rank (-1) gets the average rank's factor, the same for every candidate.
       position_dropout: "pal" only: share of training ranks hidden (`PositionBias`).
+      feature_cross_layers: DCN-v2 cross layers (`keras_rs.layers.FeatureCross`) on the
+        towers' shared input, whose output the towers read (0: none).
+      feature_cross_projection: low-rank size of each cross layer's weight (0: full rank).
       zoo_config: the resolved zoo config the model was built from (kept for reference).
     """
 
@@ -83,7 +86,8 @@ class MultitaskRanker(keras_hub.models.Task):
                  dropout=0.1, structure="shared_bottom", num_experts=4, expert_dim=128,
                  num_shared_experts=1, num_task_experts=1, num_levels=2,
                  purchase_head="esmm", candidate_embedding_to_heads=True,
-                 position_bias="feature", position_dropout=0.1, zoo_config=None, **kwargs):
+                 position_bias="feature", position_dropout=0.1, feature_cross_layers=0,
+                 feature_cross_projection=64, zoo_config=None, **kwargs):
         if structure not in STRUCTURES:
             raise ValueError(f"structure must be one of {STRUCTURES}, got {structure!r}")
         if purchase_head not in PURCHASE_HEADS:
@@ -103,6 +107,15 @@ class MultitaskRanker(keras_hub.models.Task):
         # A new initializer per weight: one unseeded instance gives every weight the same values.
         def init():
             return keras.initializers.TruncatedNormal(stddev=backbone.initializer_range)
+        self.feature_cross = []
+        if int(feature_cross_layers) > 0:
+            import keras_rs
+
+            self.feature_cross = [
+                keras_rs.layers.FeatureCross(
+                    projection_dim=int(feature_cross_projection) or None, diag_scale=0.0,
+                    kernel_initializer=init(), name=f"feature_cross_{i}")
+                for i in range(int(feature_cross_layers))]
         if structure == "mmoe":
             self.multitask_heads = MMoE(
                 TOWERS, num_experts=num_experts, expert_dim=expert_dim, dropout=dropout,
@@ -127,7 +140,7 @@ class MultitaskRanker(keras_hub.models.Task):
 
         # === Functional model ===
         inputs = backbone.input
-        features = self._shared_features(backbone(self._backbone_inputs(inputs)))
+        features = self._crossed(self._shared_features(backbone(self._backbone_inputs(inputs))))
         if self.multitask_heads is None:
             tower_inputs = {task: features for task in TOWERS}
         else:
@@ -165,12 +178,21 @@ class MultitaskRanker(keras_hub.models.Task):
         self.num_levels = int(num_levels)
         self.purchase_head = purchase_head
         self.position_dropout = float(position_dropout)
+        self.feature_cross_layers = int(feature_cross_layers)
+        self.feature_cross_projection = int(feature_cross_projection)
         self.zoo_config = dict(zoo_config or {})
 
     def _backbone_inputs(self, inputs):
         if self.position_tower is None:
             return inputs
         return {**inputs, "position_bucket": ops.zeros_like(inputs["position_bucket"])}
+
+    def _crossed(self, features):
+        """DCN-v2: x_{i+1} = x0 * (W x_i + b) + x_i over the cross layers (none: x0)."""
+        crossed = features
+        for layer in self.feature_cross:
+            crossed = layer(features, crossed)
+        return crossed
 
     def _shared_features(self, encoded):
         parts = [encoded["cls_output"], encoded["candidate_output"]]
@@ -192,8 +214,8 @@ class MultitaskRanker(keras_hub.models.Task):
         MMoE {tower: [B, E]}, PLE {"level{l}/{tower or shared}": [B, n]}."""
         if self.multitask_heads is None:
             return {}
-        features = self._shared_features(self.backbone(self._backbone_inputs(inputs),
-                                                        training=training))
+        features = self._crossed(self._shared_features(
+            self.backbone(self._backbone_inputs(inputs), training=training)))
         return self.multitask_heads(features, training=training, return_gates=True)[1]
 
     def get_config(self):
@@ -212,6 +234,8 @@ class MultitaskRanker(keras_hub.models.Task):
             "candidate_embedding_to_heads": self.candidate_embedding_to_heads,
             "position_bias": self.position_bias,
             "position_dropout": self.position_dropout,
+            "feature_cross_layers": self.feature_cross_layers,
+            "feature_cross_projection": self.feature_cross_projection,
             "zoo_config": dict(self.zoo_config),
         })
         return config
@@ -239,7 +263,7 @@ def load_vocabulary(vocabulary) -> dict:
 # them (the `bert_mtl` presets) gets `MultitaskRanker`'s defaults: shared bottom, ESMM.
 STRUCTURE_KEYS = ("structure", "num_experts", "expert_dim", "num_shared_experts",
                   "num_task_experts", "num_levels", "purchase_head", "position_bias",
-                  "position_dropout")
+                  "position_dropout", "feature_cross_layers", "feature_cross_projection")
 
 
 def head_kwargs(config: dict) -> dict:
