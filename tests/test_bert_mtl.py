@@ -107,6 +107,21 @@ def test_masked_price_range_label_contributes_nothing():
     assert changed[0] == 0.0 and abs(changed[1] - base[1]) > 0.1
 
 
+def test_price_range_label_smoothing_by_hand():
+    probs = tf.constant([[0.1, 0.2, 0.3, 0.2, 0.2], [0.5, 0.1, 0.1, 0.2, 0.1]])
+    labels = {"price_range": tf.constant([-1, 0], tf.int64),
+              "price_range_mask": tf.constant([0.0, 1.0])}
+    got = _np(losses.per_example_losses(labels, {"price_range": probs},
+                                        price_range_label_smoothing=0.2)["price_range"])
+    p = np.array([0.5, 0.1, 0.1, 0.2, 0.1])
+    assert got[0] == 0.0
+    np.testing.assert_allclose(got[1], 0.8 * -np.log(0.5) + 0.2 * -np.log(p).mean(), rtol=1e-6)
+    # The model declares it: its per_example_losses use its own smoothing.
+    model = zoo.get("bert_mtl", "tiny", price_range_label_smoothing=0.2)
+    np.testing.assert_allclose(_np(model.per_example_losses(
+        labels, {"price_range": probs})["price_range"]), got, rtol=1e-6)
+
+
 def test_poisson_loss_against_hand_computed_value():
     outputs = {"demand": tf.constant([2.0, 0.5, 3.0])}
     labels = {"demand": tf.constant([3.0, 0.0, 1.0])}

@@ -264,3 +264,25 @@ def test_a_model_dir_of_older_examples_is_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match=r"old_run was trained on examples version 3 or "
                                          r"older; this code writes version \d+"):
         rundir.load_trained(model_dir)
+
+
+def test_feature_cross_layers_feed_the_towers_and_reload(tmp_path):
+    import keras_rs
+    from zoo.models.testing import random_raw_batch
+    from zoo.models.features import split_labels
+
+    model = zoo.get("bert_mtl", "tiny", feature_cross_layers=2, feature_cross_projection=8)
+    assert [type(layer) for layer in model.feature_cross] == [keras_rs.layers.FeatureCross] * 2
+    features, _ = split_labels(random_raw_batch(4, 16, seed=5))
+    x = model.preprocessor(features)
+    before = model(x)["click"].numpy()
+    # Zeroing the cross weights leaves x0 (x_{i+1} = x0 * (W x_i + b) + x_i with W, b = 0).
+    for layer in model.feature_cross:
+        for w in layer.weights:
+            w.assign(np.zeros(w.shape, np.float32))
+    plain = model(x)["click"].numpy()
+    assert np.abs(before - plain).max() > 1e-6
+    path = str(tmp_path / "fc.keras")
+    model.save(path)
+    np.testing.assert_allclose(keras.models.load_model(path)(x)["click"].numpy(), plain,
+                               rtol=1e-5)

@@ -25,31 +25,55 @@ def test_every_impression_is_one_example(source):
         ["e2", "e3", "e7", "e8", "e11", "e13", "e16", "e18"])
 
 
-@pytest.mark.parametrize("event_id,click,purchase,price_range,mask,demand", [
-    # e2: A clicked (e4) and bought x2 (e6) later in s1; demand of A in (t, t+7d]: e6(2)+e12(1);
-    # e15 lands 1 s after the window closes.
-    ("e2", 1, 1, 0, 1.0, 3.0),
+@pytest.mark.parametrize("event_id,click,purchase,price_range,mask,demand,demand_mask", [
+    # e2: A clicked (e4) and bought x2 (e6) later in s1; demand of A in (t, t+3d]: e6(2)+e12(1).
+    ("e2", 1, 1, 0, 1.0, 3.0, 1.0),
     # e3: B clicked in s1 at the same second as e7 (e17), after e3; the s2 click is another session.
-    ("e3", 1, 0, 0, 1.0, 0.0),
+    ("e3", 1, 0, 0, 1.0, 0.0, 1.0),
     # e7: nothing on C; u1's next purchase is D (40 > 25 -> bucket 1) a day later.
-    ("e7", 0, 0, 1, 1.0, 0.0),
-    ("e8", 1, 0, 1, 1.0, 0.0),
-    # e11: u2 buys A without clicking; demand of A: e6(2)+e12(1)+e15(1, inside this window).
-    ("e11", 0, 1, 0, 1.0, 4.0),
-    # e16: u2 buys nothing afterwards -> price range missing and masked.
-    ("e16", 0, 0, -1, 0.0, 0.0),
-    # e18: u2 sees A after its last purchase; nobody buys A later.
-    ("e18", 0, 0, -1, 0.0, 0.0),
-    # e13: eval day; E (50) bought one second later.
-    ("e13", 0, 1, 1, 1.0, 1.0),
+    ("e7", 0, 0, 1, 1.0, 0.0, 1.0),
+    ("e8", 1, 0, 1, 1.0, 0.0, 1.0),
+    # e11: u2 buys A without clicking; demand of A: e6(2)+e12(1); e15 (day 7) is past 3 days.
+    ("e11", 0, 1, 0, 1.0, 3.0, 1.0),
+    # e16: u2 buys nothing afterwards -> price range missing and masked. Day 7 + 3 days
+    # crosses the train/eval cut (day 8): the demand window is censored, masked.
+    ("e16", 0, 0, -1, 0.0, 0.0, 0.0),
+    # e18: u2 sees A after its last purchase; nobody buys A later (censored as e16).
+    ("e18", 0, 0, -1, 0.0, 0.0, 0.0),
+    # e13: eval day; E (50) bought one second later; 3 days run past the end of the log.
+    ("e13", 0, 1, 1, 1.0, 1.0, 0.0),
 ])
-def test_labels_by_hand(source, event_id, click, purchase, price_range, mask, demand):
+def test_labels_by_hand(source, event_id, click, purchase, price_range, mask, demand,
+                        demand_mask):
     got = by_id(source)[event_id]
     assert got["click"] == click
     assert got["purchase"] == purchase
     assert got["price_range"] == price_range
     assert got["price_range_mask"] == mask
     assert got["demand"] == pytest.approx(demand)
+    assert got["demand_mask"] == demand_mask
+
+
+def test_training_labels_stop_at_the_cut(tmp_path):
+    """No training label is made of eval events: a purchase after the cut is neither a
+    training impression's next price range nor part of its demand."""
+    extra = fixtures.EVENTS + [
+        # u3 sees D on day 7 and buys it on day 8 (eval), within both horizons.
+        ("x1", "u3", "s7", fixtures.T0 + 7 * fixtures.DAY, "impression", "", "D", 0, ""),
+        ("x2", "u3", "s8", fixtures.T0 + 8 * fixtures.DAY + 10, "purchase", "", "D", "", 1),
+        # u4 sees D early on day 1 and buys it on day 2 (train): whole window, counted.
+        ("x3", "u4", "s9", fixtures.T0 + fixtures.DAY + 1, "impression", "", "D", 0, ""),
+        ("x4", "u4", "s10", fixtures.T0 + 2 * fixtures.DAY, "purchase", "", "D", "", 1),
+    ]
+    src = examples.ExampleSource(
+        contract.read_contract(fixtures.write_csv(str(tmp_path), events=extra)), CFG)
+    assert src.prep.cut == fixtures.T0 + 8 * fixtures.DAY
+    got = by_id(src)
+    assert got["x1"]["price_range"] == -1 and got["x1"]["price_range_mask"] == 0.0
+    assert got["x1"]["demand"] == 0.0 and got["x1"]["demand_mask"] == 0.0
+    # D bought by u1 (e10, day 1 + 10 s) and u4 (x4): both inside x3's window.
+    assert got["x3"]["price_range"] == 1 and got["x3"]["demand"] == 2.0
+    assert got["x3"]["demand_mask"] == 1.0
 
 
 def test_price_edges_from_training_items_only(source):

@@ -8,10 +8,32 @@ import os
 from absl import logging
 
 
-def read_oracle(contract_dir: str):
-    """The simulator's oracle table (event_id -> true probabilities), if the folder has one."""
+# Label settings an oracle is for (oracle_meta.json) that must match the run's.
+ORACLE_LABEL_KEYS = ("num_price_ranges", "price_horizon_days", "demand_horizon_days",
+                     "eval_fraction")
+
+
+def read_oracle(contract_dir: str, label_config=None):
+    """The simulator's oracle table (event_id -> true probabilities), if the folder has one
+    and it was drawn for the same label settings as `label_config` (else None, warned)."""
+    import json
+
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
+
+    meta_path = os.path.join(contract_dir, "oracle_meta.json")
+    if label_config is not None and os.path.exists(meta_path):
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+        differ = [k for k in ORACLE_LABEL_KEYS
+                  if k in meta and float(meta[k]) != float(getattr(label_config, k))]
+        if differ:
+            logging.warning("%s: the oracle is for other label settings (%s); no oracle "
+                            "column. Simulate the data with the run's settings to get it.",
+                            contract_dir, ", ".join(f"{k}={meta[k]} vs "
+                                                    f"{getattr(label_config, k)}"
+                                                    for k in differ))
+            return None
 
     for name, reader in (("oracle.parquet", pq.read_table), ("oracle.csv", pacsv.read_csv)):
         path = os.path.join(contract_dir, name)
@@ -53,7 +75,7 @@ def evaluate_model(model, eval_ds, meta: dict, config, jit_compile: bool = False
 
     preds, extras = loop.predict_dataset(model, eval_ds, jit_compile=jit_compile)
     rows = {"model": metrics_lib.multitask_metrics(extras, preds, extras["user_id"])}
-    oracle = read_oracle(meta["contract_dir"])
+    oracle = read_oracle(meta["contract_dir"], config.label_config)
     if oracle is not None:
         o = oracle_predictions(oracle, extras["event_id"], config.label_config.num_price_ranges)
         if o is not None:

@@ -74,7 +74,8 @@ def run(config, after_save=None) -> dict:
         train &= pipeline.in_fraction(tf.constant(event_ids.astype(str)),
                                       config.labels_fraction).numpy()
     task_labels = {k: np.asarray(labels[k]) for k in
-                   ("click", "purchase", "price_range", "price_range_mask", "demand")}
+                   ("click", "purchase", "price_range", "price_range_mask", "demand",
+                    "demand_mask")}
     if config.verbose:
         print(f"training {config.model}/{config.preset} on {int(train.sum()):,} training "
               f"impressions x {x.shape[1]} features (built in {feature_seconds:.1f} s); "
@@ -96,7 +97,7 @@ def run(config, after_save=None) -> dict:
         user_ids = tables.events["user_id"].take(labels["row"][is_eval]).to_numpy(
             zero_copy_only=False)
         rows = {"model": metrics_lib.multitask_metrics(extras, preds, user_ids)}
-        oracle = evaluation.read_oracle(meta["contract_dir"])
+        oracle = evaluation.read_oracle(meta["contract_dir"], config.label_config)
         if oracle is not None:
             o = evaluation.oracle_predictions(oracle, event_ids[is_eval],
                                               config.label_config.num_price_ranges)

@@ -67,7 +67,8 @@ def logloss(labels, probs) -> float:
 
 
 def multitask_metrics(labels: dict, preds: dict, user_ids: np.ndarray) -> dict:
-    """labels: click, purchase, price_range (-1 missing), price_range_mask, demand.
+    """labels: click, purchase, price_range (-1 missing), price_range_mask, demand,
+    demand_mask (optional: demand metrics over the whole windows only).
     preds: click [n], purchase [n], price_range [n, K] (probabilities), demand [n] (rate)."""
     out = {
         "click/auc": auc(labels["click"], preds["click"]),
@@ -86,8 +87,13 @@ def multitask_metrics(labels: dict, preds: dict, user_ids: np.ndarray) -> dict:
             -np.mean(np.log(np.clip(probs[np.arange(len(y)), y], EPS, None))))
     else:
         out["price_range/accuracy"] = out["price_range/logloss"] = float("nan")
-    y = np.asarray(labels["demand"], np.float64)
-    mu = np.clip(np.asarray(preds["demand"], np.float64), EPS, None)
+    whole = (np.asarray(labels["demand_mask"]) > 0 if "demand_mask" in labels
+             else np.ones(len(np.asarray(labels["demand"])), bool))
+    y = np.asarray(labels["demand"], np.float64)[whole]
+    mu = np.clip(np.asarray(preds["demand"], np.float64)[whole], EPS, None)
+    if not len(y):
+        out["demand/poisson_deviance"] = out["demand/rmse"] = float("nan")
+        return out
     # Poisson deviance: 2 * mean(y log(y / mu) - (y - mu)), with 0 log 0 = 0.
     ylogy = np.where(y > 0, y * np.log(np.where(y > 0, y, 1.0) / mu), 0.0)
     out["demand/poisson_deviance"] = float(2.0 * np.mean(ylogy - (y - mu)))

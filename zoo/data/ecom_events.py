@@ -26,7 +26,7 @@ from zoo.data import contract, examples as examples_lib, labels as labels_lib, s
 
 # Bump when the example-building code changes what it writes: cached examples are re-made.
 # 2: item_clicks_7d, item_purchases_7d; 3: next_item_id, next_category; 4: the context
-# features (`examples.CONTEXT_FEATURES`).
+# features (`examples.CONTEXT_FEATURES`), demand_mask, training labels stop at the cut.
 EXAMPLES_VERSION = "4"
 
 

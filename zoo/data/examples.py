@@ -37,7 +37,7 @@ SEQUENCE_FEATURES = {
 }
 LABEL_FEATURES = {
     "click": np.int64, "purchase": np.int64, "price_range": np.int64,
-    "price_range_mask": np.float32, "demand": np.float32,
+    "price_range_mask": np.float32, "demand": np.float32, "demand_mask": np.float32,
 }
 # Targets of the next-event pretext of pre-training (from the future, like the labels, and
 # written beside them): the item and category of the user's next behaviour event after the

@@ -101,7 +101,9 @@ def _later_same_key(prep: Prepared, imp: np.ndarray, event: str) -> np.ndarray:
 
 
 def _next_purchase_bucket(prep: Prepared, imp: np.ndarray) -> np.ndarray:
-    """Price bucket of the user's first purchase after the impression within H days; -1 if none."""
+    """Price bucket of the user's first purchase after the impression within H days; -1 if none.
+    A training impression's purchase must come before the train/eval cut: no training label
+    is made of eval events."""
     rows = np.flatnonzero(prep.kind == EVENT_INDEX["purchase"])
     out = np.full(len(imp), -1, dtype=np.int64)
     if len(rows) == 0:
@@ -117,11 +119,12 @@ def _next_purchase_bucket(prep: Prepared, imp: np.ndarray) -> np.ndarray:
     nxt = rows[at]
     horizon = np.int64(round(prep.config.price_horizon_days * SECONDS_PER_DAY))
     valid &= (prep.user[nxt] == prep.user[imp]) & (prep.ts[nxt] <= prep.ts[imp] + horizon)
+    valid &= (prep.ts[imp] >= prep.cut) | (prep.ts[nxt] < prep.cut)
     out[valid] = prep.item_bucket[prep.item[nxt[valid]]]
     return out
 
 
-def _item_window_sums(prep: Prepared, imp: np.ndarray, event: str, start: int, end: int,
+def _item_window_sums(prep: Prepared, imp: np.ndarray, event: str, start: int, end,
                       weights: np.ndarray | None = None, past: bool = False) -> np.ndarray:
     """Sum of `weights` (default 1) over `event` rows of the impressed item in a window.
 
@@ -132,7 +135,8 @@ def _item_window_sums(prep: Prepared, imp: np.ndarray, event: str, start: int, e
     if len(rows) == 0:
         return np.zeros(len(imp), dtype=np.float32)
     t0 = int(prep.ts.min()) + min(start, 0)
-    span = np.int64(int(prep.ts.max()) - t0 + abs(start) + abs(end) + 2)
+    # `end` may be one per impression (windows that stop at a boundary).
+    span = np.int64(int(prep.ts.max()) - t0 + abs(start) + int(np.max(np.abs(end), initial=0)) + 2)
     key_rows = prep.item[rows] * span + (prep.ts[rows] - t0)
     order = np.argsort(key_rows, kind="stable")
     keys = key_rows[order]
@@ -145,11 +149,21 @@ def _item_window_sums(prep: Prepared, imp: np.ndarray, event: str, start: int, e
     return (cum[hi] - cum[lo]).astype(np.float32)
 
 
-def _future_item_demand(prep: Prepared, imp: np.ndarray) -> np.ndarray:
-    """Quantity of the impressed item bought by anyone in (t, t + D days]."""
+def _future_item_demand(prep: Prepared, imp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(quantity of the impressed item bought by anyone in (t, t + D days], mask).
+
+    The window of a training impression stops before the train/eval cut (no training label
+    is made of eval events), an eval impression's at the end of the log. A window that
+    stops early is censored: its count is low by an unknown amount, so its mask is 0 and
+    neither the loss nor the metrics read it."""
     horizon = int(round(prep.config.demand_horizon_days * SECONDS_PER_DAY))
-    return _item_window_sums(prep, imp, "purchase", 0, horizon,
-                             weights=prep.tables.events["quantity"])
+    t = prep.ts[imp]
+    is_train = t < prep.cut
+    boundary = np.where(is_train, prep.cut - 1, prep.ts.max() if len(prep.ts) else 0)
+    end = np.minimum(horizon, boundary - t)
+    demand = _item_window_sums(prep, imp, "purchase", 0, end,
+                               weights=prep.tables.events["quantity"])
+    return demand, (t + horizon <= boundary).astype(np.float32)
 
 
 def item_trailing_stats(prep: Prepared, imp: np.ndarray) -> dict:
@@ -173,6 +187,7 @@ def compute_labels(tables: contract.Tables, config: LabelConfig | None = None,
     prep = prepared or Prepared(tables, config)
     imp = prep.impressions
     bucket = _next_purchase_bucket(prep, imp)
+    demand, demand_mask = _future_item_demand(prep, imp)
     return {
         "row": imp,
         "event_id": tables.events["event_id"].take(imp).to_numpy(zero_copy_only=False),
@@ -182,7 +197,8 @@ def compute_labels(tables: contract.Tables, config: LabelConfig | None = None,
         "purchase": _later_same_key(prep, imp, "purchase"),
         "price_range": bucket,
         "price_range_mask": (bucket >= 0).astype(np.float32),
-        "demand": _future_item_demand(prep, imp),
+        "demand": demand,
+        "demand_mask": demand_mask,
     }
 
 

@@ -46,6 +46,7 @@ LABELS = {
     "price_range": ("int64", 1),  # -1 when missing
     "price_range_mask": ("float32", 1),  # 1 present / 0 missing
     "demand": ("float32", 1),  # a count >= 0
+    "demand_mask": ("float32", 1),  # 1 = a whole window / 0 = censored by the log's end
 }
 
 # The model outputs (and per-example losses) of the multi-task families.

@@ -12,8 +12,12 @@
                                                          the ESMM paper, sample selection bias
                                                          included)
   price_range  sparse CE(price_range, probs) * mask      masked labels (mask 0, label -1)
-                                                         contribute exactly 0
-  demand       Poisson NLL: rate - y * log(rate)         (log y! dropped: constant)
+                                                         contribute exactly 0; with label
+                                                         smoothing e: (1 - e) CE + e x the
+                                                         mean of -log p over the K classes
+  demand       Poisson NLL: rate - y * log(rate)         (log y! dropped: constant), times
+                                                         demand_mask when the labels have it
+                                                         (censored windows count 0)
 """
 
 from __future__ import annotations
@@ -31,8 +35,10 @@ def binary_cross_entropy(labels, probs, epsilon: float = EPSILON):
     return -(y * tf.math.log(p) + (1.0 - y) * tf.math.log(1.0 - p))
 
 
-def masked_sparse_cross_entropy(labels, probs, mask, epsilon: float = EPSILON):
-    """-log probs[label] where mask > 0; exactly 0 where mask == 0 (any label, even -1)."""
+def masked_sparse_cross_entropy(labels, probs, mask, epsilon: float = EPSILON,
+                                label_smoothing: float = 0.0):
+    """-log probs[label] where mask > 0; exactly 0 where mask == 0 (any label, even -1).
+    label_smoothing e: the target is (1 - e) one-hot + e / K everywhere."""
     probs = tf.cast(probs, tf.float32)
     present = tf.cast(mask, tf.float32) > 0
     safe_labels = tf.where(present, tf.cast(labels, tf.int32), tf.zeros_like(labels, tf.int32))
@@ -40,6 +46,9 @@ def masked_sparse_cross_entropy(labels, probs, mask, epsilon: float = EPSILON):
     safe_labels = tf.clip_by_value(safe_labels, 0, num_classes - 1)
     p = tf.gather(probs, safe_labels, axis=-1, batch_dims=1)
     ce = -tf.math.log(tf.clip_by_value(p, epsilon, 1.0))
+    if label_smoothing:
+        uniform = -tf.reduce_mean(tf.math.log(tf.clip_by_value(probs, epsilon, 1.0)), axis=-1)
+        ce = (1.0 - label_smoothing) * ce + label_smoothing * uniform
     return tf.where(present, ce * tf.cast(mask, tf.float32), tf.zeros_like(ce))
 
 
@@ -50,15 +59,17 @@ def poisson_nll(counts, rate, epsilon: float = EPSILON):
     return rate - y * tf.math.log(rate + epsilon)
 
 
-def per_example_losses(labels: dict, outputs: dict, purchase_on_clicks_only: bool = False
-                       ) -> dict:
+def per_example_losses(labels: dict, outputs: dict, purchase_on_clicks_only: bool = False,
+                       price_range_label_smoothing: float = 0.0) -> dict:
     """{task: Tensor[B]} for the tasks in both `outputs` and `labels`.
 
     labels: `click`, `purchase` (int), `price_range` (int, -1 missing),
       `price_range_mask` (float, 1 present / 0 missing; absent = all present),
-      `demand` (float count >= 0).
+      `demand` (float count >= 0), `demand_mask` (float, 1 whole window / 0 censored;
+      absent = all whole).
     outputs: the model's {"click": [B], "purchase": [B], "price_range": [B, K],
       "demand": [B]} (probabilities / rate).
+    price_range_label_smoothing: e of the price-range cross entropy (0: none).
     purchase_on_clicks_only: for models whose `purchase` is p(purchase | click)
       (`purchase_head="naive"`). Non-clicked examples still count in the trainer's
       global-batch average, so the purchase term weighs about (click rate) x its per-click
@@ -80,9 +91,13 @@ def per_example_losses(labels: dict, outputs: dict, purchase_on_clicks_only: boo
         if mask is None:
             mask = tf.cast(tf.greater_equal(labels["price_range"], 0), tf.float32)
         losses["price_range"] = masked_sparse_cross_entropy(
-            labels["price_range"], outputs["price_range"], mask)
+            labels["price_range"], outputs["price_range"], mask,
+            label_smoothing=price_range_label_smoothing)
     if "demand" in outputs and "demand" in labels:
-        losses["demand"] = poisson_nll(labels["demand"], outputs["demand"])
+        nll = poisson_nll(labels["demand"], outputs["demand"])
+        if "demand_mask" in labels:
+            nll = nll * tf.cast(labels["demand_mask"], tf.float32)
+        losses["demand"] = nll
     return losses
 
 

@@ -95,5 +95,6 @@ def random_raw_batch(batch_size: int = 8, history_length: int = 50, seed: int = 
                                     ).astype(np.int64),
             "price_range_mask": present.astype(np.float32),
             "demand": rng.poisson(2.0, size=B).astype(np.float32),
+            "demand_mask": (rng.random(B) < 0.8).astype(np.float32),
         })
     return batch

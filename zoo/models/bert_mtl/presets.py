@@ -27,6 +27,8 @@ _COMMON = {
     # DCN-v2 cross layers on the towers' input (keras_rs FeatureCross), low rank.
     "feature_cross_layers": 0,
     "feature_cross_projection": 64,
+    # Label smoothing of the price-range loss (calibration; measured in BUILD_NOTES.md).
+    "price_range_label_smoothing": 0.0,
     # The towers also read the candidate's embedding before the encoder (not only its
     # encoder output): measured at 10 % labels, pre-trained fine-tuning needs this path.
     "candidate_embedding_to_heads": True,

@@ -25,6 +25,8 @@ _MODEL = {
     # DCN-v2 cross layers on the towers' input (keras_rs FeatureCross), low rank.
     "feature_cross_layers": 0,
     "feature_cross_projection": 64,
+    # Label smoothing of the price-range loss (calibration; measured in BUILD_NOTES.md).
+    "price_range_label_smoothing": 0.0,
 }
 
 PRESETS = {

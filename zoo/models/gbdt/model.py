@@ -51,6 +51,9 @@ class GbdtModel:
             rows = np.flatnonzero(np.asarray(labels["price_range_mask"]) > 0)
             return rows, np.asarray(labels["price_range"])[rows].astype(np.int64)
         y = np.asarray(labels[task], np.float64)
+        if task == "demand" and "demand_mask" in labels:  # censored windows are not targets
+            rows = np.flatnonzero(np.asarray(labels["demand_mask"]) > 0)
+            return rows, y[rows]
         return np.arange(len(y)), y
 
     def fit(self, x: np.ndarray, labels: dict, timestamps: np.ndarray,

@@ -308,6 +308,9 @@ def fit_vocabulary(features: dict, config) -> dict:
     purchase = np.asarray(sub["purchase"], np.float64)
     demand = np.asarray(sub["demand"], np.float64)
     n = len(click)
+    # Demand statistics of the whole windows only (a censored window's count is low).
+    whole = (np.asarray(sub["demand_mask"]) > 0 if "demand_mask" in sub
+             else np.ones(n, bool))
     K = int(config["num_price_ranges"])
     P = int(config["max_position"])
     vocab: dict = {"format": FORMAT, "num_examples": n_all, "num_labelled": n}
@@ -358,7 +361,8 @@ def fit_vocabulary(features: dict, config) -> dict:
     vocab["price_prior"] = [float(x) for x in (counts + 1.0) / (counts.sum() + K)]
 
     # demand.
-    vocab["demand"], item_demand = _fit_demand(sub, item, demand, len(items), config)
+    vocab["demand"], item_demand = _fit_demand(
+        {k: v[whole] for k, v in sub.items()}, item[whole], demand[whole], len(items), config)
     vocab["item_demand"] = [float(x) for x in item_demand]
 
     # The lift exponents and scales, on the labelled training examples themselves.

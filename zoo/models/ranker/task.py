@@ -77,6 +77,9 @@ class MultitaskRanker(keras_hub.models.Task):
       feature_cross_layers: DCN-v2 cross layers (`keras_rs.layers.FeatureCross`) on the
         towers' shared input, whose output the towers read (0: none).
       feature_cross_projection: low-rank size of each cross layer's weight (0: full rank).
+      price_range_label_smoothing: label smoothing of the price-range loss (0: none); the
+        next purchase's range is hard to know, and a head fitted to one-hot targets is
+        overconfident (BUILD_NOTES.md).
       zoo_config: the resolved zoo config the model was built from (kept for reference).
     """
 
@@ -87,7 +90,8 @@ class MultitaskRanker(keras_hub.models.Task):
                  num_shared_experts=1, num_task_experts=1, num_levels=2,
                  purchase_head="esmm", candidate_embedding_to_heads=True,
                  position_bias="feature", position_dropout=0.1, feature_cross_layers=0,
-                 feature_cross_projection=64, zoo_config=None, **kwargs):
+                 feature_cross_projection=64, price_range_label_smoothing=0.0,
+                 zoo_config=None, **kwargs):
         if structure not in STRUCTURES:
             raise ValueError(f"structure must be one of {STRUCTURES}, got {structure!r}")
         if purchase_head not in PURCHASE_HEADS:
@@ -180,6 +184,7 @@ class MultitaskRanker(keras_hub.models.Task):
         self.position_dropout = float(position_dropout)
         self.feature_cross_layers = int(feature_cross_layers)
         self.feature_cross_projection = int(feature_cross_projection)
+        self.price_range_label_smoothing = float(price_range_label_smoothing)
         self.zoo_config = dict(zoo_config or {})
 
     def _backbone_inputs(self, inputs):
@@ -207,7 +212,8 @@ class MultitaskRanker(keras_hub.models.Task):
         instead of inspecting it: with purchase_head="naive" the purchase output is
         p(purchase | click), so its loss counts clicked impressions only."""
         return losses_lib.per_example_losses(
-            labels, outputs, purchase_on_clicks_only=self.purchase_head == "naive")
+            labels, outputs, purchase_on_clicks_only=self.purchase_head == "naive",
+            price_range_label_smoothing=self.price_range_label_smoothing)
 
     def gate_weights(self, inputs, training=False) -> dict:
         """The experts' softmax gates on preprocessed `inputs` ({} for shared_bottom):
@@ -236,6 +242,7 @@ class MultitaskRanker(keras_hub.models.Task):
             "position_dropout": self.position_dropout,
             "feature_cross_layers": self.feature_cross_layers,
             "feature_cross_projection": self.feature_cross_projection,
+            "price_range_label_smoothing": self.price_range_label_smoothing,
             "zoo_config": dict(self.zoo_config),
         })
         return config
@@ -263,7 +270,8 @@ def load_vocabulary(vocabulary) -> dict:
 # them (the `bert_mtl` presets) gets `MultitaskRanker`'s defaults: shared bottom, ESMM.
 STRUCTURE_KEYS = ("structure", "num_experts", "expert_dim", "num_shared_experts",
                   "num_task_experts", "num_levels", "purchase_head", "position_bias",
-                  "position_dropout", "feature_cross_layers", "feature_cross_projection")
+                  "position_dropout", "feature_cross_layers", "feature_cross_projection",
+                  "price_range_label_smoothing")
 
 
 def head_kwargs(config: dict) -> dict:
