@@ -224,7 +224,10 @@ def test_pal_position_tower_factors_out_the_rank(tmp_path):
 
     model = zoo.get("bert_mtl", "tiny", position_bias="pal", position_dropout=0.5)
     tower = model.position_tower
-    tower.logits.assign(np.linspace(2.0, -2.0, tower.num_buckets).astype(np.float32))
+    tower.weights_per_bucket.assign(np.linspace(2.0, -2.0, tower.num_buckets).astype(
+        np.float32) / tower.LOGIT_SCALE)
+    logits = tower.bucket_logits().numpy()
+    np.testing.assert_allclose(logits[[0, -1]], [2.0, -2.0], rtol=1e-5)
     features, _ = split_labels(random_raw_batch(6, 16, seed=4))
     x = model.preprocessor(features)
 
@@ -232,7 +235,7 @@ def test_pal_position_tower_factors_out_the_rank(tmp_path):
         return model({**x, "position_bucket": tf.fill(tf.shape(x["position_bucket"]),
                                                        bucket)})["click"].numpy()
 
-    sig = 1 / (1 + np.exp(-tower.logits.numpy()))
+    sig = 1 / (1 + np.exp(-logits))
     # The rank multiplies every candidate by the same factor: the order among candidates
     # shown at one rank (or with none, bucket 0) is the relevance order.
     np.testing.assert_allclose(click(5) / click(1), sig[5] / sig[1], rtol=1e-4)
@@ -244,8 +247,8 @@ def test_pal_position_tower_factors_out_the_rank(tmp_path):
     np.testing.assert_array_equal(e1["candidate_output"].numpy(), e2["candidate_output"].numpy())
     # Training hides about position_dropout of the ranks (bucket 0).
     hidden = tower(tf.fill([20000], 7), training=True).numpy()
-    assert np.mean(hidden == tower.logits.numpy()[0]) == pytest.approx(0.5, abs=0.02)
-    np.testing.assert_array_equal(tower(tf.fill([100], 7)).numpy(), tower.logits.numpy()[7])
+    assert np.mean(hidden == logits[0]) == pytest.approx(0.5, abs=0.02)
+    np.testing.assert_array_equal(tower(tf.fill([100], 7)).numpy(), logits[7])
     path = str(tmp_path / "pal.keras")
     model.save(path)
     again = keras.models.load_model(path)
@@ -286,3 +289,32 @@ def test_feature_cross_layers_feed_the_towers_and_reload(tmp_path):
     model.save(path)
     np.testing.assert_allclose(keras.models.load_model(path)(x)["click"].numpy(), plain,
                                rtol=1e-5)
+
+
+def test_piecewise_linear_encoding_by_hand():
+    from zoo.models.ranker import vocabulary as vocab_lib
+
+    config = zoo.get_config("bert_mtl", "tiny", context_bins=True)
+    vocab = _vocabulary(config)
+    T = vocab_lib.CONTEXT_BINS
+    # Edges 0, 1, ..., T on the log1p scale; the first feature's bins 2..3 are one point
+    # (zero width: a step).
+    edges = [list(map(float, range(T + 1))) for _ in CONTEXT_FEATURES]
+    edges[0] = [0.0, 1.0, 2.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0][:T + 1]
+    vocab["context"]["edges"] = edges
+    pre = zoo.get("bert_mtl", "tiny", vocabulary=vocab, context_bins=True).preprocessor
+    C = len(CONTEXT_FEATURES)
+    rows = [_raw([], ("A", "shoes", "acme"), "", "t", 10.0, float(np.expm1(2.5))),
+            _raw([], ("A", "shoes", "acme"), "", "t", 10.0, -1.0),
+            _raw([], ("A", "shoes", "acme"), "", "t", 10.0, float(np.expm1(100.0)))]
+    dense = pre(_batch(rows))["dense_features"].numpy()
+    assert dense.shape == (3, (2 + T) * C + len(prep_lib.IN_GRAPH_FEATURES))
+    encoded = dense[:, 2 * C:(2 + T) * C].reshape(3, C, T)
+    np.testing.assert_allclose(encoded[0, 1], [1, 1, 0.5, 0, 0, 0, 0, 0][:T], atol=1e-5)
+    np.testing.assert_allclose(encoded[0, 0], [1, 1, 1, 0.5, 0, 0, 0, 0][:T], atol=1e-5)
+    np.testing.assert_array_equal(encoded[1], 0.0)  # undefined: nothing, the flag says so
+    np.testing.assert_array_equal(encoded[2], 1.0)  # above every edge
+    # Fitted edges are the training quantiles of log1p over the defined values.
+    fitted = _vocabulary(config)["context"]["edges"][0]
+    np.testing.assert_allclose(fitted, np.quantile(np.log1p([0.0, 3.0, 7.0]),
+                                                   np.linspace(0, 1, T + 1)), rtol=1e-6)

@@ -280,7 +280,13 @@ class PositionBias(keras.layers.Layer):
     ordered by where items happened to be shown. During training a `dropout_rate` share of
     the ranks is hidden (bucket 0), so bucket 0 learns the average rank's factor and a
     rank-free answer stays calibrated. `call(position_bucket [B], training)` -> [B] logits.
+
+    The logits are `LOGIT_SCALE` x the weights: AdamW moves a weight by about the learning
+    rate per step, and a rank's logit must travel a few units within one epoch (measured:
+    unscaled, the tower stayed near its start and cost 0.02 click AUC, BUILD_NOTES.md).
     """
+
+    LOGIT_SCALE = 10.0
 
     def __init__(self, num_buckets, dropout_rate=0.1, seed=None, **kwargs):
         super().__init__(**kwargs)
@@ -292,8 +298,12 @@ class PositionBias(keras.layers.Layer):
         self.seed_generator = keras.random.SeedGenerator(seed, name="position_dropout_seed")
 
     def build(self, input_shape=None):
-        self.logits = self.add_weight(shape=(self.num_buckets,), initializer="zeros",
-                                      name="position_logits")
+        self.weights_per_bucket = self.add_weight(
+            shape=(self.num_buckets,), initializer="zeros", name="position_logits")
+
+    def bucket_logits(self):
+        """[num_buckets] logits of p(seen | bucket) (bucket 0: rank unknown)."""
+        return self.LOGIT_SCALE * self.weights_per_bucket
         self.built = True
 
     def call(self, position_bucket, training=None):
@@ -301,7 +311,7 @@ class PositionBias(keras.layers.Layer):
         if training and self.dropout_rate > 0:
             hide = keras.random.uniform(ops.shape(bucket), seed=self.seed_generator)
             bucket = ops.where(hide < self.dropout_rate, 0, bucket)
-        return ops.cast(ops.take(self.logits, bucket), "float32")
+        return ops.cast(ops.take(self.bucket_logits(), bucket), "float32")
 
     def compute_output_spec(self, position_bucket, training=None):
         return keras.KerasTensor(position_bucket.shape, dtype="float32")

@@ -60,18 +60,21 @@ class GbdtModel:
             log=print) -> "GbdtModel":
         import lightgbm as lgb
 
-        order = np.argsort(timestamps, kind="stable")
-        n_valid = int(round(len(order) * float(self.config["validation_fraction"])))
-        valid = np.zeros(len(order), bool)
-        valid[order[len(order) - n_valid:]] = True
+        timestamps = np.asarray(timestamps)
         categorical = [features_lib.NAMES.index(c) for c in features_lib.CATEGORICAL]
         for task in TASK_OBJECTIVES:
             rows, y = self._rows_and_target(task, labels)
+            # The validation slice: the latest share of the rows this task has targets on
+            # (a task's targets can end earlier, e.g. demand windows censored by the cut).
+            order = np.argsort(timestamps[rows], kind="stable")
+            n_valid = int(round(len(rows) * float(self.config["validation_fraction"])))
+            is_valid = np.zeros(len(rows), bool)
+            is_valid[order[len(rows) - n_valid:]] = True
             params = self._params(task)
-            fit_rows, val_rows = rows[~valid[rows]], rows[valid[rows]]
-            train_set = lgb.Dataset(x[fit_rows], y[~valid[rows]],
+            fit_rows, val_rows = rows[~is_valid], rows[is_valid]
+            train_set = lgb.Dataset(x[fit_rows], y[~is_valid],
                                     categorical_feature=categorical, free_raw_data=False)
-            val_set = lgb.Dataset(x[val_rows], y[valid[rows]], reference=train_set,
+            val_set = lgb.Dataset(x[val_rows], y[is_valid], reference=train_set,
                                   categorical_feature=categorical)
             stopped = lgb.train(params, train_set, num_boost_round=int(self.config["max_rounds"]),
                                 valid_sets=[val_set], callbacks=[lgb.early_stopping(

@@ -21,7 +21,11 @@ Outputs (int32; B = batch, Q = max_query_tokens, T = max_title_tokens, H = max_h
   dense_features [B, F]   (context_features only; float32) what the tree sees, the neural
                           way: per context feature of the examples (`CONTEXT_FEATURES`)
                           its standardised log1p (statistics of the training split, in the
-                          vocabulary) and a missing flag, then the in-graph features of
+                          vocabulary) and a missing flag, then (context_bins) its
+                          piecewise-linear encoding over the training quantiles (Gorishniy
+                          et al. 2022: one column per bin, 0 below it, 1 above it, the
+                          position inside it; what lets an MLP cut a count where a tree
+                          would), then the in-graph features of
                           `IN_GRAPH_FEATURES` computed here from the raw query, title,
                           candidate and history, so serving needs nothing more
 """
@@ -82,7 +86,8 @@ class RankerPreprocessor(BehaviourPreprocessor):
 
     def __init__(self, vocabulary, max_query_tokens=12, max_title_tokens=12, max_history=30,
                  max_position=64, num_oov_indices=1, num_gap_buckets=24,
-                 history_titles=False, context_features=False, **kwargs):
+                 history_titles=False, context_features=False, context_bins=False,
+                 **kwargs):
         super().__init__(**kwargs)
         # Plain attribute (not Keras-tracked: tracking walks every string of the lists).
         object.__setattr__(self, "vocabulary", vocab_lib.validate(vocabulary))
@@ -94,6 +99,7 @@ class RankerPreprocessor(BehaviourPreprocessor):
         self.num_gap_buckets = int(num_gap_buckets)
         self.history_titles = bool(history_titles)
         self.context_features = bool(context_features)
+        self.context_bins = bool(context_bins)
         if self.history_titles and self.max_title_tokens <= 0:
             raise ValueError("history_titles needs max_title_tokens > 0")
         v = self.vocabulary
@@ -151,7 +157,8 @@ class RankerPreprocessor(BehaviourPreprocessor):
 
     @property
     def num_dense_features(self) -> int:
-        return 2 * len(CONTEXT_FEATURES) + len(IN_GRAPH_FEATURES)
+        bins = vocab_lib.CONTEXT_BINS if self.context_bins else 0
+        return (2 + bins) * len(CONTEXT_FEATURES) + len(IN_GRAPH_FEATURES)
 
     def token_id(self, token: str) -> int:
         return self.vocabulary["wordpiece"].index(token)
@@ -211,7 +218,20 @@ class RankerPreprocessor(BehaviourPreprocessor):
         raw = tf.stack([tf.reshape(tf.cast(f[name], tf.float32), [-1])
                         for name in CONTEXT_FEATURES], axis=1)  # [B, C]
         missing = tf.cast(raw < 0, tf.float32)
-        values = (tf.math.log1p(tf.maximum(raw, 0.0)) - mean) / std * (1.0 - missing)
+        logs = tf.math.log1p(tf.maximum(raw, 0.0))
+        values = (logs - mean) / std * (1.0 - missing)
+        parts = [values, missing]
+        if self.context_bins:
+            edges = np.asarray(stats.get("edges") or [vocab_lib.default_context_edges()]
+                               * len(CONTEXT_FEATURES), np.float32)  # [C, T + 1]
+            lo, hi = tf.constant(edges[:, :-1]), tf.constant(edges[:, 1:])
+            width = hi - lo
+            x = logs[:, :, None]
+            # A zero-width bin (many equal values) is a step at its edge.
+            inside = tf.where(width > 0, (x - lo) / tf.maximum(width, 1e-12),
+                              tf.cast(x >= hi, tf.float32))
+            encoded = tf.clip_by_value(inside, 0.0, 1.0) * (1.0 - missing[:, :, None])
+            parts.append(tf.reshape(encoded, [-1, len(CONTEXT_FEATURES) * (edges.shape[1] - 1)]))
 
         q = out["query_tokens"]
         q_real = tf.cast(tf.not_equal(q, 0), tf.float32)
@@ -250,7 +270,7 @@ class RankerPreprocessor(BehaviourPreprocessor):
             freshness.append(tf.where(tf.reduce_any(same, axis=1), 1.0 - tf.math.log1p(
                 tf.maximum(gap, 0.0)) / np.log1p(MAX_GAP_SECONDS), 0.0))
         in_graph += freshness
-        return tf.concat([values, missing, tf.stack(in_graph, axis=1)], axis=1)
+        return tf.concat(parts + [tf.stack(in_graph, axis=1)], axis=1)
 
     def output_shapes(self, batch_size=None) -> dict:
         shapes = {"query_tokens": (batch_size, self.max_query_tokens)}
@@ -284,6 +304,7 @@ class RankerPreprocessor(BehaviourPreprocessor):
             "num_gap_buckets": self.num_gap_buckets,
             "history_titles": self.history_titles,
             "context_features": self.context_features,
+            "context_bins": self.context_bins,
         })
         return config
 

@@ -27,6 +27,8 @@ _DEFAULTS = {
     # The examples' context features and the in-graph match features (`RankerPreprocessor`'s
     # dense_features): what the gradient-boosted yardstick sees. Measured in BUILD_NOTES.md.
     "context_features": True,
+    # ... each also encoded piecewise-linearly over its training quantiles (measured).
+    "context_bins": False,
 }
 
 PREPROCESSING = {

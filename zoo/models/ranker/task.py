@@ -301,6 +301,7 @@ def build_preprocessor(config: dict, vocabulary=None,
         num_gap_buckets=config["num_gap_buckets"],
         history_titles=config.get("history_titles", False),
         context_features=config.get("context_features", False),
+        context_bins=config.get("context_bins", False),
         name=name)
 
 

@@ -12,9 +12,11 @@ model also carries it inside its `.keras` file, in the preprocessor's config):
      "item_titles": [...],        # optional: title of each item_id ("" = not seen as a
                                   # candidate), for history_titles
      "user_id": [...],            # optional (user_vocab_size > 0): most active users first
-     "context": {"names": [...], "mean": [...], "std": [...]}}
+     "context": {"names": [...], "mean": [...], "std": [...], "edges": [[...], ...]}}
                                   # optional (context_features): statistics of log1p of
-                                  # each context feature over its defined training values
+                                  # each context feature over its defined training values;
+                                  # edges: its quantiles (CONTEXT_BINS + 1 per feature), the
+                                  # bins of the piecewise-linear encoding
 """
 
 from __future__ import annotations
@@ -142,19 +144,32 @@ def fit_vocabulary(features: dict, config) -> dict:
     return out
 
 
+# Bins of the piecewise-linear encoding of each context feature (quantiles of training).
+CONTEXT_BINS = 8
+
+
+def default_context_edges() -> list[float]:
+    """Bin edges on the log1p scale when no training values are known (placeholders)."""
+    return [float(x) for x in np.linspace(0.0, 8.0, CONTEXT_BINS + 1)]
+
+
 def context_statistics(features: dict) -> dict:
-    """Mean and standard deviation of log1p(value) of each context feature over its defined
-    (>= 0) values: what standardises them in the preprocessor. A feature absent from
-    `features` or never defined gets (0, 1)."""
+    """Per context feature, over its defined (>= 0) training values of log1p(value): mean and
+    standard deviation (they standardise it) and CONTEXT_BINS + 1 quantile edges (the bins
+    of its piecewise-linear encoding). A feature absent from `features` or never defined
+    gets (0, 1) and `default_context_edges()`."""
     from zoo.models.features import CONTEXT_FEATURES
 
-    mean, std = [], []
+    mean, std, edges = [], [], []
     for name in CONTEXT_FEATURES:
         values = np.asarray(features.get(name, []), np.float64).ravel()
         values = np.log1p(values[np.isfinite(values) & (values >= 0)])
         mean.append(float(values.mean()) if values.size else 0.0)
         std.append(float(max(values.std(), 1e-3)) if values.size > 1 else 1.0)
-    return {"names": list(CONTEXT_FEATURES), "mean": mean, "std": std}
+        edges.append([float(x) for x in np.quantile(
+            values, np.linspace(0.0, 1.0, CONTEXT_BINS + 1))] if values.size
+            else default_context_edges())
+    return {"names": list(CONTEXT_FEATURES), "mean": mean, "std": std, "edges": edges}
 
 
 def with_users_of(config, vocabulary: dict) -> dict:
@@ -236,6 +251,14 @@ def validate(vocabulary: dict) -> dict:
         out["context"] = {"names": list(context["names"]),
                           "mean": [float(m) for m in context["mean"]],
                           "std": [float(s) for s in context["std"]]}
+        if "edges" in context:  # absent in vocabularies fitted before the encoding
+            edges = [[float(x) for x in e] for e in context["edges"]]
+            if len(edges) != len(CONTEXT_FEATURES) or any(
+                    len(e) != CONTEXT_BINS + 1 or any(b < a for a, b in zip(e, e[1:]))
+                    for e in edges):
+                raise ValueError(f"vocabulary['context']['edges'] must hold "
+                                 f"{CONTEXT_BINS + 1} non-decreasing edges per feature")
+            out["context"]["edges"] = edges
     if "item_titles" in vocabulary:
         titles = [str(t) for t in vocabulary["item_titles"]]
         if len(titles) != len(out["item_id"]):
