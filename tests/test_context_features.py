@@ -149,7 +149,8 @@ def test_in_graph_features_by_hand():
     np.testing.assert_array_equal(dense[1, :C], 0.0)
     np.testing.assert_array_equal(dense[1, C:2 * C], 1.0)
 
-    got = [dict(zip(prep_lib.IN_GRAPH_FEATURES, row[2 * C:])) for row in dense]
+    first = pre.num_dense_features - len(prep_lib.IN_GRAPH_FEATURES)
+    got = [dict(zip(prep_lib.IN_GRAPH_FEATURES, row[first:])) for row in dense]
     # The query's word pieces found in the title, by the tokenizer itself.
     q = pre.tokenizer("red shoe").numpy().tolist()[:pre.max_query_tokens]
     t = set(pre.tokenizer("blue running shoe").numpy().tolist()[:pre.max_title_tokens])

@@ -22,13 +22,13 @@ _COMMON = {
     # The impression rank: "feature" (an embedding of the candidate) or "pal" (a shallow
     # position tower beside the model, `layers.PositionBias`; unknown ranks score by
     # relevance alone). Measured in BUILD_NOTES.md.
-    "position_bias": "feature",
+    "position_bias": "pal",
     "position_dropout": 0.1,     # pal: share of training ranks hidden
     # DCN-v2 cross layers on the towers' input (keras_rs FeatureCross), low rank.
     "feature_cross_layers": 0,
     "feature_cross_projection": 64,
     # Label smoothing of the price-range loss (calibration; measured in BUILD_NOTES.md).
-    "price_range_label_smoothing": 0.0,
+    "price_range_label_smoothing": 0.1,
     # The towers also read the candidate's embedding before the encoder (not only its
     # encoder output): measured at 10 % labels, pre-trained fine-tuning needs this path.
     "candidate_embedding_to_heads": True,

@@ -20,13 +20,13 @@ _MODEL = {
     "num_price_ranges": 5,
     "structure": "shared_bottom",  # or "mmoe" / "ple" (then num_experts, ... apply)
     "purchase_head": "esmm",       # or "naive"
-    "position_bias": "feature",    # or "pal" (see bert_mtl's presets)
+    "position_bias": "pal",        # or "feature" (see bert_mtl's presets)
     "position_dropout": 0.1,
     # DCN-v2 cross layers on the towers' input (keras_rs FeatureCross), low rank.
     "feature_cross_layers": 0,
     "feature_cross_projection": 64,
     # Label smoothing of the price-range loss (calibration; measured in BUILD_NOTES.md).
-    "price_range_label_smoothing": 0.0,
+    "price_range_label_smoothing": 0.1,
 }
 
 PRESETS = {

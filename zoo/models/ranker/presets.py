@@ -28,7 +28,7 @@ _DEFAULTS = {
     # dense_features): what the gradient-boosted yardstick sees. Measured in BUILD_NOTES.md.
     "context_features": True,
     # ... each also encoded piecewise-linearly over its training quantiles (measured).
-    "context_bins": False,
+    "context_bins": True,
 }
 
 PREPROCESSING = {
