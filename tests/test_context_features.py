@@ -157,6 +157,9 @@ def test_in_graph_features_by_hand():
     assert got[0]["has_query"] == 1.0
     assert got[0]["title_coverage"] == pytest.approx(sum(x in t for x in q) / len(q))
     assert 0.0 < got[0]["title_coverage"] < 1.0
+    # Whole words: "shoe" of "red shoe" is in "blue running shoe".
+    assert got[0]["query_words"] == pytest.approx(np.log1p(2.0))
+    assert got[0]["word_coverage"] == pytest.approx(0.5)
     assert got[0]["price_vs_history"] == pytest.approx(np.log(10.0 / 20.0), rel=1e-5)
     assert got[0]["history_empty"] == 0.0
     expected_counts = {"item_clicks": 1, "item_carts": 1, "item_purchases": 0,
@@ -168,6 +171,14 @@ def test_in_graph_features_by_hand():
     assert got[0]["item_freshness"] == pytest.approx(1 - np.log1p(100.0) / top, rel=1e-5)
     assert got[0]["category_freshness"] == pytest.approx(1 - np.log1p(10.0) / top, rel=1e-5)
     assert got[0]["brand_freshness"] == pytest.approx(1 - np.log1p(100.0) / top, rel=1e-5)
+    decay = np.exp(-np.array([10.0, 100.0, 500.0, 1000.0]) / prep_lib.RECENT_SECONDS)
+    assert got[0]["item_recent"] == pytest.approx(np.log1p(decay[1] + decay[2]), rel=1e-5)
+    assert got[0]["category_recent"] == pytest.approx(np.log1p(decay[:3].sum()), rel=1e-5)
+    assert got[0]["brand_recent"] == pytest.approx(np.log1p(decay[1:].sum()), rel=1e-5)
+    # All four events are within the hour: item A twice, shoes three times, acme three.
+    assert got[0]["item_last_hour"] == pytest.approx(np.log1p(2.0))
+    assert got[0]["category_last_hour"] == pytest.approx(np.log1p(3.0))
+    assert got[0]["brand_last_hour"] == pytest.approx(np.log1p(3.0))
     assert got[1] == {**{k: 0.0 for k in prep_lib.IN_GRAPH_FEATURES}, "history_empty": 1.0}
 
 

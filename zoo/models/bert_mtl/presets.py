@@ -29,6 +29,7 @@ _COMMON = {
     "feature_cross_projection": 64,
     # Label smoothing of the price-range loss (calibration; measured in BUILD_NOTES.md).
     "price_range_label_smoothing": 0.1,
+    "tower_layers": 1,             # hidden layers per task tower
     # The towers also read the candidate's embedding before the encoder (not only its
     # encoder output): measured at 10 % labels, pre-trained fine-tuning needs this path.
     "candidate_embedding_to_heads": True,

@@ -27,6 +27,7 @@ _MODEL = {
     "feature_cross_projection": 64,
     # Label smoothing of the price-range loss (calibration; measured in BUILD_NOTES.md).
     "price_range_label_smoothing": 0.1,
+    "tower_layers": 1,             # hidden layers per task tower
 }
 
 PRESETS = {

@@ -53,17 +53,28 @@ SCALAR_OUTPUTS = ("item_index", "category_index", "brand_index", "price_bucket",
 COUNT_EDGES = [0.5, 1.5, 2.5, 4.5, 8.5, 16.5, 32.5, 64.5, 128.5, 256.5, 512.5, 1024.5]
 # Computed in the graph from raw inputs (after the context features' values and flags):
 #   has_query, title_coverage   share of the query's WordPiece ids found in the title's
+#   query_words, word_coverage  log1p(number of the query's lower-cased whitespace words) and
+#                               the share of them found among the title's (whole words, as
+#                               the tree's feature: no truncation to the token windows)
 #   price_vs_history            log(price / mean price of the history's events); 0 if none
 #   history_empty
 #   {item,category,brand}_{click,cart,purchase}s   log1p of the history's events of that
 #                               type on the candidate's item / category / brand
 #   {item,category,brand}_freshness   1 - log1p(seconds since the latest such event of any
 #                               type) / log1p(MAX_GAP_SECONDS); 0 if none in the history
+#   {item,category,brand}_recent      log1p(sum over those events of exp(-gap / RECENT_SECONDS)):
+#                               interest that fades (a click a week ago weighs 1/e^2.3)
+#   {item,category,brand}_last_hour   log1p(events on it in the hour before): this visit's
+#                               intent, which sessions' counts alone do not locate
 MATCH_FIELDS = ("item", "category", "brand")
 IN_GRAPH_FEATURES = (
-    ("has_query", "title_coverage", "price_vs_history", "history_empty")
+    ("has_query", "title_coverage", "query_words", "word_coverage", "price_vs_history",
+     "history_empty")
     + tuple(f"{field}_{event}s" for field in MATCH_FIELDS for event in HISTORY_EVENT_TYPES)
-    + tuple(f"{field}_freshness" for field in MATCH_FIELDS))
+    + tuple(f"{field}_freshness" for field in MATCH_FIELDS)
+    + tuple(f"{field}_recent" for field in MATCH_FIELDS)
+    + tuple(f"{field}_last_hour" for field in MATCH_FIELDS))
+RECENT_SECONDS = 3 * 86400.0
 HISTORY_OUTPUTS = ("hist_item_index", "hist_category_index", "hist_brand_index",
                    "hist_event_index", "hist_price_bucket", "hist_gap_bucket", "hist_mask")
 
@@ -252,13 +263,14 @@ class RankerPreprocessor(BehaviourPreprocessor):
         price_vs = tf.where(has_hist & (mean_price > 0) & (price > 0),
                             tf.math.log(tf.maximum(price, 1e-6))
                             - tf.math.log(tf.maximum(mean_price, 1e-6)), 0.0)
-        in_graph = [tf.cast(q_count > 0, tf.float32), coverage, price_vs,
-                    1.0 - tf.cast(has_hist, tf.float32)]
+        words, word_coverage = self._word_coverage(f["query"], f["item_title"])
+        in_graph = [tf.cast(q_count > 0, tf.float32), coverage, tf.math.log1p(words),
+                    word_coverage, price_vs, 1.0 - tf.cast(has_hist, tf.float32)]
         events = self._history(f["hist_event"], "")
         fields = {"item": (hist_item, f["item_id"]),
                   "category": (self._history(f["hist_category"], ""), f["item_category"]),
                   "brand": (self._history(f["hist_brand"], ""), f["item_brand"])}
-        freshness = []
+        freshness, recent, last_hour = [], [], []
         for field in MATCH_FIELDS:
             hist, candidate = fields[field]
             same = tf.equal(hist, tf.reshape(candidate, [-1, 1])) & tf.not_equal(hist, "")
@@ -269,8 +281,26 @@ class RankerPreprocessor(BehaviourPreprocessor):
             gap = tf.reduce_min(tf.where(same, hist_gap, MAX_GAP_SECONDS), axis=1)
             freshness.append(tf.where(tf.reduce_any(same, axis=1), 1.0 - tf.math.log1p(
                 tf.maximum(gap, 0.0)) / np.log1p(MAX_GAP_SECONDS), 0.0))
-        in_graph += freshness
+            same_f = tf.cast(same, tf.float32)
+            recent.append(tf.math.log1p(tf.reduce_sum(
+                same_f * tf.exp(-tf.maximum(hist_gap, 0.0) / RECENT_SECONDS), axis=1)))
+            last_hour.append(tf.math.log1p(tf.reduce_sum(
+                same_f * tf.cast(hist_gap < 3600.0, tf.float32), axis=1)))
+        in_graph += freshness + recent + last_hour
         return tf.concat(parts + [tf.stack(in_graph, axis=1)], axis=1)
+
+    @staticmethod
+    def _word_coverage(query, title):
+        """(words of the query, share of them among the title's words), lower-cased."""
+        def words(text):
+            return tf.strings.split(tf.strings.lower(tf.reshape(text, [-1]))).to_tensor("")
+
+        q, t = words(query), words(title)  # [B, Wq], [B, Wt]
+        real = tf.not_equal(q, "")
+        found = tf.reduce_any(tf.equal(q[:, :, None], t[:, None, :]), axis=2) & real
+        count = tf.reduce_sum(tf.cast(real, tf.float32), axis=1)
+        share = tf.reduce_sum(tf.cast(found, tf.float32), axis=1) / tf.maximum(count, 1.0)
+        return count, share
 
     def output_shapes(self, batch_size=None) -> dict:
         shapes = {"query_tokens": (batch_size, self.max_query_tokens)}

@@ -77,6 +77,7 @@ class MultitaskRanker(keras_hub.models.Task):
       feature_cross_layers: DCN-v2 cross layers (`keras_rs.layers.FeatureCross`) on the
         towers' shared input, whose output the towers read (0: none).
       feature_cross_projection: low-rank size of each cross layer's weight (0: full rank).
+      tower_layers: hidden layers of each task tower (head_hidden_dim wide).
       price_range_label_smoothing: label smoothing of the price-range loss (0: none); the
         next purchase's range is hard to know, and a head fitted to one-hot targets is
         overconfident (BUILD_NOTES.md).
@@ -91,7 +92,7 @@ class MultitaskRanker(keras_hub.models.Task):
                  purchase_head="esmm", candidate_embedding_to_heads=True,
                  position_bias="feature", position_dropout=0.1, feature_cross_layers=0,
                  feature_cross_projection=64, price_range_label_smoothing=0.0,
-                 zoo_config=None, **kwargs):
+                 tower_layers=1, zoo_config=None, **kwargs):
         if structure not in STRUCTURES:
             raise ValueError(f"structure must be one of {STRUCTURES}, got {structure!r}")
         if purchase_head not in PURCHASE_HEADS:
@@ -140,7 +141,10 @@ class MultitaskRanker(keras_hub.models.Task):
                                    kernel_initializer=init(), name=f"{task}_hidden"),
                 keras.layers.Dropout(float(dropout), name=f"{task}_dropout"),
                 keras.layers.Dense(units, kernel_initializer=init(), dtype="float32",
-                                   name=f"{task}_logits"))
+                                   name=f"{task}_logits"),
+                [keras.layers.Dense(int(head_hidden_dim), activation="gelu",
+                                    kernel_initializer=init(), name=f"{task}_hidden_{i}")
+                 for i in range(1, int(tower_layers))])
 
         # === Functional model ===
         inputs = backbone.input
@@ -151,8 +155,11 @@ class MultitaskRanker(keras_hub.models.Task):
             tower_inputs = self.multitask_heads(features)
 
         def tower(task):
-            hidden, drop, logits = self.towers[task]
-            return ops.cast(logits(drop(hidden(tower_inputs[task]))), "float32")
+            hidden, drop, logits, deeper = self.towers[task]
+            x = drop(hidden(tower_inputs[task]))
+            for layer in deeper:
+                x = drop(layer(x))
+            return ops.cast(logits(x), "float32")
 
         click = ops.sigmoid(ops.squeeze(tower("click"), -1))
         if self.position_tower is not None:
@@ -185,6 +192,7 @@ class MultitaskRanker(keras_hub.models.Task):
         self.feature_cross_layers = int(feature_cross_layers)
         self.feature_cross_projection = int(feature_cross_projection)
         self.price_range_label_smoothing = float(price_range_label_smoothing)
+        self.tower_layers = int(tower_layers)
         self.zoo_config = dict(zoo_config or {})
 
     def _backbone_inputs(self, inputs):
@@ -243,6 +251,7 @@ class MultitaskRanker(keras_hub.models.Task):
             "feature_cross_layers": self.feature_cross_layers,
             "feature_cross_projection": self.feature_cross_projection,
             "price_range_label_smoothing": self.price_range_label_smoothing,
+            "tower_layers": self.tower_layers,
             "zoo_config": dict(self.zoo_config),
         })
         return config
@@ -271,7 +280,7 @@ def load_vocabulary(vocabulary) -> dict:
 STRUCTURE_KEYS = ("structure", "num_experts", "expert_dim", "num_shared_experts",
                   "num_task_experts", "num_levels", "purchase_head", "position_bias",
                   "position_dropout", "feature_cross_layers", "feature_cross_projection",
-                  "price_range_label_smoothing")
+                  "price_range_label_smoothing", "tower_layers")
 
 
 def head_kwargs(config: dict) -> dict:
