@@ -200,3 +200,29 @@ def test_auto_picks_lazy_for_large_tables_only():
     assert use_lazy("true", small) and not use_lazy("false", large)
     with pytest.raises(ValueError, match="auto, true or false"):
         use_lazy("yes", small)
+
+
+def test_ema_of_the_weights_is_swapped_in_at_the_end():
+    """--ema_momentum: the optimizer keeps a moving average of the weights (Keras' EMA; the
+    first step's weights start it) and `finalize_variable_values` writes it into them."""
+    v = keras.Variable(np.zeros(3, np.float32))
+    opt = adamw(0.1, 0.0, ema_momentum=0.5)
+    opt.build([v])
+    after = []
+    for g in ([1.0, 1.0, 1.0], [-2.0, 0.0, 1.0], [0.5, 0.5, 0.5]):
+        opt.apply([tf.constant(g)], [v])
+        after.append(v.numpy().copy())
+    average = after[0]
+    for w in after[1:]:
+        average = 0.5 * average + 0.5 * w
+    assert np.abs(after[-1] - average).max() > 1e-3
+    opt.finalize_variable_values([v])
+    np.testing.assert_allclose(v.numpy(), average, rtol=1e-5)
+
+
+def test_ema_momentum_outside_0_1_is_refused():
+    from trainers.core import config as config_lib
+
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="--ema_momentum"):
+            config_lib.validate(config_lib.TrainConfig(ema_momentum=bad))

@@ -62,6 +62,9 @@ class TrainConfig:
     learning_rate: float = _field(2e-3, "Peak learning rate (warmup, then cosine).")
     warmup_steps: int = _field(100, "Linear warmup steps.")
     weight_decay: float = _field(0.01, "AdamW's decoupled weight decay.")
+    ema_momentum: float = _field(
+        0.0, "> 0: the run evaluates and saves an exponential moving average of the weights "
+        "(Keras' optimizer EMA, this momentum per step); 0: the last weights.")
     lazy_table_updates: str = _field(
         "auto", "true: AdamW updates an embedding table at the rows the step looked up only "
         "(LazyAdam; its cost does not grow with the vocabulary). false: Keras' AdamW, every "
@@ -269,6 +272,8 @@ def validate(config: TrainConfig) -> None:
         raise ValueError(f"--epochs must be > 0 (or --steps > 0), got {config.epochs}")
     if not (config.learning_rate > 0 and math.isfinite(config.learning_rate)):
         raise ValueError(f"--learning_rate must be > 0, got {config.learning_rate}")
+    if not (0.0 <= config.ema_momentum < 1.0):
+        raise ValueError(f"--ema_momentum must be in [0, 1), got {config.ema_momentum}")
     if not 0.0 < config.labels_fraction <= 1.0:
         raise ValueError(f"--labels_fraction must be in (0, 1], got {config.labels_fraction}")
     if config.data_dir is not None and not os.path.isdir(config.data_dir):

@@ -103,7 +103,11 @@ def use_lazy(setting: str, model: keras.Model) -> bool:
                for layer in model._flatten_layers(include_self=False))
 
 
-def adamw(learning_rate, weight_decay: float, lazy_tables: bool = False):
-    """The trainers' optimizer: Keras' AdamW, or LazyAdamW with `lazy_tables=True`."""
+def adamw(learning_rate, weight_decay: float, lazy_tables: bool = False,
+          ema_momentum: float = 0.0):
+    """The trainers' optimizer: Keras' AdamW, or LazyAdamW with `lazy_tables=True`; with
+    `ema_momentum` > 0 it also keeps Keras' moving average of the weights
+    (`finalize_variable_values` swaps it in)."""
     cls = LazyAdamW if lazy_tables else keras.optimizers.AdamW
-    return cls(learning_rate=learning_rate, weight_decay=weight_decay)
+    ema = {"use_ema": True, "ema_momentum": float(ema_momentum)} if ema_momentum else {}
+    return cls(learning_rate=learning_rate, weight_decay=weight_decay, **ema)

@@ -100,7 +100,7 @@ def run_experiment(task: base_task.Task, config,
         lazy = optimizers.use_lazy(config.lazy_table_updates, run.model)
         logging.info("optimizer: %s", "LazyAdamW" if lazy else "AdamW")
         optimizer = optimizers.adamw(learning_rate_schedule(config, run.steps),
-                                     config.weight_decay, lazy)
+                                     config.weight_decay, lazy, config.ema_momentum)
         # Build the optimizer slots now, so a restore can match every object.
         optimizer.build(loop.train_variables(run.network))
     rundir.record_run(run.model_dir, run.write_dir, new_spec, run.vocabulary)
@@ -134,6 +134,10 @@ def run_experiment(task: base_task.Task, config,
         print(task.describe(run))
     t0 = time.time()
     run.trainer.train(dist_ds, evaluate=evaluate, verbose=config.verbose)
+    if config.ema_momentum and run.network.trainable_variables:
+        # The moving average replaces the last weights for evaluation and saving.
+        with run.strategy.scope():
+            optimizer.finalize_variable_values(loop.train_variables(run.network))
     train_seconds = time.time() - t0
     result = {"step": run.trainer.step, "train_seconds": train_seconds,
               "start_step": run.start_step, "loss_curve": run.trainer.history,
