@@ -11,10 +11,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # D = 1 day: with the default 7, every eval impression of a 14-day log has a demand window
 # cut off by the end of the log, and demand would measure the censoring, not the model.
 LABEL_CFG = labels.LabelConfig(history_length=16, demand_horizon_days=1)
-# Small enough for seconds per run on 2 cores; dropout off so strategies can be compared.
+# Small enough for seconds per run on 2 cores; dropout off (and PAL's hidden ranks, another
+# draw per step) so strategies and resumed runs can be compared number for number.
 TINY = ["--preset", "tiny", "--batch_size", "64", "--history_length", "16",
         "--demand_horizon_days", "1",
-        "--model_override", "dropout=0.0"]
+        "--model_override", "dropout=0.0", "--model_override", "position_dropout=0.0"]
 
 
 def make_shop(tmp_path_factory):
