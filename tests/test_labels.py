@@ -54,6 +54,30 @@ def test_labels_by_hand(source, event_id, click, purchase, price_range, mask, de
     assert got["demand_mask"] == demand_mask
 
 
+def test_price_labels_thinned_per_next_purchase(source):
+    """Training impressions sharing one next purchase keep at most k price labels (drawn
+    at random, the same on every build); eval impressions all keep theirs."""
+    def mask(k):
+        lab = labels.compute_labels(source.tables, labels.LabelConfig(
+            num_price_ranges=2, price_labels_per_purchase=k))
+        return dict(zip(lab["event_id"], lab["price_range_mask"])), lab
+    one, lab = mask(1)
+    # u1: e2, e3 share the purchase e6; e7, e8 share e10 (D). u2's e11 is alone; e13 eval.
+    assert one["e2"] + one["e3"] == 1.0 and one["e7"] + one["e8"] == 1.0
+    assert one["e11"] == 1.0 and one["e13"] == 1.0
+    assert one == mask(1)[0]  # the same draw on every build
+    # Thinning moves the mask only: labels stay, and k = 0 or a large k keeps them all.
+    everyone, lab0 = mask(0)
+    np.testing.assert_array_equal(lab["price_range"], lab0["price_range"])
+    assert everyone == mask(100)[0] == by_id_mask(source)
+    with pytest.raises(ValueError, match="--price_labels_per_purchase must be"):
+        labels.LabelConfig(price_labels_per_purchase=-1)
+
+
+def by_id_mask(source):
+    return {e: v["price_range_mask"] for e, v in by_id(source).items()}
+
+
 def test_training_labels_stop_at_the_cut(tmp_path):
     """No training label is made of eval events: a purchase after the cut is neither a
     training impression's next price range nor part of its demand."""

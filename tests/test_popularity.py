@@ -51,7 +51,8 @@ HAND_CONFIG = dict(
     popularity.PRESETS["tiny"], item_vocab_size=2, max_history=3, max_position=3,
     num_price_ranges=2, position_smoothing=2.0, item_smoothing=1.0, affinity_smoothing=2.0,
     click_weight=1.0, cart_weight=2.0, purchase_weight=3.0, price_smoothing=2.0,
-    candidate_price_weight=1.0, demand_smoothing=1.0, demand_fit_fraction=0.5)
+    candidate_price_weight=1.0, price_fit=False, demand_smoothing=1.0,
+    demand_fit_fraction=0.5)
 
 
 def hand_features(rows=ROWS, histories=HISTORIES, length=4):
@@ -391,3 +392,32 @@ def test_beats_trivial_baselines_on_the_small_shop(shop):
                hist_item_id=np.full((1, 16), b""))
     click = _np(model(model.preprocessor(one)))["click"][0]
     assert click == pytest.approx(vocab["click"]["scale"] * vocab["click"]["rate"], rel=1e-5)
+
+
+def test_price_knobs_fitted_to_what_the_history_says():
+    """An uninformative history sends the prior's weight to the top of the grid; a history
+    that names the next purchase's range brings it down; the candidate's weight follows the
+    candidate's price when that is what is bought."""
+    rng = np.random.default_rng(0)
+    n, H = 3000, 6
+    hist = rng.integers(0, 2, (n, H))
+    weight = np.ones((n, H))
+    cand = rng.integers(0, 2, n)
+    enc = {"hist_price_bucket": hist, "hist_weight": weight, "price_bucket": cand}
+    present = np.ones(n, bool)
+    noise = rng.integers(0, 2, n)
+    by_history = (hist.mean(1) > 0.5).astype(int)
+    fit = V._fit_price(enc, noise, present, [0.5, 0.5])
+    assert fit["smoothing"] == max(V.PRICE_SMOOTHING_GRID)
+    assert fit["candidate_weight"] <= 0.01 * fit["smoothing"]  # a trace beside the prior
+    fit = V._fit_price(enc, np.where(rng.random(n) < 0.9, by_history, noise), present,
+                       [0.5, 0.5])
+    assert fit["smoothing"] <= 3.0 and fit["candidate_weight"] <= 1.0
+    fit = V._fit_price(enc, np.where(rng.random(n) < 0.9, cand, noise), present, [0.5, 0.5])
+    assert fit["candidate_weight"] >= 10.0
+    # The fitted knobs reach the model: vocabulary -> build -> outputs = reference_outputs.
+    vocab = V.fit_vocabulary(hand_features(), dict(HAND_CONFIG, price_fit=True))
+    assert set(vocab["price_fit"]) == {"smoothing", "candidate_weight"}
+    model = task_lib.build(dict(HAND_CONFIG, price_fit=True), vocab)
+    assert (model.scorer.price_smoothing, model.scorer.candidate_price_weight) == (
+        vocab["price_fit"]["smoothing"], vocab["price_fit"]["candidate_weight"])

@@ -121,6 +121,8 @@ LABEL_HELP = {
     "demand_horizon_days": "D: window for the item demand label.",
     "eval_fraction": "Last fraction of days that form the eval split.",
     "history_length": "L: behaviour events kept per example.",
+    "price_labels_per_purchase": "Training impressions, drawn at random, that keep the "
+                                 "price-range label of one next purchase (0: all).",
 }
 
 

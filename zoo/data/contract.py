@@ -37,6 +37,8 @@ DEFAULT_PRICE_HORIZON_DAYS = 7
 DEFAULT_DEMAND_HORIZON_DAYS = 3
 DEFAULT_EVAL_FRACTION = 0.2
 DEFAULT_HISTORY_LENGTH = 50
+# Training impressions that keep the price-range label of one next purchase (0: all).
+DEFAULT_PRICE_LABELS_PER_PURCHASE = 3
 
 
 class ContractError(ValueError):

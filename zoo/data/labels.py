@@ -24,6 +24,20 @@ class LabelConfig:
     demand_horizon_days: float = contract.DEFAULT_DEMAND_HORIZON_DAYS
     eval_fraction: float = contract.DEFAULT_EVAL_FRACTION
     history_length: int = contract.DEFAULT_HISTORY_LENGTH
+    price_labels_per_purchase: int = contract.DEFAULT_PRICE_LABELS_PER_PURCHASE
+
+    def __post_init__(self):
+        # Named like the flags that set them, so that the error points at the flag.
+        checks = (("num_price_ranges", self.num_price_ranges >= 2, "an integer >= 2"),
+                  ("price_horizon_days", self.price_horizon_days > 0, "> 0"),
+                  ("demand_horizon_days", self.demand_horizon_days > 0, "> 0"),
+                  ("eval_fraction", 0 <= self.eval_fraction < 1, "in [0, 1)"),
+                  ("history_length", self.history_length >= 1, "an integer >= 1"),
+                  ("price_labels_per_purchase", self.price_labels_per_purchase >= 0,
+                   "an integer >= 0 (0: every impression)"))
+        for name, ok, expected in checks:
+            if not ok:
+                raise ValueError(f"--{name} must be {expected}, got {getattr(self, name)!r}")
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "label_config") -> "LabelConfig":
@@ -52,6 +66,10 @@ def _codes(*columns) -> np.ndarray:
         code = code * (int(inv.max()) + 1 if len(inv) else 1) + inv
         _, code = np.unique(code, return_inverse=True)
     return code.astype(np.int64)
+
+
+# The draw that picks which training impressions keep a price-range label.
+PRICE_LABEL_SEED = 20261205
 
 
 class Prepared:
@@ -100,8 +118,8 @@ def _later_same_key(prep: Prepared, imp: np.ndarray, event: str) -> np.ndarray:
     return hit.astype(np.int64)
 
 
-def _next_purchase_bucket(prep: Prepared, imp: np.ndarray) -> np.ndarray:
-    """Price bucket of the user's first purchase after the impression within H days; -1 if none.
+def _next_purchase(prep: Prepared, imp: np.ndarray) -> np.ndarray:
+    """Row of the user's first purchase after the impression within H days; -1 if none.
     A training impression's purchase must come before the train/eval cut: no training label
     is made of eval events."""
     rows = np.flatnonzero(prep.kind == EVENT_INDEX["purchase"])
@@ -120,8 +138,33 @@ def _next_purchase_bucket(prep: Prepared, imp: np.ndarray) -> np.ndarray:
     horizon = np.int64(round(prep.config.price_horizon_days * SECONDS_PER_DAY))
     valid &= (prep.user[nxt] == prep.user[imp]) & (prep.ts[nxt] <= prep.ts[imp] + horizon)
     valid &= (prep.ts[imp] >= prep.cut) | (prep.ts[nxt] < prep.cut)
-    out[valid] = prep.item_bucket[prep.item[nxt[valid]]]
+    out[valid] = nxt[valid]
     return out
+
+
+def _price_label_mask(prep: Prepared, imp: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+    """1 where the price-range label counts: every eval impression with a next purchase; of
+    the training impressions that share one next purchase (a user's impressions before it,
+    often dozens with near-identical inputs), at most `price_labels_per_purchase` drawn at
+    random (0: all). Repeated dozens of times a pass, one label is learnt by heart, and a
+    head that has memorised who buys what next is confidently wrong on later days; the
+    thinned set weighs each purchase about equally."""
+    mask = (nxt >= 0).astype(np.float32)
+    k = int(prep.config.price_labels_per_purchase)
+    if k <= 0:
+        return mask
+    group = np.where((nxt >= 0) & (prep.ts[imp] < prep.cut), nxt, -1)
+    # A draw per impression row, fixed by the log (not by the order of this call).
+    draw = np.random.default_rng(PRICE_LABEL_SEED).random(len(prep.rank))[imp]
+    order = np.lexsort((draw, group))
+    g = group[order]
+    start = np.r_[True, g[1:] != g[:-1]] if len(g) else np.zeros(0, bool)
+    first = np.flatnonzero(start)
+    rank_in_group = np.arange(len(g)) - first[np.cumsum(start) - 1]
+    thinned = np.zeros(len(imp), bool)
+    thinned[order[(g >= 0) & (rank_in_group >= k)]] = True
+    mask[thinned] = 0.0
+    return mask
 
 
 def _item_window_sums(prep: Prepared, imp: np.ndarray, event: str, start: int, end,
@@ -186,7 +229,9 @@ def compute_labels(tables: contract.Tables, config: LabelConfig | None = None,
     config = config or LabelConfig()
     prep = prepared or Prepared(tables, config)
     imp = prep.impressions
-    bucket = _next_purchase_bucket(prep, imp)
+    nxt = _next_purchase(prep, imp)
+    bucket = np.where(nxt >= 0, prep.item_bucket[prep.item[np.maximum(nxt, 0)]],
+                      -1).astype(np.int64)
     demand, demand_mask = _future_item_demand(prep, imp)
     return {
         "row": imp,
@@ -196,7 +241,7 @@ def compute_labels(tables: contract.Tables, config: LabelConfig | None = None,
         "click": _later_same_key(prep, imp, "click"),
         "purchase": _later_same_key(prep, imp, "purchase"),
         "price_range": bucket,
-        "price_range_mask": (bucket >= 0).astype(np.float32),
+        "price_range_mask": _price_label_mask(prep, imp, nxt),
         "demand": demand,
         "demand_mask": demand_mask,
     }

@@ -82,6 +82,10 @@ def define_data_flags():
                        "D: window for the item demand label.")
     flags.DEFINE_integer("history_length", contract.DEFAULT_HISTORY_LENGTH,
                          "L: behaviour events kept per example.")
+    flags.DEFINE_integer("price_labels_per_purchase",
+                         contract.DEFAULT_PRICE_LABELS_PER_PURCHASE,
+                         "Training impressions, drawn at random, that keep the price-range "
+                         "label of one next purchase (0: all).")
 
 
 def label_config_from_flags() -> labels_lib.LabelConfig:
@@ -91,6 +95,7 @@ def label_config_from_flags() -> labels_lib.LabelConfig:
         demand_horizon_days=FLAGS.demand_horizon_days,
         eval_fraction=FLAGS.eval_fraction,
         history_length=FLAGS.history_length,
+        price_labels_per_purchase=FLAGS.price_labels_per_purchase,
     )
 
 

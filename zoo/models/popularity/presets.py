@@ -25,6 +25,7 @@ _COMMON = {
     # price_range: user price histogram blended with the label prior.
     "price_smoothing": 10.0,       # event weight given to the prior
     "candidate_price_weight": 3.0,  # the impressed item's own price as one more event
+    "price_fit": True,             # both of the above fitted on the training labels
     # demand: a + b * item_purchases_7d + c * item mean demand.
     "demand_smoothing": 20.0,      # impressions at the global mean added to every item
     "demand_fit_fraction": 0.3,    # latest share of training examples the coefficients fit

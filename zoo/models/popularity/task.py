@@ -28,6 +28,8 @@ type: w_h = click_weight / cart_weight / purchase_weight; "pos" = the impression
   price_range  p_k = (h_k + b pi_k) / (sum_k h_k + b): h_k = sum of w_h over history
               events whose price falls in bucket k (+ candidate_price_weight for the
               candidate's own price); pi = the training label prior; b = price_smoothing.
+              With price_fit, b and the candidate's weight are the grid point of least
+              training log-loss (the config's values otherwise).
               The buckets are the label's (quantile edges of the training items' prices,
               pinned to the label's buckets when the data carries them)
   demand    rate = max(a0 + a1 * item_purchases_7d + a2 * dbar(item), 1e-6), a >= 0 the
@@ -150,8 +152,8 @@ def build(config: dict, vocabulary=None) -> Popularity:
         num_oov_indices=num_oov,
         event_weights=vocab_lib.event_weights(config),
         affinity_smoothing=config["affinity_smoothing"],
-        price_smoothing=config["price_smoothing"],
-        candidate_price_weight=config["candidate_price_weight"],
+        price_smoothing=vocab_lib.price_knobs(vocab, config)[0],
+        candidate_price_weight=vocab_lib.price_knobs(vocab, config)[1],
         tables=tables_from_vocabulary(vocab, num_oov),
         name="popularity_scorer")
     return Popularity(scorer, preprocessor, zoo_config=config, name="popularity")

@@ -13,7 +13,8 @@ into the model's non-trainable tables.
      "position_click_rate": [...], "position_purchase_rate": [...],   # [1 + max_position]
      "price_edges": [...], "price_prior": [...],                      # K - 1, K
      "click": {"rate", "scale", "exponent"}, "purchase": {...},
-     "demand": {"mean", "intercept", "purchases_7d", "item_mean"}}
+     "demand": {"mean", "intercept", "purchases_7d", "item_mean"},
+     "price_fit": {"smoothing", "candidate_weight"}}  # optional (config `price_fit`)
 
 `reference_outputs` computes the model's outputs in numpy from the same dict, with the
 helpers the fit uses for the lift exponents; the tests hold the TensorFlow model to it.
@@ -151,8 +152,7 @@ def reference_outputs(vocabulary: dict, config, features: dict) -> dict:
         out[task] = np.clip(p, PROB_CLIP, 1 - PROB_CLIP)
     out["price_range"] = price_distribution(
         enc["hist_price_bucket"], enc["hist_weight"], enc["price_bucket"],
-        vocabulary["price_prior"], float(config["price_smoothing"]),
-        float(config["candidate_price_weight"]))
+        vocabulary["price_prior"], *price_knobs(vocabulary, config))
     d = vocabulary["demand"]
     item_mean = _gather(vocabulary["item_demand"], enc["item"], d["mean"])
     out["demand"] = np.maximum(d["intercept"] + d["purchases_7d"] * enc["purchases_7d"]
@@ -372,7 +372,41 @@ def fit_vocabulary(features: dict, config) -> dict:
     for task, y in (("click", click), ("purchase", purchase)):
         scale, exponent = _fit_exponent(y, base_rate(vocab, enc, task), lift)
         vocab[task].update(scale=scale, exponent=exponent)
+    if config.get("price_fit", False) and present.any():
+        vocab["price_fit"] = _fit_price(enc, label, present, vocab["price_prior"])
     return validate(vocab)
+
+
+# The grid of (b, c) the price fit searches: the prior's weight, the candidate's.
+PRICE_SMOOTHING_GRID = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
+CANDIDATE_PRICE_WEIGHT_GRID = (0.0, 1.0, 3.0, 10.0, 30.0)
+
+
+def _fit_price(enc: dict, label, present, prior) -> dict:
+    """price_smoothing b and candidate_price_weight c of least training log-loss.
+
+    How much a user's browsing prices say about their next purchase depends on the shop
+    (a replenishment shop's next buy is the staple that is due, whatever was browsed): fixed
+    values can make the histogram worse than the prior alone, which b -> large recovers."""
+    y = label[present]
+    best = None
+    for b in PRICE_SMOOTHING_GRID:
+        for c in CANDIDATE_PRICE_WEIGHT_GRID:
+            p = price_distribution(enc["hist_price_bucket"][present],
+                                   enc["hist_weight"][present], enc["price_bucket"][present],
+                                   prior, b, c)
+            loss = -np.mean(np.log(np.maximum(p[np.arange(len(y)), y], 1e-12)))
+            if best is None or loss < best[0] - 1e-12:
+                best = (loss, b, c)
+    return {"smoothing": best[1], "candidate_weight": best[2]}
+
+
+def price_knobs(vocabulary: dict, config: dict) -> tuple[float, float]:
+    """(price_smoothing, candidate_price_weight): the fitted ones, else the config's."""
+    fit = vocabulary.get("price_fit")
+    if fit:
+        return float(fit["smoothing"]), float(fit["candidate_weight"])
+    return float(config["price_smoothing"]), float(config["candidate_price_weight"])
 
 
 def placeholder_vocabulary(config) -> dict:
@@ -432,4 +466,10 @@ def validate(vocabulary: dict) -> dict:
         v[task] = {k: float(vocabulary[task][k]) for k in ("rate", "scale", "exponent")}
     v["demand"] = {k: float(vocabulary["demand"][k])
                    for k in ("mean", "intercept", "purchases_7d", "item_mean")}
+    if vocabulary.get("price_fit"):
+        fit = vocabulary["price_fit"]
+        v["price_fit"] = {k: float(fit[k]) for k in ("smoothing", "candidate_weight")}
+        if v["price_fit"]["smoothing"] <= 0 or v["price_fit"]["candidate_weight"] < 0:
+            raise ValueError("vocabulary['price_fit'] needs smoothing > 0 and "
+                             "candidate_weight >= 0")
     return v
