@@ -137,3 +137,17 @@ def test_prepare_command_fails_cleanly(tmp_path):
     leftovers = [os.path.join(r, f) for r, _, fs in os.walk(out) for f in fs] if out.exists() else []
     assert leftovers == []
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_prepare_command_rejects_a_label_flag_out_of_range(tmp_path):
+    folder = fixtures.write_csv(str(tmp_path / "log"))
+    out = tmp_path / "tfds"
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(
+        [sys.executable, "-m", "zoo.data.prepare", "--data_dir", folder, "--tfds_dir", str(out),
+         "--price_labels_per_purchase", "-1"],
+        capture_output=True, text=True, timeout=300, cwd=repo)
+    assert proc.returncode == 2
+    assert "--price_labels_per_purchase must be an integer >= 0" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()

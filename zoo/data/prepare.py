@@ -103,7 +103,12 @@ def main(argv):
     del argv
     start = time.time()
     try:
-        builder = prepare(FLAGS.data_dir, FLAGS.tfds_dir, label_config_from_flags())
+        config = label_config_from_flags()
+    except ValueError as e:  # a flag out of range: before anything is read or written
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        builder = prepare(FLAGS.data_dir, FLAGS.tfds_dir, config)
     except contract.ContractError as e:
         logging.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
