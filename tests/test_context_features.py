@@ -330,3 +330,103 @@ def test_piecewise_linear_encoding_by_hand():
     fitted = _vocabulary(config)["context"]["edges"][0]
     np.testing.assert_allclose(fitted, np.quantile(np.log1p([0.0, 3.0, 7.0]),
                                                    np.linspace(0, 1, T + 1)), rtol=1e-6)
+
+
+def test_numeric_embedding_gives_each_feature_its_own_linear_relu():
+    layer = layers.NumericEmbedding(3)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5, 4, 6)).astype(np.float32)  # [B, F, W]
+    out = layer(x).numpy()
+    assert out.shape == (5, 4, 3)
+    kernel, bias = layer.kernel.numpy(), layer.bias.numpy()
+    assert kernel.shape == (4, 6, 3) and bias.shape == (4, 3)
+    want = np.maximum(np.einsum("bfw,fwd->bfd", x, kernel) + bias, 0.0)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+    # Feature 0's inputs move feature 0's embedding only.
+    layer.kernel.assign(np.abs(kernel) + 0.1)
+    layer.bias.assign(np.abs(bias) + 0.1)
+    before = layer(np.abs(x)).numpy()
+    moved = np.abs(x)
+    moved[:, 0, :] += 1.0
+    after = layer(moved).numpy()
+    assert np.abs(after[:, 0] - before[:, 0]).min() > 1e-3
+    np.testing.assert_array_equal(after[:, 1:], before[:, 1:])
+    again = layers.NumericEmbedding.from_config(layer.get_config())
+    assert again.embedding_dim == 3
+
+
+def test_context_groups_follow_the_dense_features_layout():
+    from zoo.models.bert_mtl.backbone import context_group_indices
+    from zoo.models.ranker import vocabulary as vocab_lib
+
+    config = zoo.get_config("bert_mtl", "tiny")
+    pre = zoo.get("bert_mtl", "tiny", vocabulary=_vocabulary(config)).preprocessor
+    sizes = pre.vocabulary_sizes()
+    C, T = len(CONTEXT_FEATURES), vocab_lib.CONTEXT_BINS
+    assert (sizes["context_features"], sizes["context_bins"]) == (C, T)
+    rows = [_raw([], ("A", "shoes", "acme"), "", "t", 10.0, v)
+            for v in (-1.0, 0.0, 2.0, 50.0)]
+    dense = pre(_batch(rows))["dense_features"].numpy()
+    groups = dense[:, np.asarray(context_group_indices(C, T))]  # [B, C, 2 + T]
+    np.testing.assert_array_equal(groups[:, :, 0], dense[:, :C])  # standardised value
+    np.testing.assert_array_equal(groups[:, :, 1], dense[:, C:2 * C])  # missing flag
+    np.testing.assert_array_equal(groups[:, :, 2:],
+                                  dense[:, 2 * C:(2 + T) * C].reshape(-1, C, T))
+    np.testing.assert_array_equal(groups[0, :, 1], 1.0)  # -1: undefined
+
+
+def test_context_embedding_per_feature_in_the_backbone_and_reload(tmp_path):
+    from zoo.models.testing import random_raw_batch
+    from zoo.models.features import split_labels
+
+    d = 4
+    model = zoo.get("bert_mtl", "tiny", context_embedding_dim=d)
+    backbone = model.backbone
+    sizes = backbone.vocabulary_sizes
+    C, T = sizes["context_features"], sizes["context_bins"]
+    extra = sizes["dense_features"] - (2 + T) * C  # the in-graph features, kept flat
+    assert isinstance(backbone.context_embedding, layers.NumericEmbedding)
+    assert tuple(backbone.context_embedding.kernel.shape) == (C, 2 + T, d)
+    # Positive weights: every ReLU is open, so any input of a feature moves its embedding.
+    emb = backbone.context_embedding
+    emb.kernel.assign(np.random.default_rng(1).uniform(0.1, 1.0, emb.kernel.shape)
+                      .astype(np.float32))
+    emb.bias.assign(np.full(emb.bias.shape, 0.5, np.float32))
+    features, _ = split_labels(random_raw_batch(4, 16, seed=6))
+    x = model.preprocessor(features)
+    base = backbone(x)["context_output"].numpy()
+    assert base.shape[1] == C * d + extra + backbone.hidden_dim
+    for c, column in [(0, 0), (0, C), (0, 2 * C + T - 1), (3, 2 * C + 3 * T + 2),
+                      (C - 1, C - 1)]:
+        dense = x["dense_features"].numpy().copy()
+        dense[:, column] += 0.7
+        got = backbone({**x, "dense_features": tf.constant(dense)})["context_output"].numpy()
+        changed = np.abs(got[:, :C * d] - base[:, :C * d]).max(axis=0) > 1e-6
+        np.testing.assert_array_equal(np.flatnonzero(changed), np.arange(c * d, (c + 1) * d),
+                                      err_msg=f"column {column}")
+        # The in-graph features pass as they are.
+        np.testing.assert_array_equal(got[:, C * d:C * d + extra], base[:, C * d:C * d + extra])
+    # An in-graph feature moves none of the embeddings.
+    dense = x["dense_features"].numpy().copy()
+    dense[:, -1] += 0.7
+    got = backbone({**x, "dense_features": tf.constant(dense)})["context_output"].numpy()
+    np.testing.assert_array_equal(got[:, :C * d], base[:, :C * d])
+    assert np.abs(got[:, C * d + extra - 1] - base[:, C * d + extra - 1]).min() > 0.5
+
+    # Off by default: the flat vector, as before.
+    plain = zoo.get("bert_mtl", "tiny")
+    assert plain.backbone.context_embedding is None
+    assert (plain.towers["click"][0].kernel.shape[0] - model.towers["click"][0].kernel.shape[0]
+            == sizes["dense_features"] - (C * d + extra))
+    joined = zoo.get("bert_mtl", "tiny", context_embedding_dim=d, context_embedding_mode="join")
+    assert (joined.towers["click"][0].kernel.shape[0] - plain.towers["click"][0].kernel.shape[0]
+            == C * d)
+
+    for m, name in ((model, "ne.keras"), (joined, "join.keras")):
+        path = str(tmp_path / name)
+        m.save(path)
+        again = keras.models.load_model(path)
+        assert again.backbone.context_embedding_dim == d
+        want, got = m(x), again(x)
+        for task in ("click", "purchase", "demand"):
+            np.testing.assert_allclose(got[task].numpy(), want[task].numpy(), rtol=1e-5)

@@ -321,3 +321,52 @@ class PositionBias(keras.layers.Layer):
         config.update({"num_buckets": self.num_buckets, "dropout_rate": self.dropout_rate,
                        "seed": self.seed})
         return config
+
+
+@keras.saving.register_keras_serializable(package="ecom_zoo")
+class NumericEmbedding(keras.layers.Layer):
+    """Per-feature numerical embeddings (Gorishniy et al. 2022, "PLE -> linear -> ReLU").
+
+    `call(x [B, F, W])` -> [B, F, embedding_dim]: feature f's W encoding values (e.g. its
+    standardised value, missing flag and piecewise-linear bins) through its own linear map
+    (weight [W, d], bias [d]) and a ReLU. No weight is shared between features, so each
+    feature learns its own curve; a flat Dense over every feature's encoding at once mixes
+    them before any non-linearity.
+
+    The initialisation is torch's `nn.Linear` (the paper's): uniform in +-1/sqrt(W), biases
+    too, so a feature whose encoding is all zeros (undefined) still gives a non-zero vector.
+    """
+
+    def __init__(self, embedding_dim, activation="relu", **kwargs):
+        super().__init__(**kwargs)
+        self.embedding_dim = int(embedding_dim)
+        if self.embedding_dim <= 0:
+            raise ValueError(f"embedding_dim must be > 0, got {embedding_dim}")
+        self.activation = keras.activations.get(activation)
+
+    def build(self, input_shape):
+        _, num_features, width = input_shape
+        if num_features is None or width is None:
+            raise ValueError(f"NumericEmbedding needs a known [F, W], got {input_shape}")
+        bound = 1.0 / float(width) ** 0.5
+        self.kernel = self.add_weight(
+            shape=(num_features, width, self.embedding_dim), name="kernel",
+            initializer=keras.initializers.RandomUniform(-bound, bound))
+        self.bias = self.add_weight(
+            shape=(num_features, self.embedding_dim), name="bias",
+            initializer=keras.initializers.RandomUniform(-bound, bound))
+        self.built = True
+
+    def call(self, x):
+        x = ops.cast(x, self.compute_dtype)
+        y = ops.einsum("bfw,fwd->bfd", x, ops.cast(self.kernel, self.compute_dtype))
+        return self.activation(y + ops.cast(self.bias, self.compute_dtype))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[1], self.embedding_dim)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"embedding_dim": self.embedding_dim,
+                       "activation": keras.activations.serialize(self.activation)})
+        return config

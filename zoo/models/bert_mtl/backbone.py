@@ -22,7 +22,12 @@ Outputs: {"sequence_output": [B, S, D], "cls_output": [B, D], "candidate_output"
                                     pooled by the candidate (`layers.TargetAttention`)
   "context_output" [B, F + D]       (dense_features in the inputs, see the preprocessor)
                                     the dense features and their projection, for the heads
-The dense features are also projected onto the candidate token.
+The dense features are also projected onto the candidate token. With
+`context_embedding_dim` d > 0 each context feature's group of the dense features (its value,
+missing flag and piecewise-linear bins) first goes through its own linear map + ReLU
+(`layers.NumericEmbedding`, Gorishniy et al. 2022); the C x d embeddings replace the groups
+(`context_embedding_mode="replace"`; the in-graph features stay as they are) or join the
+whole flat vector ("join") wherever the dense features went (F is then that width).
 """
 
 from __future__ import annotations
@@ -32,14 +37,26 @@ import keras_hub
 from keras import ops
 
 from zoo.models.ranker.preprocessor import HISTORY_OUTPUTS, SCALAR_OUTPUTS
-from zoo.models.layers import (IdEmbedding, LastAxisLayerNormalization, TargetAttention,
-                               TransformerEncoderBlock)
+from zoo.models.layers import (IdEmbedding, LastAxisLayerNormalization, NumericEmbedding,
+                               TargetAttention, TransformerEncoderBlock)
 
 SEGMENT_QUERY, SEGMENT_HISTORY, SEGMENT_CANDIDATE = 0, 1, 2
 
 
 def sequence_length(max_query_tokens: int, max_history: int) -> int:
     return max_query_tokens + max_history + 4
+
+
+CONTEXT_EMBEDDING_MODES = ("replace", "join")
+
+
+def context_group_indices(num_features: int, num_bins: int):
+    """[C, 2 + T] column indices of each context feature's group in dense_features, whose
+    layout is (`RankerPreprocessor._dense_features`) C values, C missing flags, C x T
+    piecewise-linear bins (feature-major), then the in-graph features: feature c is
+    [c, C + c, 2C + cT, ..., 2C + cT + T - 1]."""
+    C, T = int(num_features), int(num_bins)
+    return [[c, C + c] + [2 * C + c * T + t for t in range(T)] for c in range(C)]
 
 
 @keras.saving.register_keras_serializable(package="ecom_zoo")
@@ -49,8 +66,11 @@ class EventSequenceEmbedding(keras.layers.Layer):
     def __init__(self, vocabulary_sizes, hidden_dim, max_query_tokens, max_title_tokens,
                  max_history, cls_id=1, sep_id=2, dropout=0.0, layer_norm_epsilon=1e-12,
                  initializer_range=0.02, use_text_tower=False, history_titles=False,
-                 **kwargs):
+                 context_dim=None, **kwargs):
         super().__init__(**kwargs)
+        # Width of inputs["dense_features"] (None: vocabulary_sizes["dense_features"]; the
+        # backbone passes its per-feature embeddings' width instead when it has them).
+        self.context_dim = None if context_dim is None else int(context_dim)
         # history_titles: every history event also gets the mean WordPiece embedding of its
         # item's title ("hist_title_tokens", [B, H, T]), as the candidate does.
         self.history_titles = bool(history_titles)
@@ -125,7 +145,8 @@ class EventSequenceEmbedding(keras.layers.Layer):
                                                 if self.user_embedding else [])):
             layer.build((None,))
         if self.context_projection is not None:
-            self.context_projection.build((None, self.vocabulary_sizes["dense_features"]))
+            self.context_projection.build(
+                (None, self.context_dim or self.vocabulary_sizes["dense_features"]))
         self.position_embedding.build((None, seq, self.hidden_dim))
         self.layer_norm.build((None, seq, self.hidden_dim))
         self.built = True
@@ -205,6 +226,7 @@ class EventSequenceEmbedding(keras.layers.Layer):
             "layer_norm_epsilon": self.layer_norm_epsilon,
             "initializer_range": self.initializer_range,
             "use_text_tower": self.use_text_tower,
+            "context_dim": self.context_dim,
         })
         return config
 
@@ -267,13 +289,18 @@ class BertMtlBackbone(keras_hub.models.Backbone):
         embeddings, mean-pooled, embed the title; projected to hidden_dim. The WordPiece
         vocabulary must then be the text encoder's.
       text_encoder_trainable: fine-tune the text encoder (False: frozen, projections train).
+      context_embedding_dim: 0, or d: per-feature numerical embeddings of the context
+        features (`layers.NumericEmbedding` over each feature's value, flag and bins), fed
+        to the candidate projection and the heads instead of ("replace") or beside ("join",
+        `context_embedding_mode`) the flat dense features.
     """
 
     def __init__(self, vocabulary_sizes, hidden_dim=128, num_layers=2, num_heads=4,
                  intermediate_dim=512, max_query_tokens=12, max_title_tokens=12,
                  max_history=30, cls_id=1, sep_id=2, dropout=0.1, layer_norm_epsilon=1e-12,
                  initializer_range=0.02, text_encoder=None, text_encoder_trainable=False,
-                 history_titles=False, target_attention=False, dtype=None, **kwargs):
+                 history_titles=False, target_attention=False, context_embedding_dim=0,
+                 context_embedding_mode="replace", dtype=None, **kwargs):
         Q, T, H = int(max_query_tokens), int(max_title_tokens), int(max_history)
         if history_titles and (T == 0 or text_encoder is not None):
             raise ValueError("history_titles needs max_title_tokens > 0 and the wordpiece "
@@ -293,16 +320,35 @@ class BertMtlBackbone(keras_hub.models.Backbone):
             self.title_pool = MaskedMeanPool(name="title_pool")
             self.title_projection = keras.layers.Dense(
                 hidden_dim, kernel_initializer=init(), dtype=dtype, name="title_projection")
+        num_dense = vocabulary_sizes.get("dense_features", 0)
+        context_embedding_dim = int(context_embedding_dim)
+        if context_embedding_mode not in CONTEXT_EMBEDDING_MODES:
+            raise ValueError(f"context_embedding_mode must be one of "
+                             f"{CONTEXT_EMBEDDING_MODES}, got {context_embedding_mode!r}")
+        context_dim = None
+        if context_embedding_dim > 0:
+            if not num_dense or "context_features" not in vocabulary_sizes:
+                raise ValueError("context_embedding_dim > 0 needs the context features "
+                                 "(context_features=True; a vocabulary_sizes with "
+                                 "'context_features' and 'context_bins')")
+            C, bins = vocabulary_sizes["context_features"], vocabulary_sizes["context_bins"]
+            group_indices = context_group_indices(C, bins)
+            num_in_graph = num_dense - (2 + bins) * C
+            context_dim = C * context_embedding_dim + (
+                num_in_graph if context_embedding_mode == "replace" else num_dense)
+        self.context_embedding = (
+            NumericEmbedding(context_embedding_dim, dtype=dtype, name="context_embedding")
+            if context_embedding_dim > 0 else None)
         self.embeddings = EventSequenceEmbedding(
             vocabulary_sizes, hidden_dim, Q, T, H, cls_id=cls_id, sep_id=sep_id,
             dropout=dropout, layer_norm_epsilon=layer_norm_epsilon,
             initializer_range=initializer_range, use_text_tower=text_encoder is not None,
-            history_titles=history_titles, dtype=dtype, name="embeddings")
+            history_titles=history_titles, context_dim=context_dim, dtype=dtype,
+            name="embeddings")
         self.target_attention = (
             TargetAttention(hidden_dim=hidden_dim, initializer_range=initializer_range,
                             dtype=dtype, name="target_attention")
             if target_attention else None)
-        num_dense = vocabulary_sizes.get("dense_features", 0)
         self.context_encoder = (
             keras.layers.Dense(hidden_dim, activation="gelu", kernel_initializer=init(),
                                dtype=dtype, name="context_encoder") if num_dense else None)
@@ -331,6 +377,15 @@ class BertMtlBackbone(keras_hub.models.Backbone):
             inputs["dense_features"] = keras.Input((num_dense,), dtype="float32",
                                                    name="dense_features")
         embedding_inputs = dict(inputs)
+        if self.context_embedding is not None:
+            dense = inputs["dense_features"]
+            groups = ops.take(dense, ops.convert_to_tensor(group_indices, "int32"), axis=1)
+            embedded = ops.reshape(self.context_embedding(groups),
+                                   (-1, C * context_embedding_dim))  # [B, C * d]
+            embedded = ops.cast(embedded, "float32")
+            rest = (dense[:, (2 + bins) * C:] if context_embedding_mode == "replace"
+                    else dense)
+            embedding_inputs["dense_features"] = ops.concatenate([embedded, rest], axis=-1)
         if text_encoder is not None:
             text = text_encoder(self.text_inputs(inputs["query_tokens"]))["sequence_output"]
             embedding_inputs["query_embedding"] = self.query_projection(text)
@@ -350,7 +405,7 @@ class BertMtlBackbone(keras_hub.models.Backbone):
                 x[:, Q + 2:Q + 2 + H, :], candidate_embedding, inputs["hist_mask"])
         if self.context_encoder is not None:
             # The context features straight to the heads too (the wide path a tree has).
-            dense = ops.cast(inputs["dense_features"], x.dtype)
+            dense = ops.cast(embedding_inputs["dense_features"], x.dtype)
             extra["context_output"] = ops.concatenate([dense, self.context_encoder(dense)], -1)
         for layer in self.transformer_layers:
             x = layer(x, padding_mask=padding_mask)
@@ -376,11 +431,15 @@ class BertMtlBackbone(keras_hub.models.Backbone):
         self.text_encoder_trainable = bool(text_encoder_trainable)
         self.history_titles = bool(history_titles)
         self.use_target_attention = bool(target_attention)
+        self.context_embedding_dim = context_embedding_dim
+        self.context_embedding_mode = context_embedding_mode
 
     def get_config(self):
         config = super().get_config()
         config.update({
             "target_attention": self.use_target_attention,
+            "context_embedding_dim": self.context_embedding_dim,
+            "context_embedding_mode": self.context_embedding_mode,
             "text_encoder": (None if self.text_encoder is None else
                              keras.saving.serialize_keras_object(self.text_encoder)),
             "text_encoder_trainable": self.text_encoder_trainable,

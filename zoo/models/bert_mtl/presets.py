@@ -46,6 +46,13 @@ _COMMON = {
     # DIN target attention: the candidate pools the history events into one more input of
     # the heads (`layers.TargetAttention`). Measured in BUILD_NOTES.md.
     "target_attention": True,
+    # Per-feature numerical embeddings of the context features (`layers.NumericEmbedding`:
+    # each feature's value, missing flag and piecewise-linear bins through its own
+    # linear + ReLU to this many dims; 0 = off, the flat vector as before), replacing the
+    # flat groups ("replace") or beside them ("join") in the candidate projection and the
+    # heads' context input.
+    "context_embedding_dim": 0,
+    "context_embedding_mode": "replace",
     # Pre-training (`trainers.pretrain`): masked fractions of history events and query
     # tokens; "position" masks the chosen events only (BERT4Rec as published), "item" also
     # every other event of a chosen event's item (a click, its cart and its purchase are one

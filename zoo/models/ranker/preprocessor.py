@@ -163,7 +163,13 @@ class RankerPreprocessor(BehaviourPreprocessor):
             "count": len(COUNT_EDGES) + 1,
             **({"user": len(self.vocabulary["user_id"]) + lookup_extra}
                if self.user_lookup is not None else {}),
-            **({"dense_features": self.num_dense_features} if self.context_features else {}),
+            # dense_features' layout: context_features values, as many missing flags,
+            # context_features x context_bins piecewise-linear bins (feature-major), then
+            # the IN_GRAPH_FEATURES (see `_dense_features`).
+            **({"dense_features": self.num_dense_features,
+                "context_features": len(CONTEXT_FEATURES),
+                "context_bins": vocab_lib.CONTEXT_BINS if self.context_bins else 0}
+               if self.context_features else {}),
         }
 
     @property
