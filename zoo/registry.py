@@ -87,6 +87,9 @@ class ModelSpec:
     # How the family is trained: "keras" (the custom loop under tf.distribute) or
     # "lightgbm" (`trainers.core.gbdt_task`).
     trainer: str = "keras"
+    # What the keras loop trains it for: "multitask" (click, purchase, price range, demand;
+    # `trainers.core.multitask_task`) or "retrieval" (`trainers.core.retrieval_task`).
+    task: str = "multitask"
     # Whether `export.saved_model` can export it for TF Serving.
     exportable: bool = True
 
@@ -169,9 +172,9 @@ _REGISTERED = False
 
 def _register_builtin_families(registry: Registry) -> None:
     """THE place where model families are registered, in listing order."""
-    from zoo.models import bert_mtl, dnn_mtl, gbdt, popularity
+    from zoo.models import bert_mtl, dnn_mtl, gbdt, popularity, two_tower
 
-    for family in (bert_mtl, dnn_mtl, popularity, gbdt):  # bert_mtl: also shared_bottom, ...
+    for family in (bert_mtl, dnn_mtl, popularity, gbdt, two_tower):  # bert_mtl: also shared_bottom, ...
         registry.register_family(family.SPECS)
 
 

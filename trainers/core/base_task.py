@@ -67,6 +67,10 @@ class Task:
 
         return parse_task_weights(config.task_weights, self.loss_names)
 
+    def num_training_examples(self, run: Run) -> int:
+        """What one epoch passes over (`total_steps` reads it)."""
+        return run.builder.info.splits["train"].num_examples
+
     def total_steps(self, config, num_train: int) -> int:
         return config.steps or max(1, math.ceil(
             config.epochs * num_train * config.labels_fraction / config.batch_size))

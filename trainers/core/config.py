@@ -127,11 +127,14 @@ LABEL_HELP = {
 
 
 def model_config_of(config: TrainConfig) -> dict:
-    """The resolved zoo config of the run (preset + overrides + the label's K)."""
+    """The resolved zoo config of the run (preset + overrides + the label's K, for the
+    families with a price-range head)."""
     import zoo
 
+    label_keys = {"num_price_ranges": config.label_config.num_price_ranges}
+    preset = zoo.get_config(config.model, config.preset)
     return zoo.get_config(config.model, config.preset,
-                          num_price_ranges=config.label_config.num_price_ranges,
+                          **{k: v for k, v in label_keys.items() if k in preset},
                           **config.model_overrides)
 
 

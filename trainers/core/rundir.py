@@ -127,6 +127,16 @@ def fit_vocabulary(config, model_config: dict, train_files) -> dict:
     return zoo.fit_vocabulary(config.model, features, model_config)
 
 
+def train_config_of(model_dir: str) -> dict:
+    """The train_config.json of a finished run."""
+    path = os.path.join(model_dir, TRAIN_CONFIG)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: not found; expected a model_dir written by "
+                                "python -m trainers.multitask")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 def load_trained(model_dir: str):
     """(model, label_config) of a finished multi-task run."""
     import zoo

@@ -80,7 +80,7 @@ def run_experiment(task: base_task.Task, config,
     if config.verbose:
         print(prepare_lib.describe(run.builder))
     run.train_files = pipeline.split_files(run.builder, "train")
-    run.num_train = run.builder.info.splits["train"].num_examples
+    run.num_train = task.num_training_examples(run)
     run.steps = task.total_steps(config, run.num_train)
     os.makedirs(run.write_dir, exist_ok=True)  # after the data is known to be readable
 
@@ -155,14 +155,19 @@ def run_experiment(task: base_task.Task, config,
 
 
 def train(config, after_save: Callable[[str, dict], None] | None = None) -> dict:
-    """Trains `config.model` the way its family is trained: the multi-task task under the
-    custom loop, or LightGBM for the tree family."""
+    """Trains `config.model` the way its family is trained: the multi-task or the retrieval
+    task under the custom loop, or LightGBM for the tree family."""
     import zoo
 
-    if zoo.spec(config.model).trainer == "lightgbm":
+    spec = zoo.spec(config.model)
+    if spec.trainer == "lightgbm":
         from trainers.core import gbdt_task
 
         return gbdt_task.run(config, after_save=after_save)
+    if spec.task == "retrieval":
+        from trainers.core.retrieval_task import RetrievalTask
+
+        return run_experiment(RetrievalTask(), config, after_save=after_save)
     from trainers.core.multitask_task import MultitaskTask
 
     return run_experiment(MultitaskTask(), config, after_save=after_save)

@@ -91,51 +91,69 @@ class ExampleSource:
             yield self.to_text(coded) if text else coded
 
     def _coded(self, sel: np.ndarray) -> dict:
-        lab, prep, ev, items = self.labels, self.prep, self.tables.events, self.tables.items
-        imp = lab["row"][sel]
-        item = prep.item[imp]
-        rows, valid = self.history.gather(imp, self.config.history_length)
-        h_item = np.where(valid, prep.item[rows], -1)
-        cols = {
-            "event_id": _take(ev["event_id"], imp),
-            "user_id": _take(ev["user_id"], imp),
-            "query": _take(ev["query"], imp),
-            "item": item,
-            "item_price": items["price"][item].astype(np.float32),
-            "position": ev["position"][imp],
-            "timestamp": prep.ts[imp],
-            **{name: values[sel] for name, values in self.item_stats.items()},
-            **{name: values[sel] for name, values in self.context.items()},
-            "hist_length": valid.sum(axis=1).astype(np.int64),
-            "hist_item": h_item,
-            "hist_kind": np.where(valid, prep.kind[rows], -1).astype(np.int64),
-            "hist_price": np.where(valid, items["price"][h_item], 0).astype(np.float32),
-            "hist_price_bucket": np.where(valid, prep.item_bucket[h_item], 0),
-            "hist_gap": np.where(valid, prep.ts[imp][:, None] - prep.ts[rows], 0).astype(
-                np.float32),
-        }
-        nxt, has_next = self.history.next_event(imp)
-        cols["next_item"] = np.where(has_next, prep.item[nxt], -1)
+        lab = self.labels
+        cols = gather(self.tables, self.prep, self.history, lab["row"][sel],
+                      {name: values[sel] for name, values in self.item_stats.items()},
+                      {name: values[sel] for name, values in self.context.items()},
+                      self.config.history_length)
         for name in LABEL_FEATURES:
             cols[name] = lab[name][sel]
         return cols
 
     def to_text(self, coded: dict) -> dict:
-        """Coded chunk → the feature columns by name, strings as numpy object arrays."""
-        items = self.tables.items
-        cols = {k: v for k, v in coded.items()
-                if k not in ("item", "hist_item", "hist_kind", "next_item")}
-        for name, column in ITEM_TEXT.items():
-            cols[name] = _take(items[column], coded["item"])
-        for name, column in HIST_TEXT.items():
-            values = _take(items[column], np.maximum(coded["hist_item"], 0))
-            cols[name] = np.where(coded["hist_item"] >= 0, values, "")
-        for name, column in NEXT_TEXT.items():
-            values = _take(items[column], np.maximum(coded["next_item"], 0))
-            cols[name] = np.where(coded["next_item"] >= 0, values, "")
-        names = np.array(contract.EVENT_TYPES + ("",), dtype=object)
-        cols["hist_event"] = names[coded["hist_kind"]]
-        return cols
+        return to_text(self.tables, coded)
+
+
+def gather(tables: contract.Tables, prep: labels_lib.Prepared, history: labels_lib.HistoryIndex,
+           rows: np.ndarray, item_stats: dict, context: dict, history_length: int) -> dict:
+    """The coded feature columns (no labels) of the event `rows`, each seen as an impression
+    of its item: what the examples hold, and what a recommendation request's candidates
+    get (`zoo.data.requests`). `item_stats` / `context`: those rows' trailing item counts
+    and context features, already computed."""
+    ev, items = tables.events, tables.items
+    imp = rows
+    item = prep.item[imp]
+    rows, valid = history.gather(imp, history_length)
+    h_item = np.where(valid, prep.item[rows], -1)
+    cols = {
+        "event_id": _take(ev["event_id"], imp),
+        "user_id": _take(ev["user_id"], imp),
+        "query": _take(ev["query"], imp),
+        "item": item,
+        "item_price": items["price"][item].astype(np.float32),
+        "position": ev["position"][imp],
+        "timestamp": prep.ts[imp],
+        **item_stats,
+        **context,
+        "hist_length": valid.sum(axis=1).astype(np.int64),
+        "hist_item": h_item,
+        "hist_kind": np.where(valid, prep.kind[rows], -1).astype(np.int64),
+        "hist_price": np.where(valid, items["price"][h_item], 0).astype(np.float32),
+        "hist_price_bucket": np.where(valid, prep.item_bucket[h_item], 0),
+        "hist_gap": np.where(valid, prep.ts[imp][:, None] - prep.ts[rows], 0).astype(
+            np.float32),
+    }
+    nxt, has_next = history.next_event(imp)
+    cols["next_item"] = np.where(has_next, prep.item[nxt], -1)
+    return cols
+
+
+def to_text(tables: contract.Tables, coded: dict) -> dict:
+    """Coded chunk → the feature columns by name, strings as numpy object arrays."""
+    items = tables.items
+    cols = {k: v for k, v in coded.items()
+            if k not in ("item", "hist_item", "hist_kind", "next_item")}
+    for name, column in ITEM_TEXT.items():
+        cols[name] = _take(items[column], coded["item"])
+    for name, column in HIST_TEXT.items():
+        values = _take(items[column], np.maximum(coded["hist_item"], 0))
+        cols[name] = np.where(coded["hist_item"] >= 0, values, "")
+    for name, column in NEXT_TEXT.items():
+        values = _take(items[column], np.maximum(coded["next_item"], 0))
+        cols[name] = np.where(coded["next_item"] >= 0, values, "")
+    names = np.array(contract.EVENT_TYPES + ("",), dtype=object)
+    cols["hist_event"] = names[coded["hist_kind"]]
+    return cols
 
 
 # Text features taken from the items table: example feature -> items column.

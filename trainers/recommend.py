@@ -1,0 +1,234 @@
+"""`python -m trainers.recommend`: the top-K items for each session of a log, and how good
+they were.
+
+    python -m trainers.recommend --retrieval_dir RETRIEVER [--model_dir RANKER] \
+        [--data_dir D] [--split eval] [--k 20] [--candidates 200] \
+        [--objective purchase] [--repeat_purchases keep] --output recs.csv
+
+One request per (user_id, session_id) of the split, at the session's first event, with
+that session's first query when it opens with a search; features from the events strictly
+before it (`zoo.data.requests`). The retriever (`--model two_tower`) takes the top
+--candidates of the whole catalogue, the ranker (any multi-task model_dir) re-ranks them by
+--objective, and the top --k are written to --output (user_id, session_id, rank, item_id,
+score). Beside it, `<output stem>_metrics.json`: recall / NDCG / hit-rate at 5, 10, 20 and
+MRR with the session's clicked items as relevant, then its purchased items, for the
+cascade, the retriever alone and the baselines of `trainers.core.recommend_lib`, all on
+the same requests.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import sys  # noqa: E402
+
+from absl import app, flags  # noqa: E402
+
+from zoo.data import contract  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    flags.DEFINE_string("retrieval_dir", None, "model_dir of a two_tower run (required).")
+    flags.DEFINE_string("model_dir", None, "model_dir of a multi-task run that re-ranks the "
+                        "candidates (absent: the retriever's order).")
+    flags.DEFINE_string("data_dir", None, "Contract folder (default: the retriever's data).")
+    flags.DEFINE_enum("split", "eval", ["eval", "train"], "Sessions opening in this split.")
+    flags.DEFINE_integer("k", 20, "Items per request.")
+    flags.DEFINE_integer("candidates", 200, "Items retrieved per request for the ranker.")
+    flags.DEFINE_string("objective", "purchase", "click, purchase or gmv "
+                        "(p(purchase) x price): the ranker's order.")
+    flags.DEFINE_string("repeat_purchases", "keep", "Items the user bought in the last "
+                        "--repeat_days: keep (as retrieved), filter (never shown) or boost "
+                        "(always among the candidates the ranker scores).")
+    flags.DEFINE_float("repeat_days", 30.0, "Window of --repeat_purchases.")
+    flags.DEFINE_integer("max_requests", 0, "Use the first N requests of the split (0: all).")
+    flags.DEFINE_integer("batch_size", 8192, "(request, candidate) pairs scored per batch.")
+    flags.DEFINE_string("output", "recs.csv", "CSV of the recommendations.")
+    flags.DEFINE_boolean("verbose", True, "Progress and the metrics table.")
+
+
+def metrics_path(output: str) -> str:
+    stem, _ = os.path.splitext(output)
+    return stem + "_metrics.json"
+
+
+def _check_output(path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    if os.path.isdir(path):
+        raise ValueError(f"--output {path}: is a folder; expected a CSV file path")
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ValueError(f"--output {path}: {folder} is not a folder")
+
+
+def write_recs(path: str, reqs, items: np.ndarray, scores, item_ids) -> int:
+    import csv
+    import tempfile
+
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".csv.tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["user_id", "session_id", "rank", "item_id", "score"])
+            for r in range(len(reqs)):
+                for j in range(items.shape[1]):
+                    w.writerow([reqs.user_id[r], reqs.session_id[r], j + 1,
+                                item_ids[items[r, j]], repr(float(scores[r, j]))])
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return items.size
+
+
+def run(retrieval_dir, model_dir=None, data_dir=None, split="eval", output="recs.csv",
+        options=None, max_requests=0, verbose=True) -> dict:
+    """Writes the recommendations and their metrics; returns the metrics dict."""
+    import time
+
+    import numpy as np
+    from trainers.core import ranking_metrics, recommend_lib, rundir
+    from trainers.core.recommend_lib import Options
+    from zoo.data import labels as labels_lib, prepare as prepare_lib, requests as req_lib
+
+    options = options or Options()
+    options.check()
+    _check_output(output)
+    if max_requests < 0:
+        raise ValueError(f"--max_requests must be >= 0, got {max_requests}")
+    retriever, label_config = rundir.load_trained(retrieval_dir)
+    if not hasattr(retriever, "query_embeddings"):
+        raise ValueError(f"--retrieval_dir {retrieval_dir}: not a retriever (train one with "
+                         "python -m trainers.multitask --model two_tower)")
+    ranker = None
+    if model_dir:
+        ranker, _ = rundir.load_trained(model_dir)
+        if hasattr(ranker, "query_embeddings") or not hasattr(ranker, "preprocessor"):
+            raise ValueError(f"--model_dir {model_dir}: not a multi-task ranker")
+    if data_dir is None:
+        data_dir = rundir.train_config_of(retrieval_dir).get("data_dir")
+    contract_dir = prepare_lib.resolve_contract_dir(data_dir)
+    tables = contract.read_contract(contract_dir)
+    cut = contract.split_time(tables.events["timestamp"], label_config.eval_fraction)
+    reqs = (req_lib.session_requests(tables, cut) if split == "eval"
+            else req_lib.session_requests(tables, int(tables.events["timestamp"].min()), cut))
+    if max_requests:
+        reqs = reqs.take(np.arange(min(max_requests, len(reqs))))
+    if not len(reqs):
+        raise ValueError(f"{contract_dir}: no session opens in the {split} split")
+    item_ids = np.asarray(tables.items["item_id"].to_numpy(zero_copy_only=False), object)
+    t0 = time.time()
+
+    history = recommend_lib.History(tables)
+    recent = recommend_lib.recent_purchases(history, reqs, options.repeat_days)
+    exclude = recent if options.repeat == "filter" else None
+    include = recent if options.repeat == "boost" else None
+    bar = _bar(len(reqs), "retrieval", verbose)
+    cand, cand_scores = recommend_lib.retrieve(retriever, tables, reqs, label_config,
+                                               options, exclude, include, bar)
+    timing = {"retrieval_seconds": time.time() - t0}
+    lists = {"retrieval": cand[:, :options.k]}
+    final_items, final_scores = cand[:, :options.k], cand_scores[:, :options.k]
+    if ranker is not None:
+        t1 = time.time()
+        bar = _bar(len(reqs), "ranking", verbose)
+        scores = recommend_lib.rank(ranker, tables, reqs, cand, label_config, options, bar)
+        idx, final_scores = recommend_lib._top(scores, options.k)
+        final_items = np.take_along_axis(cand, idx, 1)
+        lists["cascade"] = final_items
+        timing["ranking_seconds"] = time.time() - t1
+    base = recommend_lib.baselines(tables, reqs, options.k)
+    if options.repeat == "filter":
+        base = {name: _without(items, recent, history, reqs, options.k)
+                for name, items in base.items()}
+    lists.update(base)
+    write_recs(output, reqs, final_items, final_scores, item_ids)
+
+    result = {"requests": len(reqs), "split": split, "contract_dir": contract_dir,
+              "retrieval_dir": retrieval_dir, "model_dir": model_dir,
+              "k": options.k, "candidates": options.candidates,
+              "objective": options.objective if ranker is not None else "retrieval",
+              "repeat_purchases": options.repeat, "repeat_days": options.repeat_days,
+              **timing, "metrics": {}}
+    for name, items in lists.items():
+        result["metrics"][name] = {
+            relevance: ranking_metrics.ranking_metrics(
+                items, reqs.clicked if relevance == "clicked" else reqs.purchased)
+            for relevance in ("clicked", "purchased")}
+    rundir.write_json(metrics_path(output), result)
+    if verbose:
+        print(table(result))
+        print(f"wrote {output} ({len(reqs):,} requests x {options.k}) and "
+              f"{metrics_path(output)}")
+    return result
+
+
+def _without(items, recent, history, reqs, k):
+    """A baseline's list with the recent purchases taken out (--repeat_purchases filter)."""
+    import numpy as np
+    from trainers.core import recommend_lib
+
+    pop = recommend_lib.popularity_7d(history, reqs, k * 3)
+    lists = [[i for i in row if i not in set(r.tolist())] for row, r in zip(items, recent)]
+    fallback = np.array([[i for i in p if i not in set(r.tolist())][:k]
+                         for p, r in zip(pop, recent)])
+    return recommend_lib._fill(lists, fallback, k)
+
+
+def table(result: dict) -> str:
+    cols = ("recall@20", "ndcg@20", "recall@10", "ndcg@10", "hit@20", "mrr")
+    lines = []
+    for relevance in ("clicked", "purchased"):
+        any_metrics = next(iter(result["metrics"].values()))[relevance]
+        lines.append(f"\nrelevant = the session's {relevance} items "
+                     f"({any_metrics.get('requests', 0):,} requests with one or more)")
+        lines.append(f"{'list':<16}" + "".join(f"{c:>11}" for c in cols))
+        for name, m in result["metrics"].items():
+            m = m[relevance]
+            lines.append(f"{name:<16}" + "".join(f"{m.get(c, float('nan')):>11.4f}"
+                                                 for c in cols))
+    return "\n".join(lines)
+
+
+def _bar(total: int, name: str, verbose: bool):
+    if not verbose:
+        return None
+    import keras
+
+    bar = keras.utils.Progbar(total, unit_name="request")
+    print(f"{name}:")
+    done = [0]
+
+    def update(n):
+        done[0] += n
+        bar.update(done[0])
+    return update
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from trainers.core.recommend_lib import Options
+
+    try:
+        if not FLAGS.retrieval_dir:
+            raise ValueError("--retrieval_dir is required (a python -m trainers.multitask "
+                             "--model two_tower run)")
+        options = Options(k=FLAGS.k, candidates=FLAGS.candidates, objective=FLAGS.objective,
+                          repeat=FLAGS.repeat_purchases, repeat_days=FLAGS.repeat_days,
+                          batch_size=FLAGS.batch_size)
+        run(FLAGS.retrieval_dir, FLAGS.model_dir, FLAGS.data_dir, FLAGS.split, FLAGS.output,
+            options, FLAGS.max_requests, FLAGS.verbose)
+    except (contract.ContractError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
