@@ -1,0 +1,233 @@
+"""Recommendation: requests replayed from a log, the retriever, ranking metrics, the cascade."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+import fixtures
+import helpers
+from zoo.data import contract, labels, requests
+
+
+@pytest.fixture(scope="module")
+def hand_tables(tmp_path_factory):
+    folder = fixtures.write_csv(str(tmp_path_factory.mktemp("hand")))
+    return contract.read_contract(folder)
+
+
+def test_session_requests_open_each_session_with_its_first_query(hand_tables):
+    reqs = requests.session_requests(hand_tables, start=0)
+    assert list(reqs.session_id) == ["s1", "s3", "s2", "s4", "s5"]
+    assert list(reqs.user_id) == ["u1", "u2", "u1", "u2", "u1"]
+    assert list(reqs.query) == ["running shoes", "", "", "", ""]  # only s1 opens with a search
+    t0, day = fixtures.T0, fixtures.DAY
+    assert list(reqs.timestamp) == [t0, t0 + 15, t0 + day, t0 + 7 * day + 11, t0 + 9 * day]
+    code = {i[0]: n for n, i in enumerate(fixtures.ITEMS)}
+    names = {v: k for k, v in code.items()}
+    assert [sorted(names[c] for c in x) for x in reqs.clicked] == [["A", "B"], [], ["B"], [], []]
+    assert [sorted(names[c] for c in x) for x in reqs.purchased] == [
+        ["A"], ["A"], ["D"], ["A"], ["E"]]
+    # A start cuts the sessions that opened before it.
+    later = requests.session_requests(hand_tables, start=t0 + day)
+    assert list(later.session_id) == ["s2", "s4", "s5"]
+    assert list(requests.session_requests(hand_tables, 0, t0 + day).session_id) == ["s1", "s3"]
+
+
+def test_candidate_features_see_only_events_strictly_before_the_request(hand_tables):
+    cfg = labels.LabelConfig(history_length=6, eval_fraction=0.0)
+    reqs = requests.session_requests(hand_tables, start=0)
+    code = {i[0]: n for n, i in enumerate(fixtures.ITEMS)}
+    cands = np.array([[code["A"], code["C"]]] * len(reqs))
+    f = requests.candidate_features(hand_tables, reqs, cands, cfg)
+    assert f["item_id"].tolist() == ["A", "C"] * len(reqs)
+    # Request s1 (u1 at T0): nothing before it.
+    assert f["hist_item_id"][0].tolist() == [""] * 6
+    assert f["user_impressions"][0] == 0 and f["session_events"][0] == 0
+    assert f["query"][0] == "running shoes"
+    # Request s2 (u1 at T0 + 1 day): s1's click of B, purchase / cart / click of A.
+    r = 2 * 2
+    assert f["hist_item_id"][r][:4].tolist() == ["B", "A", "A", "A"]
+    assert f["hist_event"][r][:4].tolist() == ["click", "purchase", "cart", "click"]
+    assert f["user_item_purchases"][r] == 1 and f["user_item_clicks"][r] == 1  # on A
+    assert f["user_item_purchases"][r + 1] == 0  # on C
+    assert f["session_events"][r] == 0  # s2's own events come at or after the request
+    assert f["user_impressions"][r] == 3  # e2, e3, e7: the request rows of s1 do not count
+    assert f["item_clicks_7d"][r] == 1  # A clicked once (e4)
+    # Request s4 (u2 at T0 + 7 days + 11 s): u2's one impression (e11) and its purchase of A.
+    r = 3 * 2
+    assert f["user_impressions"][r] == 1
+    assert f["user_item_purchases"][r] == 1
+    with pytest.raises(ValueError, match="candidates"):
+        requests.candidate_features(hand_tables, reqs, np.array([[99]] * len(reqs)), cfg)
+
+
+def test_ranking_metrics_match_a_brute_force_loop():
+    from trainers.core import ranking_metrics
+
+    rng = np.random.default_rng(0)
+    recommended = np.stack([rng.permutation(30)[:20] for _ in range(200)])
+    relevant = [rng.choice(30, size=rng.integers(0, 5), replace=False) for _ in range(200)]
+    got = ranking_metrics.ranking_metrics(recommended, relevant)
+    want = {}
+    used = [(rec, set(rel.tolist())) for rec, rel in zip(recommended, relevant) if len(rel)]
+    for k in (5, 10, 20):
+        recall, ndcg, hit = [], [], []
+        for rec, rel in used:
+            top = rec[:k].tolist()
+            hits = [i for i, x in enumerate(top) if x in rel]
+            recall.append(len(hits) / len(rel))
+            dcg = sum(1 / np.log2(i + 2) for i in hits)
+            idcg = sum(1 / np.log2(i + 2) for i in range(min(len(rel), k)))
+            ndcg.append(dcg / idcg)
+            hit.append(float(bool(hits)))
+        want.update({f"recall@{k}": np.mean(recall), f"ndcg@{k}": np.mean(ndcg),
+                     f"hit@{k}": np.mean(hit)})
+    want["mrr"] = np.mean([next((1 / (i + 1) for i, x in enumerate(rec.tolist()) if x in rel),
+                                0.0) for rec, rel in used])
+    assert got["requests"] == len(used)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=1e-9), key
+    # A perfect list scores 1 everywhere.
+    perfect = ranking_metrics.ranking_metrics(np.array([[3, 1, 2, 0, 4]]), [np.array([3, 1])])
+    assert perfect["recall@5"] == perfect["ndcg@5"] == perfect["mrr"] == 1.0
+
+
+def test_in_batch_loss_is_the_corrected_softmax_without_accidental_hits():
+    import keras
+    import zoo
+    from zoo.models.ranker import vocabulary as vocab_lib
+
+    config = zoo.get_config("two_tower", "tiny")
+    model = zoo.get("two_tower", "tiny", vocabulary=vocab_lib.placeholder_vocabulary(config))
+    rng = np.random.default_rng(1)
+    q = rng.normal(size=(4, 3)).astype("float32")
+    v = rng.normal(size=(4, 3)).astype("float32")
+    p = np.array([0.1, 0.2, 0.3, 0.1], "float32")
+    items = np.array([7, 8, 7, 9])  # rows 0 and 2 clicked the same item
+    got = keras.ops.convert_to_numpy(model.per_example_losses(
+        {"item_index": items, "weight": np.array([1, 1, 2, 1], "float32")},
+        {"query_embedding": q, "item_embedding": v, "sampling_probability": p})["retrieval"])
+    logits = q @ v.T / model.temperature - np.log(p + 1e-7)[None, :]
+    for i in range(4):
+        for j in range(4):
+            if i != j and items[i] == items[j]:
+                logits[i, j] = -np.inf
+    logits -= logits.max(1, keepdims=True)
+    want = -(np.diag(logits) - np.log(np.exp(logits).sum(1))) * np.array([1, 1, 2, 1])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def retriever_dir(shop, tmp_path_factory):
+    model_dir = str(tmp_path_factory.mktemp("retriever") / "two_tower")
+    data, tfds_dir = shop
+    helpers.run([helpers.sys.executable, "-m", "trainers.multitask", "--data_dir", data,
+                 "--tfds_dir", tfds_dir, "--model_dir", model_dir, "--model", "two_tower",
+                 "--preset", "tiny", "--batch_size", "64", "--history_length", "16",
+                 "--demand_horizon_days", "1", "--steps", "60", "--learning_rate", "3e-3"])
+    return model_dir
+
+
+def test_two_tower_trains_retrieves_and_reloads(retriever_dir, shop):
+    import zoo
+    from trainers.core import retrieval_task
+
+    with open(os.path.join(retriever_dir, "metrics.json")) as f:
+        metrics = json.load(f)["metrics"]
+    n = metrics["catalogue_size"]
+    assert n == 400 and metrics["eval_positives"] > 100
+    # Far above chance (K / catalogue) over the whole catalogue.
+    assert metrics["recall@50"] > 2.0 * 50 / n, metrics
+    assert 0 < metrics["mrr"] <= 1
+    model = zoo.load_model(os.path.join(retriever_dir, "model.keras"))
+    tables = contract.read_contract(shop[0])
+    cat = requests.catalogue(tables)
+    a = retrieval_task.catalogue_embeddings(model, cat)
+    b = retrieval_task.catalogue_embeddings(model, cat, batch_size=64)
+    assert a.shape == (n, model.backbone.embedding_dim)
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-4)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    # The logQ table came from the training clicks and travelled in the .keras file.
+    table = np.asarray(model.backbone.sampling.table)
+    assert table.sum() == pytest.approx(1.0, abs=1e-3) and table.max() > 2.0 / len(table)
+
+
+def test_recommend_cascade_writes_lists_and_metrics(retriever_dir, trained, shop, tmp_path):
+    from trainers import recommend
+
+    ranker_dir = trained[0].model_dir
+    out = str(tmp_path / "recs.csv")
+    proc = helpers.run([helpers.sys.executable, "-m", "trainers.recommend",
+                        "--retrieval_dir", retriever_dir, "--model_dir", ranker_dir,
+                        "--data_dir", shop[0], "--k", "10", "--candidates", "40",
+                        "--max_requests", "60", "--output", out])
+    assert "recall@20" in proc.stdout and "covisitation" in proc.stdout
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["user_id", "session_id", "rank", "item_id", "score"]
+    assert len(rows) == 60 * 10
+    by_request = {}
+    for r in rows:
+        by_request.setdefault((r["user_id"], r["session_id"]), []).append(r)
+    assert len(by_request) == 60
+    for recs in by_request.values():
+        assert [int(r["rank"]) for r in recs] == list(range(1, 11))
+        scores = [float(r["score"]) for r in recs]
+        assert scores == sorted(scores, reverse=True)
+        assert len({r["item_id"] for r in recs}) == 10
+    with open(recommend.metrics_path(out)) as f:
+        result = json.load(f)
+    assert set(result["metrics"]) == {"retrieval", "cascade", "popularity_7d", "user_bought",
+                                      "covisitation"}
+    for lists in result["metrics"].values():
+        for relevance in ("clicked", "purchased"):
+            m = lists[relevance]
+            assert m["requests"] > 0
+            assert 0 <= m["recall@5"] <= m["recall@10"] <= m["recall@20"] <= 1
+            assert 0 <= m["ndcg@10"] <= 1 and 0 <= m["mrr"] <= 1
+
+
+def test_recommend_filter_never_shows_recent_purchases(retriever_dir, shop, tmp_path):
+    from trainers import recommend
+    from trainers.core import recommend_lib
+
+    out = str(tmp_path / "recs.csv")
+    options = recommend_lib.Options(k=10, candidates=20, repeat="filter", repeat_days=30)
+    result = recommend.run(retriever_dir, None, shop[0], output=out, options=options,
+                           max_requests=80, verbose=False)
+    assert "cascade" not in result["metrics"] and result["objective"] == "retrieval"
+    tables = contract.read_contract(shop[0])
+    cut = contract.split_time(tables.events["timestamp"], helpers.LABEL_CFG.eval_fraction)
+    reqs = requests.session_requests(tables, cut).take(np.arange(80))
+    history = recommend_lib.History(tables)
+    recent = recommend_lib.recent_purchases(history, reqs, 30)
+    assert sum(len(r) for r in recent) > 0  # the check below is not vacuous
+    ids = np.asarray(tables.items["item_id"].to_numpy(zero_copy_only=False), object)
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    shown = {}
+    for r in rows:
+        shown.setdefault((r["user_id"], r["session_id"]), set()).add(r["item_id"])
+    for u, s, bought in zip(reqs.user_id, reqs.session_id, recent):
+        assert not shown[(u, s)] & set(ids[bought].tolist())
+
+
+def test_recommend_rejects_bad_flags_before_work(retriever_dir, tmp_path):
+    from trainers import recommend
+    from trainers.core import recommend_lib
+
+    for options, match in ((recommend_lib.Options(k=0), "--k"),
+                           (recommend_lib.Options(k=10, candidates=5), "--candidates"),
+                           (recommend_lib.Options(objective="revenue"), "--objective")):
+        with pytest.raises(ValueError, match=match):
+            recommend.run(retriever_dir, output=str(tmp_path / "r.csv"), options=options)
+    proc = helpers.subprocess.run(
+        [helpers.sys.executable, "-m", "trainers.recommend", "--retrieval_dir",
+         str(tmp_path / "nothing"), "--output", str(tmp_path / "r.csv")],
+        capture_output=True, text=True, env=helpers.subprocess_env(), cwd=helpers.REPO)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "train_config.json" in proc.stderr or "model.keras" in proc.stderr
+    assert not os.path.exists(tmp_path / "r.csv")
