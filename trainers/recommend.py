@@ -44,6 +44,8 @@ def define_flags():
                         "--repeat_days: keep (as retrieved), filter (never shown) or boost "
                         "(always among the candidates the ranker scores).")
     flags.DEFINE_float("repeat_days", 30.0, "Window of --repeat_purchases.")
+    flags.DEFINE_float("retrieval_weight", 0.0, "Cascade score = log(ranker's objective) + "
+                       "this x the retriever's logit (0: the ranker's order alone).")
     flags.DEFINE_integer("max_requests", 0, "Use the first N requests of the split (0: all).")
     flags.DEFINE_integer("batch_size", 8192, "(request, candidate) pairs scored per batch.")
     flags.DEFINE_string("output", "recs.csv", "CSV of the recommendations.")
@@ -63,26 +65,13 @@ def _check_output(path: str) -> None:
         raise ValueError(f"--output {path}: {folder} is not a folder")
 
 
-def write_recs(path: str, reqs, items: np.ndarray, scores, item_ids) -> int:
-    import csv
-    import tempfile
+def write_recs(path: str, reqs, items, scores, item_ids) -> int:
+    from trainers.core import rundir
 
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".csv.tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["user_id", "session_id", "rank", "item_id", "score"])
-            for r in range(len(reqs)):
-                for j in range(items.shape[1]):
-                    w.writerow([reqs.user_id[r], reqs.session_id[r], j + 1,
-                                item_ids[items[r, j]], repr(float(scores[r, j]))])
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return items.size
+    return rundir.write_csv(path, ["user_id", "session_id", "rank", "item_id", "score"], (
+        [reqs.user_id[r], reqs.session_id[r], j + 1, item_ids[items[r, j]],
+         repr(float(scores[r, j]))]
+        for r in range(len(reqs)) for j in range(items.shape[1])))
 
 
 def run(retrieval_dir, model_dir=None, data_dir=None, split="eval", output="recs.csv",
@@ -93,7 +82,7 @@ def run(retrieval_dir, model_dir=None, data_dir=None, split="eval", output="recs
     import numpy as np
     from trainers.core import ranking_metrics, recommend_lib, rundir
     from trainers.core.recommend_lib import Options
-    from zoo.data import labels as labels_lib, prepare as prepare_lib, requests as req_lib
+    from zoo.data import prepare as prepare_lib, requests as req_lib
 
     options = options or Options()
     options.check()
@@ -137,6 +126,7 @@ def run(retrieval_dir, model_dir=None, data_dir=None, split="eval", output="recs
         t1 = time.time()
         bar = _bar(len(reqs), "ranking", verbose)
         scores = recommend_lib.rank(ranker, tables, reqs, cand, label_config, options, bar)
+        scores = recommend_lib.blend(scores, cand_scores, options.retrieval_weight)
         idx, final_scores = recommend_lib._top(scores, options.k)
         final_items = np.take_along_axis(cand, idx, 1)
         lists["cascade"] = final_items
@@ -153,6 +143,7 @@ def run(retrieval_dir, model_dir=None, data_dir=None, split="eval", output="recs
               "k": options.k, "candidates": options.candidates,
               "objective": options.objective if ranker is not None else "retrieval",
               "repeat_purchases": options.repeat, "repeat_days": options.repeat_days,
+              "retrieval_weight": options.retrieval_weight,
               **timing, "metrics": {}}
     for name, items in lists.items():
         result["metrics"][name] = {
@@ -220,6 +211,7 @@ def main(argv):
                              "--model two_tower run)")
         options = Options(k=FLAGS.k, candidates=FLAGS.candidates, objective=FLAGS.objective,
                           repeat=FLAGS.repeat_purchases, repeat_days=FLAGS.repeat_days,
+                          retrieval_weight=FLAGS.retrieval_weight,
                           batch_size=FLAGS.batch_size)
         run(FLAGS.retrieval_dir, FLAGS.model_dir, FLAGS.data_dir, FLAGS.split, FLAGS.output,
             options, FLAGS.max_requests, FLAGS.verbose)

@@ -9,7 +9,6 @@ sharded tables gathered, so the saved model is the same whatever the strategy.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 from trainers.core import base_task, evaluation, rundir
 
@@ -232,15 +231,6 @@ class MultitaskTask(base_task.Task):
         run.trainer.summary.flush()
 
     def save(self, run, result):
-        from zoo.data.ecom_events import EXAMPLES_VERSION
-
-        model = self.local_model(run)
-        tmp = os.path.join(run.model_dir, "model.tmp.keras")  # Keras wants the suffix
-        model.save(tmp)
-        os.replace(tmp, os.path.join(run.model_dir, rundir.MODEL))
-        rundir.write_json(os.path.join(run.model_dir, rundir.TRAIN_CONFIG), {
-            **rundir.jsonable(dataclasses.asdict(run.config)), "model_dir": run.model_dir,
-            "total_steps": run.steps, "price_edges": run.builder.info.metadata["price_edges"],
-            "examples_version": EXAMPLES_VERSION})
+        rundir.save_trained(run, self.local_model(run))
         rundir.write_serving_examples(run.model_dir, builder=run.builder)
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import os
-import tempfile
 
 from trainers.core import rundir
 from zoo.data import prepare as prepare_lib
@@ -49,21 +46,14 @@ def predict_folder(model_dir: str, data_dir: str, split: str = "eval",
 def write_csv(preds: dict, path: str) -> int:
     """Writes atomically (temp file in the same folder, then rename); returns the rows."""
     k = preds["price_range"].shape[1]
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".csv.tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["event_id", "click", "purchase",
-                        *[f"price_range_{i}" for i in range(k)], "demand"])
-            for i, e in enumerate(preds["event_id"]):
-                w.writerow([e.decode() if isinstance(e, bytes) else e,
-                            repr(float(preds["click"][i])), repr(float(preds["purchase"][i])),
-                            *[repr(float(p)) for p in preds["price_range"][i]],
-                            repr(float(preds["demand"][i]))])
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+
+    def rows():
+        for i, e in enumerate(preds["event_id"]):
+            yield [e.decode() if isinstance(e, bytes) else e,
+                   repr(float(preds["click"][i])), repr(float(preds["purchase"][i])),
+                   *[repr(float(p)) for p in preds["price_range"][i]],
+                   repr(float(preds["demand"][i]))]
+
+    rundir.write_csv(path, ["event_id", "click", "purchase",
+                            *[f"price_range_{i}" for i in range(k)], "demand"], rows())
     return len(preds["event_id"])

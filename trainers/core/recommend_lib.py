@@ -40,6 +40,10 @@ class Options:
     repeat: str = "keep"          # items the user bought in the last repeat_days
     repeat_days: float = 30.0
     batch_size: int = 4096
+    # The cascade's final score: log(ranker's objective) + retrieval_weight x the
+    # retriever's logit (0: the ranker's order alone). The ranker learned from impressions
+    # the shop chose to show; the retriever from the whole catalogue (BUILD_NOTES.md).
+    retrieval_weight: float = 0.0
 
     def check(self) -> None:
         if self.k < 1:
@@ -53,8 +57,17 @@ class Options:
                              f"{self.repeat!r}")
         if not self.repeat_days > 0:
             raise ValueError(f"--repeat_days must be > 0, got {self.repeat_days}")
+        if not self.retrieval_weight >= 0:
+            raise ValueError(f"--retrieval_weight must be >= 0, got {self.retrieval_weight}")
         if self.batch_size < 1:
             raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}")
+
+
+def blend(objective_scores: np.ndarray, retrieval_scores: np.ndarray, weight: float):
+    """log(objective) + weight x retrieval logit (the objective alone when weight is 0)."""
+    if not weight:
+        return objective_scores
+    return np.log(np.maximum(objective_scores, 1e-12)) + weight * retrieval_scores
 
 
 def _top(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

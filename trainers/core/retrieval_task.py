@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 
 from trainers.core import base_task, evaluation, rundir
 
@@ -49,6 +48,10 @@ class RetrievalTask(base_task.Task):
         return parse_task_weights(config.task_weights, self.loss_names)
 
     def check(self, config, model_config, spec) -> None:
+        if config.export_base:
+            raise ValueError(f"model {config.model!r} is not exported for TF Serving yet: "
+                             "drop --export_base (python -m trainers.recommend uses the "
+                             "model_dir)")
         if config.init_checkpoint or config.lora_rank or config.freeze_encoder:
             raise ValueError(f"model {config.model!r} trains from scratch: --init_checkpoint, "
                              "--lora_rank and --freeze_encoder are for the multi-task rankers")
@@ -123,7 +126,6 @@ class RetrievalTask(base_task.Task):
 
     def _retrieval_metrics(self, run) -> dict:
         import numpy as np
-        import tensorflow as tf
         from zoo.data import pipeline
 
         if not run.has_eval:
@@ -182,15 +184,7 @@ class RetrievalTask(base_task.Task):
         run.trainer.summary.flush()
 
     def save(self, run, result):
-        from zoo.data.ecom_events import EXAMPLES_VERSION
-
-        tmp = os.path.join(run.model_dir, "model.tmp.keras")
-        run.model.save(tmp)
-        os.replace(tmp, os.path.join(run.model_dir, rundir.MODEL))
-        rundir.write_json(os.path.join(run.model_dir, rundir.TRAIN_CONFIG), {
-            **rundir.jsonable(dataclasses.asdict(run.config)), "model_dir": run.model_dir,
-            "total_steps": run.steps, "price_edges": run.builder.info.metadata["price_edges"],
-            "examples_version": EXAMPLES_VERSION, "task": self.name})
+        rundir.save_trained(run, run.model, task=self.name)
 
 
 def catalogue_embeddings(model, catalogue: dict, batch_size: int = 4096):

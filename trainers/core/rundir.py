@@ -32,6 +32,41 @@ def jsonable(d):
                                  if dataclasses.is_dataclass(o) else str(o)))
 
 
+def save_trained(run, model, **extra) -> None:
+    """The model (`.keras`, atomically) and train_config.json of a finished run."""
+    from zoo.data.ecom_events import EXAMPLES_VERSION
+
+    tmp = os.path.join(run.model_dir, "model.tmp.keras")  # Keras wants the suffix
+    model.save(tmp)
+    os.replace(tmp, os.path.join(run.model_dir, MODEL))
+    write_json(os.path.join(run.model_dir, TRAIN_CONFIG), {
+        **jsonable(dataclasses.asdict(run.config)), "model_dir": run.model_dir,
+        "total_steps": run.steps, "price_edges": run.builder.info.metadata["price_edges"],
+        "examples_version": EXAMPLES_VERSION, **extra})
+
+
+def write_csv(path: str, header: list, rows) -> int:
+    """Writes rows atomically (temp file in the same folder, then rename); returns how many."""
+    import csv
+
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".csv.tmp")
+    n = 0
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            for row in rows:
+                w.writerow(row)
+                n += 1
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return n
+
+
 def write_json(path: str, obj) -> None:
     """Writes atomically (temp file in the same folder, then rename)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
