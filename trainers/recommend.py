@@ -44,7 +44,7 @@ def define_flags():
                         "--repeat_days: keep (as retrieved), filter (never shown) or boost "
                         "(always among the candidates the ranker scores).")
     flags.DEFINE_float("repeat_days", 30.0, "Window of --repeat_purchases.")
-    flags.DEFINE_float("retrieval_weight", 0.0, "Cascade score = log(ranker's objective) + "
+    flags.DEFINE_float("retrieval_weight", 1.0, "Cascade score = log(ranker's objective) + "
                        "this x the retriever's logit (0: the ranker's order alone).")
     flags.DEFINE_integer("max_requests", 0, "Use the first N requests of the split (0: all).")
     flags.DEFINE_integer("batch_size", 8192, "(request, candidate) pairs scored per batch.")

@@ -43,7 +43,7 @@ class Options:
     # The cascade's final score: log(ranker's objective) + retrieval_weight x the
     # retriever's logit (0: the ranker's order alone). The ranker learned from impressions
     # the shop chose to show; the retriever from the whole catalogue (BUILD_NOTES.md).
-    retrieval_weight: float = 0.0
+    retrieval_weight: float = 1.0
 
     def check(self) -> None:
         if self.k < 1:
