@@ -231,3 +231,59 @@ def test_recommend_rejects_bad_flags_before_work(retriever_dir, tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "train_config.json" in proc.stderr or "model.keras" in proc.stderr
     assert not os.path.exists(tmp_path / "r.csv")
+
+
+def _planted_log(folder, num_users=80, num_categories=4, items_per_category=40, days=14,
+                 seed=0):
+    """Users who click only items of their favourite category (user index mod 4)."""
+    rng = np.random.default_rng(seed)
+    items, by_cat = [], {}
+    for c in range(num_categories):
+        for i in range(items_per_category):
+            item = f"c{c}i{i}"
+            items.append((item, f"thing {item}", f"cat{c}", f"b{rng.integers(8)}",
+                          float(rng.integers(5, 100))))
+            by_cat.setdefault(c, []).append(item)
+    all_items = [it[0] for it in items]
+    events, n = [], 0
+    for u in range(num_users):
+        fav = u % num_categories
+        for s in range(days):
+            t = fixtures.T0 + s * fixtures.DAY + int(rng.integers(0, 40000))
+            shown = list(rng.choice(all_items, 6, replace=False)) + list(
+                rng.choice(by_cat[fav], 2, replace=False))
+            for pos, item in enumerate(shown):
+                n += 1
+                events.append((f"e{n}", f"u{u}", f"u{u}s{s}", t + pos, "impression", "",
+                               item, pos, ""))
+            for k, item in enumerate(i for i in shown if i in by_cat[fav]):
+                n += 1
+                events.append((f"e{n}", f"u{u}", f"u{u}s{s}", t + 20 + k, "click", "", item,
+                               "", ""))
+    return fixtures.write_csv(folder, events=events, items=items)
+
+
+def test_retriever_finds_a_planted_favourite_category(tmp_path):
+    """Each user clicks only one category: after training, the top 20 of the whole catalogue
+    for the user's next session is mostly that category (chance: a quarter)."""
+    from trainers.core import recommend_lib, rundir
+
+    data = _planted_log(str(tmp_path / "planted"))
+    model_dir = str(tmp_path / "retriever")
+    helpers.run([helpers.sys.executable, "-m", "trainers.multitask", "--data_dir", data,
+                 "--tfds_dir", str(tmp_path / "tfds"), "--model_dir", model_dir,
+                 "--model", "two_tower", "--preset", "tiny", "--batch_size", "64",
+                 "--history_length", "16", "--demand_horizon_days", "1", "--steps", "200",
+                 "--learning_rate", "3e-3"])
+    model, label_config = rundir.load_trained(model_dir)
+    tables = contract.read_contract(data)
+    cut = contract.split_time(tables.events["timestamp"], label_config.eval_fraction)
+    reqs = requests.session_requests(tables, cut)
+    assert len(reqs) > 50
+    cand, _ = recommend_lib.retrieve(model, tables, reqs, label_config,
+                                     recommend_lib.Options(k=20, candidates=20))
+    categories = np.asarray(tables.items["category"].to_numpy(zero_copy_only=False), object)
+    favourite = np.array([f"cat{int(u[1:]) % 4}" for u in reqs.user_id], object)
+    share = (categories[cand] == favourite[:, None]).mean()
+    print(f"planted favourite share of the top 20: {share:.3f}")
+    assert share > 0.8, share
