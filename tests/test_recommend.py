@@ -215,6 +215,22 @@ def test_recommend_filter_never_shows_recent_purchases(retriever_dir, shop, tmp_
         assert not shown[(u, s)] & set(ids[bought].tolist())
 
 
+def test_recommend_boost_keeps_recent_purchases_among_ranked_candidates(
+        retriever_dir, trained, shop, tmp_path):
+    from trainers import recommend
+    from trainers.core import recommend_lib
+
+    out = str(tmp_path / "recs.csv")
+    options = recommend_lib.Options(k=10, candidates=15, repeat="boost", repeat_days=30)
+    recommend.run(retriever_dir, trained[0].model_dir, shop[0], output=out, options=options,
+                  max_requests=40, verbose=False)
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    scores = np.array([float(r["score"]) for r in rows]).reshape(40, 10)
+    assert np.isfinite(scores).all()  # a boosted item is ranked on its merits
+    assert (np.diff(scores, axis=1) <= 0).all()
+
+
 def test_recommend_rejects_bad_flags_before_work(retriever_dir, tmp_path):
     from trainers import recommend
     from trainers.core import recommend_lib

@@ -42,7 +42,8 @@ def define_flags():
                         "(p(purchase) x price): the ranker's order.")
     flags.DEFINE_string("repeat_purchases", "keep", "Items the user bought in the last "
                         "--repeat_days: keep (as retrieved), filter (never shown) or boost "
-                        "(always among the candidates the ranker scores).")
+                        "(always among the candidates the ranker scores; without a ranker, "
+                        "listed first).")
     flags.DEFINE_float("repeat_days", 30.0, "Window of --repeat_purchases.")
     flags.DEFINE_float("retrieval_weight", 1.0, "Cascade score = log(ranker's objective) + "
                        "this x the retriever's logit (0: the ranker's order alone).")

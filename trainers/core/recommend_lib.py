@@ -219,6 +219,11 @@ def retrieve(retriever, tables: contract.Tables, reqs, label_config, options: Op
             if include is not None and len(include[r]):
                 scores[j, include[r]] = np.inf  # candidates whatever their retrieval score
         idx, s = _top(scores, options.candidates)
+        if include is not None:
+            # Boosted items are candidates whatever their score; in the ranking they carry
+            # their own retrieval logit, not an infinite one.
+            own = (q @ items.T) / retriever.temperature
+            s = np.take_along_axis(own, idx, 1)
         out_idx.append(idx)
         out_scores.append(s)
         if progress:
