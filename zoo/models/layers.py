@@ -28,6 +28,18 @@ def creating_table() -> bool:
     return getattr(_state, "table", False)
 
 
+def history_event_embeddings(owner, inputs):
+    """[B, H, D]: each behaviour event as the sum of its item, category, brand, event type,
+    price bucket and time-gap embeddings, from `owner`'s tables of those names (the one
+    embedding of an event every family shares)."""
+    return (owner.item_embedding(inputs["hist_item_index"])
+            + owner.category_embedding(inputs["hist_category_index"])
+            + owner.brand_embedding(inputs["hist_brand_index"])
+            + owner.event_embedding(inputs["hist_event_index"])
+            + owner.price_embedding(inputs["hist_price_bucket"])
+            + owner.gap_embedding(inputs["hist_gap_bucket"]))
+
+
 @keras.saving.register_keras_serializable(package="ecom_zoo")
 class IdEmbedding(keras.layers.Embedding):
     """`keras.layers.Embedding` whose lookup gathers the rows where the table lives.

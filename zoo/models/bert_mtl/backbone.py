@@ -38,7 +38,8 @@ from keras import ops
 
 from zoo.models.ranker.preprocessor import HISTORY_OUTPUTS, SCALAR_OUTPUTS
 from zoo.models.layers import (IdEmbedding, LastAxisLayerNormalization, NumericEmbedding,
-                               TargetAttention, TransformerEncoderBlock)
+                               TargetAttention, TransformerEncoderBlock,
+                               history_event_embeddings)
 
 SEGMENT_QUERY, SEGMENT_HISTORY, SEGMENT_CANDIDATE = 0, 1, 2
 
@@ -162,12 +163,7 @@ class EventSequenceEmbedding(keras.layers.Layer):
             query_part = self.word_embedding(words)  # [B, Q + 2, D]
             sep = self.word_embedding(ones * self.sep_id)  # [B, 1, D]
 
-        history = (self.item_embedding(inputs["hist_item_index"])
-                   + self.category_embedding(inputs["hist_category_index"])
-                   + self.brand_embedding(inputs["hist_brand_index"])
-                   + self.event_embedding(inputs["hist_event_index"])
-                   + self.price_embedding(inputs["hist_price_bucket"])
-                   + self.gap_embedding(inputs["hist_gap_bucket"]))  # [B, H, D]
+        history = history_event_embeddings(self, inputs)  # [B, H, D]
         if self.history_titles:
             words = inputs["hist_title_tokens"]  # [B, H, T]
             word_mask = ops.expand_dims(ops.cast(ops.not_equal(words, 0), self.compute_dtype), -1)

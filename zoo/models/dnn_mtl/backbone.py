@@ -24,7 +24,7 @@ import keras_hub
 from keras import ops
 
 from zoo.models.ranker.preprocessor import HISTORY_OUTPUTS, SCALAR_OUTPUTS
-from zoo.models.layers import IdEmbedding
+from zoo.models.layers import IdEmbedding, history_event_embeddings
 
 _TABLES = (("word_embedding", "wordpiece"), ("item_embedding", "item"),
            ("category_embedding", "category"), ("brand_embedding", "brand"),
@@ -74,12 +74,7 @@ class PooledFieldEmbedding(keras.layers.Layer):
     def call(self, inputs):
         q = inputs["query_tokens"]
         query = _masked_mean(self.word_embedding(q), ops.not_equal(q, 0))
-        events = (self.item_embedding(inputs["hist_item_index"])
-                  + self.category_embedding(inputs["hist_category_index"])
-                  + self.brand_embedding(inputs["hist_brand_index"])
-                  + self.event_embedding(inputs["hist_event_index"])
-                  + self.price_embedding(inputs["hist_price_bucket"])
-                  + self.gap_embedding(inputs["hist_gap_bucket"]))  # [B, H, D]
+        events = history_event_embeddings(self, inputs)  # [B, H, D]
         history = _masked_mean(events, inputs["hist_mask"])
         fields = [self.item_embedding(inputs["item_index"]),
                   self.category_embedding(inputs["category_index"]),

@@ -28,7 +28,7 @@ import keras_hub
 import numpy as np
 from keras import ops
 
-from zoo.models.layers import IdEmbedding, TransformerEncoderBlock
+from zoo.models.layers import IdEmbedding, TransformerEncoderBlock, history_event_embeddings
 from zoo.models.ranker import vocabulary as vocab_lib
 from zoo.models.ranker.preprocessor import RankerPreprocessor
 from zoo.models.ranker.task import build_preprocessor
@@ -148,12 +148,7 @@ class TwoTowerBackbone(keras_hub.models.Backbone):
         query = mean_words(inputs["query_tokens"])
         if self.user_embedding is not None:
             query = query + self.user_embedding(inputs["user_index"])
-        events = (self.item_embedding(inputs["hist_item_index"])
-                  + self.category_embedding(inputs["hist_category_index"])
-                  + self.brand_embedding(inputs["hist_brand_index"])
-                  + self.event_embedding(inputs["hist_event_index"])
-                  + self.price_embedding(inputs["hist_price_bucket"])
-                  + self.gap_embedding(inputs["hist_gap_bucket"]))  # [B, H, D]
+        events = history_event_embeddings(self, inputs)  # [B, H, D]
         x = ops.concatenate([ops.expand_dims(query, 1), events], axis=1)  # [B, 1 + H, D]
         x = self.embeddings_dropout(self.layer_norm(x + self.position_embedding(x)))
         hist_mask = ops.cast(inputs["hist_mask"], "int32")
