@@ -296,3 +296,46 @@ def test_a_checkpoint_of_another_model_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="does not fit this model") as info:
         trainer(32).restore()
     assert path in str(info.value)
+
+
+def test_a_truncated_latest_checkpoint_falls_back_to_the_one_before(tmp_path, caplog):
+    import glob
+    import logging
+
+    import keras
+    import tensorflow as tf
+    from trainers.core import loop
+
+    def make():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.layers.Dense(2)])
+        model.build((None, 3))
+        opt = keras.optimizers.AdamW(1e-2)
+        opt.build(model.trainable_variables)
+        trainer = loop.Trainer(tf.distribute.get_strategy(), model, opt,
+                               loop.LoopConfig(total_steps=10, global_batch_size=4,
+                                               task_weights={}),
+                               checkpoint_dir=str(tmp_path), summary_dir=None, tasks=())
+        return model, opt, trainer
+
+    model, opt, trainer = make()
+    for step in (1, 2):
+        model.layers[0].kernel.assign(np.full((3, 2), float(step), "float32"))
+        opt.iterations.assign(step)
+        trainer.save()
+
+    def truncate(step):
+        data = sorted(glob.glob(str(tmp_path / f"ckpt-{step}.data*")))[0]
+        with open(data, "r+b") as f:
+            f.truncate(os.path.getsize(data) // 3)
+
+    truncate(2)
+    model, _, trainer = make()
+    with caplog.at_level(logging.WARNING):
+        assert trainer.restore() == 1
+    assert model.layers[0].kernel.numpy()[0, 0] == 1.0
+    assert "ckpt-2 is unreadable" in caplog.text
+    truncate(1)
+    _, _, trainer = make()
+    with pytest.raises(ValueError, match="no readable checkpoint"):
+        trainer.restore()

@@ -193,6 +193,16 @@ def test_bad_flag_values_fail_before_anything_is_created(tmp_path):
         assert p.returncode == 2 and message in p.stderr, (bad, p.stderr[-2000:])
         assert "Traceback" not in p.stderr
         assert not model_dir.exists()
+    # A model_dir under a file, or a file itself: one line naming it, no traceback.
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for model_dir, message in ((afile / "run", "is a file, not a folder"),
+                               (afile, "is a file; expected a folder")):
+        p = subprocess.run([sys.executable, "-m", "trainers.multitask",
+                            f"--model_dir={model_dir}"],
+                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+        assert p.returncode == 2 and message in p.stderr, p.stderr[-2000:]
+        assert "Traceback" not in p.stderr
 
 
 @pytest.mark.parametrize("old", [{"num_price_buckets": 5}])

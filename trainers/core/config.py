@@ -263,6 +263,23 @@ def write_flagfile(model_dir: str, config: TrainConfig) -> str:
     return path
 
 
+def check_writable_dir(path: str, flag: str) -> None:
+    """A folder that exists or can be created here: not a file, under no file, writable.
+    URIs (gs://, s3://, ...) are left to the filesystem that opens them."""
+    if "://" in path:
+        return
+    full = os.path.abspath(path)
+    if os.path.exists(full) and not os.path.isdir(full):
+        raise ValueError(f"{flag} {path}: is a file; expected a folder")
+    parent = full
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"{flag} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: {parent} is not writable")
+
+
 def validate(config: TrainConfig) -> None:
     """Checks that need no data and no model, run before anything is created."""
     positive = ("batch_size", "eval_batch_size", "steps_per_loop", "vocabulary_examples",
@@ -281,6 +298,8 @@ def validate(config: TrainConfig) -> None:
         raise ValueError(f"--ema_momentum must be in [0, 1), got {config.ema_momentum}")
     if not 0.0 < config.labels_fraction <= 1.0:
         raise ValueError(f"--labels_fraction must be in (0, 1], got {config.labels_fraction}")
+    if config.model_dir:
+        check_writable_dir(config.model_dir, "--model_dir")
     if config.data_dir is not None and not os.path.isdir(config.data_dir):
         raise ValueError(f"--data_dir {config.data_dir}: not a directory; expected a contract "
                          "folder with events.(csv|parquet) and items.(csv|parquet)")

@@ -116,17 +116,33 @@ class Trainer:
                 checkpoint_dir=self.restore_dir,
                 termination_config=tf.distribute.experimental.TerminationConfig(
                     exit_fn=_exit_preempted, grace_period=0))
+        state = tf.train.get_checkpoint_state(self.restore_dir)
+        candidates = list(reversed(state.all_model_checkpoint_paths)) if state else []
         latest = tf.train.latest_checkpoint(self.restore_dir)
-        if latest:
+        if latest and latest not in candidates:
+            candidates.insert(0, latest)
+        for path in candidates:
             try:
-                self.checkpoint.restore(latest).assert_existing_objects_matched()
+                self.checkpoint.restore(path).assert_existing_objects_matched()
             except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as e:
                 raise ValueError(
-                    f"checkpoint {latest} does not fit this model: written with another "
+                    f"checkpoint {path} does not fit this model: written with another "
                     "model, preset or overrides, or by an ecom-zoo release whose layers "
                     "differ; resume with what wrote it, or use a new --model_dir. "
                     f"({type(e).__name__}: {str(e)[:300]})") from None
-            logging.info("restored %s at step %d", latest, self.step)
+            except (IndexError, OSError, tf.errors.DataLossError, tf.errors.OutOfRangeError,
+                    tf.errors.NotFoundError) as e:
+                # A checkpoint cut short (a full disk, a copy in progress): the one before
+                # it is the latest good state.
+                logging.warning("checkpoint %s is unreadable (%s: %s); trying the one "
+                                "before it", path, type(e).__name__, str(e)[:200])
+                continue
+            logging.info("restored %s at step %d", path, self.step)
+            return self.step
+        if candidates:
+            raise ValueError(f"{self.restore_dir}: no readable checkpoint among "
+                             f"{[os.path.basename(c) for c in candidates]}; use a new "
+                             "--model_dir or remove the broken ones")
         return self.step
 
     def save(self) -> str:
