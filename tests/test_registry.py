@@ -174,3 +174,23 @@ def test_override_of_another_type_is_a_clear_error():
     assert zoo.get_config("dnn_mtl", "tiny", hidden_dims=[8])["hidden_dims"] == [8]
     with pytest.raises(ValueError, match="user_vocab_size must be >= 0"):
         zoo.get("bert_mtl", "tiny", user_vocab_size=-1)
+
+
+def test_list_names_a_preset_whose_wheel_is_missing(monkeypatch, capsys):
+    """`pip install -e .` without the MiniLM wheel: the listing says how to get it."""
+    import argparse
+
+    from zoo import __main__ as cli
+    from zoo.models.ranker import text_encoders
+
+    def missing():
+        raise ValueError(f"text_encoder=minilm needs the package "
+                         f"{text_encoders.MINILM_PACKAGE!r}: {text_encoders.INSTALL_HINT}")
+
+    monkeypatch.setattr(text_encoders, "minilm_dir", missing)
+    assert cli._list(argparse.Namespace(no_params=False)) == 0
+    out = capsys.readouterr().out
+    line = next(l for l in out.splitlines() if l.startswith("bert_mtl") and "small_minilm" in l)
+    assert "unavailable" in line and text_encoders.INSTALL_HINT in line
+    assert any(l.startswith("bert_mtl") and " small " in l and "unavailable" not in l
+               for l in out.splitlines())

@@ -15,11 +15,16 @@ def _list(args) -> int:
     for name, presets in zoo.list_models().items():
         spec = zoo.describe(name)
         for preset in presets:
+            description = spec["description"]
             if args.no_params or spec["trainer"] != "keras":
                 params = "-"
             else:
-                params = f"{zoo.count_preset_params(name, preset):,}"
-            rows.append((name, preset, params, spec["description"]))
+                try:
+                    params = f"{zoo.count_preset_params(name, preset):,}"
+                except ValueError as e:  # e.g. a pretrained text tower's wheel not installed
+                    params = "unavailable"
+                    description = f"UNAVAILABLE: {e}"
+            rows.append((name, preset, params, description))
     header = ("name", "preset", "params", "description")
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(3)]
     fmt = f"{{:<{widths[0]}}}  {{:<{widths[1]}}}  {{:>{widths[2]}}}  {{}}"
