@@ -97,6 +97,29 @@ def version_dir(base: str, name: str, version: int) -> str:
     return os.path.join(base, name, str(version))
 
 
+def check_loadable(vdir: str) -> None:
+    """RegistryError unless `vdir` holds a SavedModel that TF Serving could load: a
+    saved_model.pb that parses, with a signature, and the variables' index beside it (what a
+    copy cut short or a corrupted file lacks). Cheap: the graph is parsed, not loaded."""
+    from google.protobuf.message import DecodeError
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    pb = os.path.join(vdir, "saved_model.pb")
+    proto = saved_model_pb2.SavedModel()
+    try:
+        with open(pb, "rb") as f:
+            proto.ParseFromString(f.read())
+    except (OSError, DecodeError, RuntimeWarning) as e:
+        raise RegistryError(f"{pb}: not a readable SavedModel ({type(e).__name__}: {e}); "
+                            "re-export this version") from None
+    if not any(meta.signature_def for meta in proto.meta_graphs):
+        raise RegistryError(f"{pb}: no signature in the SavedModel; re-export this version")
+    index = os.path.join(vdir, "variables", "variables.index")
+    if not os.path.exists(index):
+        raise RegistryError(f"{vdir}: variables/variables.index is missing (a copy cut "
+                            "short?); re-export or copy the version again")
+
+
 def read_manifest(base: str, name: str, version: int | None = None) -> dict:
     """The manifest of `name` at `version` (the latest version if None)."""
     if version is None:
@@ -237,7 +260,7 @@ def promote(base: str, name: str, version: int, label: str) -> str:
     """
     _check_label(label)
     version = _as_version(version)
-    version_dir(base, name, version)  # the version must exist
+    check_loadable(version_dir(base, name, version))  # it must exist and be whole
     path = config_path(base)
     with _config_lock(base):
         config = read_config(base)

@@ -37,8 +37,15 @@ def make_version(base, name, version, *, step=1000, metrics=None, manifest=True,
     os.makedirs(os.path.join(vdir, "variables"), exist_ok=True)
     os.makedirs(os.path.join(vdir, "assets.extra"), exist_ok=True)
     if saved_model:
+        from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+
+        proto = saved_model_pb2.SavedModel()
+        meta = proto.meta_graphs.add()
+        meta.signature_def["serving_default"].CopyFrom(meta_graph_pb2.SignatureDef())
         with open(os.path.join(vdir, "saved_model.pb"), "wb") as f:
-            f.write(b"placeholder")
+            f.write(proto.SerializeToString())
+        with open(os.path.join(vdir, "variables", "variables.index"), "wb") as f:
+            f.write(b"index")
     if manifest:
         data = {
             "name": name, "version": int(version),
@@ -246,6 +253,19 @@ def test_promote_missing_version_lists_existing(base):
     with pytest.raises(RegistryError, match="no model 'nope'"):
         registry.promote(base, "nope", 1, "stable")
     assert not os.path.exists(os.path.join(base, "models.config"))
+
+
+def test_promote_refuses_a_broken_version(base):
+    vdir = os.path.join(base, "shop", "2")
+    with open(os.path.join(vdir, "saved_model.pb"), "wb") as f:
+        f.write(b"\xff\xfe not a protobuf")
+    with pytest.raises(RegistryError, match=r"shop/2/saved_model.pb: not a readable SavedModel"):
+        registry.promote(base, "shop", 2, "stable")
+    os.remove(os.path.join(base, "shop", "3", "variables", "variables.index"))
+    with pytest.raises(RegistryError, match="variables.index is missing"):
+        registry.promote(base, "shop", 3, "stable")
+    assert not os.path.exists(os.path.join(base, "models.config"))
+    registry.promote(base, "shop", 1, "stable")  # a whole version still goes through
 
 
 @pytest.mark.parametrize("label", ["", "Stable", "has space", "a/b"])
