@@ -140,6 +140,9 @@ class Servable:
                                    f"input {name}: expects {spec.dtype.name} but {got} is "
                                    "provided")
             shape = [d.size for d in proto.tensor_shape.dim]
+            if any(d < 0 for d in shape):
+                raise ServingError(Code.INVALID_ARGUMENT,
+                                   f"input {name}: shape {shape} has a negative dimension")
             if proto.tensor_shape.unknown_rank or not spec.shape.is_compatible_with(shape):
                 raise ServingError(Code.INVALID_ARGUMENT,
                                    f"input {name}: shape {shape} is not compatible with the "
@@ -154,6 +157,8 @@ class Servable:
             raise ServingError(Code.INVALID_ARGUMENT,
                                f"Task size {batch} is larger than maximum input batch size "
                                f"{max_batch_size}")
+        for name in specs:  # what a tensor declares must be what it carries
+            _check_carried(name, request.inputs[name])
         run, names, output_names = self._runner(signature)
         wanted = list(request.output_filter) or output_names
         for k in wanted:
@@ -226,10 +231,37 @@ class Model:
         return set(sorted(on_disk)[-max(n, 1):])
 
 
+# Repeated field of a TensorProto holding the values of each dtype (when not tensor_content).
+_VALUE_FIELDS = {"string": "string_val", "float32": "float_val", "float64": "double_val",
+                 "int64": "int64_val", "int32": "int_val", "int16": "int_val",
+                 "int8": "int_val", "uint8": "int_val", "bool": "bool_val",
+                 "float16": "half_val", "bfloat16": "half_val"}
+# The default --max_batch_size: a request cannot make the server run more rows than this.
+DEFAULT_MAX_BATCH_SIZE = 4096
+
+
+def _check_carried(name: str, proto) -> None:
+    """INVALID_ARGUMENT when a tensor declares more (or other) values than it carries:
+    a 400-byte request must not make the server fill in and run a batch of 20,000 rows.
+    One value for any shape stays allowed (TensorProto's broadcast of a single value)."""
+    declared = 1
+    for d in proto.tensor_shape.dim:
+        declared *= d.size
+    dtype = tf.dtypes.as_dtype(proto.dtype)
+    if proto.tensor_content:
+        carried = len(proto.tensor_content) // max(dtype.size, 1)
+    else:
+        carried = len(getattr(proto, _VALUE_FIELDS.get(dtype.name, "string_val")))
+    if carried != declared and not (carried == 1 and declared > 0):
+        raise ServingError(Code.INVALID_ARGUMENT,
+                           f"input {name}: its shape {[d.size for d in proto.tensor_shape.dim]} "
+                           f"declares {declared} values but it carries {carried}")
+
+
 class ModelManager:
     """Loads, warms, serves and unloads versions of every configured model."""
 
-    def __init__(self, max_batch_size: int = 0):
+    def __init__(self, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE):
         self.max_batch_size = max_batch_size
         self.models: dict[str, Model] = {}
         self.lock = threading.RLock()
@@ -557,7 +589,8 @@ class Server:
 
     def __init__(self, config, *, host="127.0.0.1", port=8500, rest_api_port=0,
                  config_file=None, file_system_poll_wait_seconds=1.0,
-                 model_config_file_poll_wait_seconds=0.0, max_batch_size=0, threads=8,
+                 model_config_file_poll_wait_seconds=0.0,
+                 max_batch_size=DEFAULT_MAX_BATCH_SIZE, threads=8,
                  max_message_bytes=64 << 20):
         self.manager = ModelManager(max_batch_size)
         self.config_file = config_file
@@ -673,8 +706,9 @@ def define_flags():
                        "Re-read --model_config_file this often (0: read once).")
     flags.DEFINE_float("file_system_poll_wait_seconds", 1.0,
                        "Poll the base paths for new versions this often (0: only at start).")
-    flags.DEFINE_integer("max_batch_size", 0, "Reject requests with a larger batch (0: no "
-                         "limit).")
+    flags.DEFINE_integer("max_batch_size", DEFAULT_MAX_BATCH_SIZE, "Reject requests with a "
+                         "larger batch before any work (0: no limit; not for a server that "
+                         "untrusted clients reach).")
     flags.DEFINE_integer("grpc_max_threads", 8, "Threads serving requests.")
     flags.DEFINE_integer("max_message_bytes", 64 << 20, "gRPC max send/receive message size.")
 

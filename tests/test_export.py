@@ -329,6 +329,19 @@ def test_bad_requests_get_tf_serving_codes_and_the_server_keeps_answering(
         r.output_filter.extend(spec.pop("output_filter", []))
         return lambda: client.predict_response(r)
 
+    def inflated(inputs, rows):
+        """Every input declares `rows` rows and carries no value (a few hundred bytes that
+        TensorFlow would fill in with defaults and run as a full batch)."""
+        r = predict_pb2.PredictRequest()
+        r.model_spec.name = NAME
+        for k, v in inputs.items():
+            proto = tf.make_tensor_proto(v)
+            proto.tensor_shape.dim[0].size = rows
+            for field in ("tensor_content", "string_val", "float_val", "int64_val"):
+                proto.ClearField(field)
+            r.inputs[k].CopyFrom(proto)
+        return lambda: client.predict_response(r)
+
     C = grpc.StatusCode
     cases = {
         "unknown model": (request(one, name="nope"), C.NOT_FOUND),
@@ -349,6 +362,8 @@ def test_bad_requests_get_tf_serving_codes_and_the_server_keeps_answering(
         "undecodable example": (request({"examples": np.array([b"\x08not a tf.Example"])},
                                         signature="predict_examples"), C.INVALID_ARGUMENT),
         "batch too large": (request(_batch(raw, MAX_BATCH + 1)), C.INVALID_ARGUMENT),
+        "declares more rows than it carries": (inflated(one, 20), C.INVALID_ARGUMENT),
+        "negative dimension": (inflated(one, -1), C.INVALID_ARGUMENT),
         "unknown signature": (request(one, signature="classify"), C.FAILED_PRECONDITION),
         "unknown output": (request(one, output_filter=["ctr"]), C.INVALID_ARGUMENT),
         "metadata of unknown model": (lambda: client.metadata("nope"), C.NOT_FOUND),
