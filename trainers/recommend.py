@@ -114,7 +114,8 @@ def run(retrieval_dir, model_dir=None, data_dir=None, split="eval", output="recs
     t0 = time.time()
 
     history = recommend_lib.History(tables)
-    recent = recommend_lib.recent_purchases(history, reqs, options.repeat_days)
+    recent = (recommend_lib.recent_purchases(history, reqs, options.repeat_days)
+              if options.repeat != "keep" else None)
     exclude = recent if options.repeat == "filter" else None
     include = recent if options.repeat == "boost" else None
     bar = _bar(len(reqs), "retrieval", verbose)
@@ -132,7 +133,7 @@ def run(retrieval_dir, model_dir=None, data_dir=None, split="eval", output="recs
         final_items = np.take_along_axis(cand, idx, 1)
         lists["cascade"] = final_items
         timing["ranking_seconds"] = time.time() - t1
-    base = recommend_lib.baselines(tables, reqs, options.k)
+    base = recommend_lib.baselines(history, reqs, options.k)
     if options.repeat == "filter":
         base = {name: _without(items, recent, history, reqs, options.k)
                 for name, items in base.items()}

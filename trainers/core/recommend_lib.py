@@ -84,7 +84,6 @@ class History:
 
     def __init__(self, tables: contract.Tables):
         ev = tables.events
-        self.user_codes = {}
         users = np.asarray(ev["user_id"].to_numpy(zero_copy_only=False), object)
         uniq, self.user = np.unique(users, return_inverse=True)
         self.user_index = {u: i for i, u in enumerate(uniq.tolist())}
@@ -93,16 +92,15 @@ class History:
         self.item = ev["item_code"]
         self.session = requests_lib.labels_lib._codes(ev["user_id"], ev["session_id"])
         self.num_items = len(tables.items["price"])
+        self._by_user = np.lexsort((np.arange(len(self.ts)), self.ts, self.user))
+        self._user_start = np.searchsorted(self.user[self._by_user],
+                                           np.arange(self.user.max(initial=0) + 2))
 
     def rows(self, user_id: str, t: int, kinds, since: float | None = None) -> np.ndarray:
         """The user's rows of the given event kinds strictly before t (oldest first)."""
         u = self.user_index.get(user_id, -1)
         if u < 0:
             return np.zeros(0, np.int64)
-        if not hasattr(self, "_by_user"):
-            order = np.lexsort((np.arange(len(self.ts)), self.ts, self.user))
-            self._by_user = order
-            self._user_start = np.searchsorted(self.user[order], np.arange(self.user.max() + 2))
         block = self._by_user[self._user_start[u]:self._user_start[u + 1]]
         keep = (self.ts[block] < t) & np.isin(self.kind[block], [EVENT_INDEX[k] for k in kinds])
         if since is not None:
@@ -190,8 +188,7 @@ def covisitation(history: History, reqs, k: int, fallback: np.ndarray) -> np.nda
     return _fill(lists, fallback, k)
 
 
-def baselines(tables: contract.Tables, reqs, k: int) -> dict:
-    history = History(tables)
+def baselines(history: History, reqs, k: int) -> dict:
     pop = popularity_7d(history, reqs, k)
     return {"popularity_7d": pop, "user_bought": user_bought(history, reqs, k, pop),
             "covisitation": covisitation(history, reqs, k, pop)}
@@ -211,7 +208,8 @@ def retrieve(retriever, tables: contract.Tables, reqs, label_config, options: Op
         part = reqs.take(np.arange(start, min(start + step, len(reqs))))
         raw = requests_lib.candidate_features(tables, part, dummy[:len(part)], label_config)
         q = np.asarray(retriever.query_embeddings({k: raw[k] for k in RAW_FEATURES}))
-        scores = (q @ items.T) / retriever.temperature
+        logits = (q @ items.T) / retriever.temperature
+        scores = logits.copy()
         for j in range(len(part)):
             r = start + j
             if exclude is not None and len(exclude[r]):
@@ -222,8 +220,7 @@ def retrieve(retriever, tables: contract.Tables, reqs, label_config, options: Op
         if include is not None:
             # Boosted items are candidates whatever their score; in the ranking they carry
             # their own retrieval logit, not an infinite one.
-            own = (q @ items.T) / retriever.temperature
-            s = np.take_along_axis(own, idx, 1)
+            s = np.take_along_axis(logits, idx, 1)
         out_idx.append(idx)
         out_scores.append(s)
         if progress:

@@ -111,8 +111,7 @@ def _with_rows(tables: contract.Tables, requests: Requests, request_index: np.nd
         extra = added[name]
         if isinstance(values, (pa.Array, pa.ChunkedArray)):
             values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-            events[name] = pa.concat_arrays([values.cast(pa.string()) if pa.types.is_large_string(
-                values.type) else values, extra.cast(values.type)])
+            events[name] = pa.concat_arrays([values, extra.cast(values.type)])
         else:
             events[name] = np.concatenate([values, extra])
     return dataclasses.replace(tables, events=events), np.arange(n, n + m)

@@ -313,9 +313,8 @@ def build(config: dict, vocabulary=None) -> TwoTowerRetriever:
     model = TwoTowerRetriever(backbone, preprocessor, temperature=config["temperature"],
                               sampling_correction=config["sampling_correction"],
                               zoo_config=config, name="two_tower")
-    sampling = (vocabulary or {}).get("item_sampling") if isinstance(vocabulary, dict) else None
-    if sampling is not None:
-        model.set_sampling_probabilities(sampling)
+    if isinstance(vocabulary, dict) and "item_sampling" in vocabulary:
+        model.set_sampling_probabilities(vocabulary["item_sampling"])
     return model
 
 
