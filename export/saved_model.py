@@ -7,6 +7,10 @@
       assets.extra/tf_serving_warmup_requests   PredictionLogs of real eval examples
       assets.extra/ecom_zoo_manifest.json       what `export.registry` lists
       assets.extra/sample_request.json          a request `export.client --input` sends
+    with --retrieval_dir (a trained two_tower), also:
+      signature   recommend         a user's context -> the top K of the whole catalogue
+                                    (`export.recommend_signature`)
+      assets.extra/sample_recommend_request.json
 
 Preprocessing (WordPiece, id lookups, bucketing) is inside the graph, so the graph holds
 only core TF and TF Text ops, which stock TF Serving links. A version is written to a
@@ -27,6 +31,8 @@ import shutil
 import sys
 import tempfile
 
+import numpy as np
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
@@ -41,6 +47,9 @@ ASSETS_EXTRA = layout.ASSETS_EXTRA
 WARMUP_FILE = "tf_serving_warmup_requests"
 MANIFEST_FILE = layout.MANIFEST_FILE
 SAMPLE_REQUEST_FILE = "sample_request.json"
+SAMPLE_RECOMMEND_FILE = "sample_recommend_request.json"
+# Behaviour events per user a `recommend` request carries (all feed the counts).
+RECOMMEND_HISTORY_LIMIT = 200
 SERVING_EXAMPLES_FILE = rundir.SERVING_EXAMPLES  # written by the trainer
 TMP_PREFIX = ".tmp-"
 NUM_WARMUP_EXAMPLES = 8
@@ -92,8 +101,9 @@ def serving_functions(model, history_length: int):
     return raw_fn, examples_fn
 
 
-def write_saved_model(model, path: str, history_length: int) -> None:
-    """Keras `ExportArchive` with the two signatures (the model's variables and tables tracked)."""
+def write_saved_model(model, path: str, history_length: int, recommender=None) -> None:
+    """Keras `ExportArchive` with the two signatures (the model's variables and tables
+    tracked), and `recommend` when a `Recommender` is given."""
     import keras
 
     raw_fn, examples_fn = serving_functions(model, history_length)
@@ -101,6 +111,10 @@ def write_saved_model(model, path: str, history_length: int) -> None:
     archive.track(model)
     archive.add_endpoint(SIGNATURE_RAW, raw_fn)
     archive.add_endpoint(SIGNATURE_EXAMPLES, examples_fn)
+    if recommender is not None:
+        archive.track(recommender.retriever)
+        archive.track(recommender.catalogue)
+        archive.add_endpoint(recommender.SIGNATURE, recommender.function)
     tf_logger = pylogging.getLogger("tensorflow")
     level = tf_logger.level
     tf_logger.setLevel(pylogging.WARNING)  # one INFO line per saved function otherwise
@@ -232,30 +246,39 @@ def _signature_summary(loaded) -> dict:
 
 
 def check_export(path: str, requests: list, expected: dict) -> dict:
-    """Reloads the SavedModel, replays the requests, compares with the Keras outputs."""
+    """Reloads the SavedModel, replays the requests, compares with the in-process outputs
+    (`expected`: signature name -> output name -> the full batch's values)."""
     import numpy as np
     import tensorflow as tf
 
     loaded = tf.saved_model.load(path)
-    missing = {SIGNATURE_RAW, SIGNATURE_EXAMPLES} - set(loaded.signatures)
+    missing = set(expected) - set(loaded.signatures)
     if missing:
         raise ExportError(f"{path}: signatures {sorted(missing)} missing after reload")
     for request in requests:
-        fn = loaded.signatures[request.model_spec.signature_name]
+        name = request.model_spec.signature_name
+        fn = loaded.signatures[name]
         out = fn(**{k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()})
-        for k, want in expected.items():
+        for k, want in expected[name].items():
             got = out[k].numpy()
             want = want[: got.shape[0]]
-            if not np.allclose(got, want, rtol=TOLERANCE, atol=TOLERANCE):
+            same = (np.array_equal(got, want) if got.dtype == object
+                    else np.allclose(got, want, rtol=TOLERANCE, atol=TOLERANCE))
+            if not same:
+                diff = ("in its values" if got.dtype == object
+                        else f"by {np.abs(got - want).max():.3g}")
                 raise ExportError(
-                    f"{path}: signature {request.model_spec.signature_name} output {k} differs "
-                    f"from the Keras model by {np.abs(got - want).max():.3g}")
+                    f"{path}: signature {name} output {k} differs from the in-process "
+                    f"model {diff}")
     return _signature_summary(loaded)
 
 
 def export(model_dir: str, export_base: str, name: str, version: int | None = None,
-           num_examples: int = NUM_WARMUP_EXAMPLES) -> str:
-    """Exports model_dir's model as B/NAME/<version>; returns the version folder."""
+           num_examples: int = NUM_WARMUP_EXAMPLES, retrieval_dir: str | None = None,
+           recommend_options=None, data_dir: str | None = None) -> str:
+    """Exports model_dir's model as B/NAME/<version>; returns the version folder. With a
+    `retrieval_dir` (a trained two_tower) the version also answers `recommend` over the
+    catalogue of `data_dir` (default: the ranker's training data)."""
     import tensorflow as tf
     from zoo.models.features import TASKS
 
@@ -263,7 +286,12 @@ def export(model_dir: str, export_base: str, name: str, version: int | None = No
         raise ValueError(f"--name must be letters, digits, '_', '.' or '-', got {name!r}")
     if version is not None and version < 1:
         raise ValueError(f"--version must be a positive integer, got {version}")
+    if recommend_options is not None:
+        recommend_options.check()
     model, _ = rundir.load_trained(model_dir)
+    if not hasattr(model, "preprocessor") or hasattr(model, "query_embeddings"):
+        raise ExportError(f"{model_dir}: not a multi-task model (retrievers are exported "
+                          "inside a ranker's version: --retrieval_dir)")
     with open(os.path.join(model_dir, "train_config.json"), encoding="utf-8") as f:
         train_config = json.load(f)
     history_length = int(train_config["label_config"]["history_length"])
@@ -272,7 +300,14 @@ def export(model_dir: str, export_base: str, name: str, version: int | None = No
         raise ExportError(f"{model_dir}: no eval examples to build warmup requests from")
     raw = raw_features(serialized, history_length)
     keras_out = model(model.preprocessor(raw), training=False)
-    expected = {k: tf.convert_to_tensor(keras_out[k]).numpy() for k in TASKS}
+    outputs = {k: tf.convert_to_tensor(keras_out[k]).numpy() for k in TASKS}
+    expected = {SIGNATURE_RAW: outputs, SIGNATURE_EXAMPLES: outputs}
+    recommender, recommend_inputs = None, None
+    if retrieval_dir:
+        recommender, recommend_inputs = _recommender(
+            model, retrieval_dir, data_dir or train_config.get("data_dir"), history_length,
+            recommend_options, num_examples)
+        expected[recommender.SIGNATURE] = recommender(recommend_inputs)
 
     model_base = os.path.join(export_base, name)
     os.makedirs(model_base, exist_ok=True)
@@ -284,10 +319,16 @@ def export(model_dir: str, export_base: str, name: str, version: int | None = No
     tmp = tempfile.mkdtemp(prefix=f"{TMP_PREFIX}v{target}-{os.getpid()}-", dir=model_base)
     try:
         os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide the version from a server's user
-        write_saved_model(model, tmp, history_length)
+        write_saved_model(model, tmp, history_length, recommender)
         extra = os.path.join(tmp, ASSETS_EXTRA)
         os.makedirs(extra, exist_ok=True)
         requests = predict_requests(name, raw, serialized)
+        if recommender is not None:
+            requests += recommend_requests(name, recommend_inputs)
+            with open(os.path.join(extra, SAMPLE_RECOMMEND_FILE), "w", encoding="utf-8") as f:
+                json.dump({"signature_name": recommender.SIGNATURE, "inputs": {
+                    k: _json_value(np.asarray(v)[:1].tolist())
+                    for k, v in recommend_inputs.items()}}, f, indent=1)
         write_warmup(os.path.join(extra, WARMUP_FILE), requests)
         with open(os.path.join(extra, SAMPLE_REQUEST_FILE), "w", encoding="utf-8") as f:
             json.dump(sample_request({k: v[:4] for k, v in raw.items()}), f, indent=1)
@@ -302,6 +343,9 @@ def export(model_dir: str, export_base: str, name: str, version: int | None = No
         }
         if metrics.get("oracle"):
             manifest["oracle"] = metrics["oracle"]
+        if recommender is not None:
+            manifest["recommend"] = {**recommender.manifest(),
+                                     "retrieval_dir": os.path.abspath(retrieval_dir)}
         # Publish: take the next free version unless one was asked for.
         while True:
             final = os.path.join(model_base, str(target))
@@ -323,6 +367,47 @@ def export(model_dir: str, export_base: str, name: str, version: int | None = No
     return final
 
 
+def _recommender(model, retrieval_dir, data_dir, history_length, options, num_examples):
+    """The `recommend` signature's Recommender and sample inputs of real users of the log."""
+    from export import recommend_signature
+    from trainers.core import recommend_lib
+    from zoo.data import contract, prepare as prepare_lib, serving_features
+
+    retriever, retriever_labels = rundir.load_trained(retrieval_dir)
+    if not hasattr(retriever, "query_embeddings"):
+        raise ExportError(f"--retrieval_dir {retrieval_dir}: not a retriever (train one with "
+                          "python -m trainers.multitask --model two_tower)")
+    if not data_dir:
+        raise ExportError("--data_dir is needed: the ranker's run does not name its data")
+    tables = contract.read_contract(prepare_lib.resolve_contract_dir(data_dir))
+    recommender = recommend_signature.Recommender(
+        model, retriever, tables, history_length, retriever_labels.history_length,
+        options or recommend_lib.Options())
+    reqs = recommend_signature.sample_requests(tables, recommender.snapshot, num_examples)
+    inputs = serving_features.request_inputs(tables, reqs, RECOMMEND_HISTORY_LIMIT)
+    inputs["exclude_item_id"] = np.zeros((len(reqs), 0), object)
+    return recommender, inputs
+
+
+def recommend_requests(name: str, inputs: dict) -> list:
+    """PredictRequests of `recommend`, at batch 1 and at the full batch."""
+    import tensorflow as tf
+    from export import recommend_signature
+    from tensorflow_serving.apis import predict_pb2
+
+    tensors = recommend_signature.to_tensors(inputs)
+    n = int(tensors["user_id"].shape[0])
+    requests = []
+    for size in sorted({1, n}):
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = name
+        request.model_spec.signature_name = recommend_signature.SIGNATURE
+        for k, v in tensors.items():
+            request.inputs[k].CopyFrom(tf.make_tensor_proto(v[:size]))
+        requests.append(request)
+    return requests
+
+
 def _read_json(path: str):
     if not os.path.exists(path):
         return None
@@ -340,6 +425,17 @@ def define_flags():
     flags.DEFINE_string("name", None, "Model name under the export base (default: the "
                         "model_dir's folder name).")
     flags.DEFINE_integer("version", None, "Version number (default: the last one + 1).")
+    flags.DEFINE_string("retrieval_dir", None, "A trained two_tower model_dir: the version "
+                        "also answers the `recommend` signature (the whole catalogue -> top K).")
+    flags.DEFINE_string("data_dir", None, "With --retrieval_dir: the data whose catalogue and "
+                        "statistics the version carries (default: the ranker's training data).")
+    flags.DEFINE_integer("recommend_k", 20, "With --retrieval_dir: items per answer.")
+    flags.DEFINE_integer("recommend_candidates", 200, "With --retrieval_dir: items retrieved "
+                         "and re-ranked per request.")
+    flags.DEFINE_enum("recommend_objective", "purchase", ["click", "purchase", "gmv"],
+                      "With --retrieval_dir: what orders the answer.")
+    flags.DEFINE_float("retrieval_weight", 1.0, "With --retrieval_dir: the blend "
+                       "log(objective) + weight x retrieval logit (0: the ranker alone).")
 
 
 def main(argv):
@@ -349,8 +445,16 @@ def main(argv):
         print("error: --model_dir and --export_base are required", file=sys.stderr)
         return 2
     name = FLAGS.name or os.path.basename(os.path.normpath(FLAGS.model_dir))
+    options = None
+    if FLAGS.retrieval_dir:
+        from trainers.core.recommend_lib import Options
+        options = Options(k=FLAGS.recommend_k, candidates=FLAGS.recommend_candidates,
+                          objective=FLAGS.recommend_objective,
+                          retrieval_weight=FLAGS.retrieval_weight)
     try:
-        path = export(FLAGS.model_dir, FLAGS.export_base, name, FLAGS.version)
+        path = export(FLAGS.model_dir, FLAGS.export_base, name, FLAGS.version,
+                      retrieval_dir=FLAGS.retrieval_dir, recommend_options=options,
+                      data_dir=FLAGS.data_dir)
     except (ExportError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

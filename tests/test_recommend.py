@@ -303,3 +303,135 @@ def test_retriever_finds_a_planted_favourite_category(tmp_path):
     share = (categories[cand] == favourite[:, None]).mean()
     print(f"planted favourite share of the top 20: {share:.3f}")
     assert share > 0.8, share
+
+
+def _serving_requests(tables, snap, n=8):
+    """n users with the longest histories, at the snapshot's time: half continue their last
+    session (the session features and its impressions count), half open a new one with a
+    query of the log."""
+    import dataclasses
+
+    ev = tables.events
+    users = np.asarray(ev["user_id"].to_numpy(zero_copy_only=False), object)
+    uniq, counts = np.unique(users, return_counts=True)
+    chosen = uniq[np.argsort(-counts, kind="stable")[:n]]
+    last = requests.session_requests(tables, int(ev["timestamp"].min()))
+    last_session = {u: s for u, s in zip(last.user_id, last.session_id)}
+    queries = [q for q in last.query if q][:n] or [""]
+    reqs = requests.Requests(
+        user_id=chosen.astype(object),
+        session_id=np.array([last_session[u] if i % 2 else "new-session"
+                             for i, u in enumerate(chosen)], object),
+        timestamp=np.full(len(chosen), snap.time, np.int64),
+        query=np.array(["" if i % 2 else queries[i % len(queries)]
+                        for i in range(len(chosen))], object),
+        clicked=[np.zeros(0, np.int64)] * len(chosen), purchased=[np.zeros(0, np.int64)] * len(chosen))
+    return dataclasses.replace(reqs)
+
+
+def test_serving_features_in_the_graph_equal_the_offline_ones(retriever_dir, shop):
+    """Every context feature the `recommend` graph assembles (request features sent, item
+    statistics from the snapshot, pair features computed from the history) equals the
+    offline feature of the same (request, candidate) pair."""
+    import tensorflow as tf
+    from export import recommend_signature as rs
+    from trainers.core import rundir
+    from zoo.data import serving_features as sf
+
+    tables = contract.read_contract(shop[0])
+    retriever, _ = rundir.load_trained(retriever_dir)
+    snap = sf.snapshot(tables)
+    reqs = _serving_requests(tables, snap)
+    cat_items = requests.catalogue(tables)
+    n = len(cat_items["item_id"])
+    cat = rs.Catalogue(cat_items, np.zeros((n, 4), np.float32), snap)
+    rng = np.random.default_rng(0)
+    cands = np.stack([rng.choice(n, 30, replace=False) for _ in range(len(reqs))])
+    # Candidates the users did touch, so the pair counts are not all zero.
+    hist = sf.request_inputs(tables, reqs, history_limit=400)
+    assert hist["hist_item_id"].shape[1] < 400  # every user's whole history was sent
+    index = {i: c for c, i in enumerate(cat_items["item_id"])}
+    for r in range(len(reqs)):
+        touched = [index[i] for i in hist["hist_item_id"][r] if i][:10]
+        cands[r, :len(touched)] = touched
+    cfg = labels.LabelConfig(history_length=16)
+    want = requests.candidate_features(tables, reqs, cands, cfg)
+    cand = {"item_id": tf.constant(np.asarray(cat_items["item_id"], object)[cands].astype(str)),
+            "item_category": tf.constant(np.asarray(cat_items["item_category"], object)[cands]
+                                         .astype(str)),
+            "item_brand": tf.constant(np.asarray(cat_items["item_brand"], object)[cands]
+                                      .astype(str)),
+            "item_price": tf.constant(cat_items["item_price"][cands])}
+    t = rs.to_tensors(hist)
+    got = rs.pair_features({k: t[k] for k in sf.HISTORY_INPUTS}, cand, t["session_category"],
+                           t["query"], cat)
+    checked = 0
+    for name in sf.PAIR_FEATURES:
+        g = np.nan_to_num(got[name].numpy(), nan=-1.0).ravel()
+        np.testing.assert_allclose(g, want[name], rtol=1e-5, atol=1e-4, err_msg=name)
+        checked += int((want[name] > 0).sum())
+    for name in sf.ITEM_FEATURES + sf.ITEM_RAW:
+        np.testing.assert_allclose(snap.item[name][cands].ravel(), want[name], rtol=1e-5,
+                                   atol=1e-5, err_msg=name)
+    for name in sf.REQUEST_FEATURES:
+        np.testing.assert_allclose(np.repeat(hist[name], 30), want[name], rtol=1e-6,
+                                   err_msg=name)
+    assert checked > 100  # the comparison saw real (non-zero) values
+    for name in ("user_item_clicks", "session_category_share", "query_category_impressions",
+                 "price_vs_user_purchases"):
+        assert (want[name] > 0).any(), name
+
+
+def test_recommend_signature_equals_the_offline_cascade(retriever_dir, trained, shop,
+                                                         tmp_path):
+    """The exported `recommend` signature, reloaded, answers what `trainers.recommend`'s
+    cascade answers for the same requests (retrieval, ranking, blend), and honours
+    exclusions."""
+    import tensorflow as tf
+    from export import recommend_signature as rs, saved_model
+    from trainers.core import recommend_lib, rundir
+    from zoo.data import serving_features as sf
+
+    ranker_dir = trained[0].model_dir
+    options = recommend_lib.Options(k=10, candidates=40, objective="purchase",
+                                    retrieval_weight=1.0)
+    path = saved_model.export(ranker_dir, str(tmp_path / "exports"), "rec",
+                              retrieval_dir=retriever_dir, recommend_options=options,
+                              data_dir=shop[0])
+    with open(os.path.join(path, saved_model.ASSETS_EXTRA, saved_model.MANIFEST_FILE)) as f:
+        manifest = json.load(f)
+    assert manifest["recommend"]["k"] == 10 and manifest["recommend"]["catalogue_size"] == 400
+    assert os.path.exists(os.path.join(path, saved_model.ASSETS_EXTRA,
+                                       saved_model.SAMPLE_RECOMMEND_FILE))
+
+    tables = contract.read_contract(shop[0])
+    snap = sf.snapshot(tables)
+    reqs = _serving_requests(tables, snap)
+    retriever, retriever_labels = rundir.load_trained(retriever_dir)
+    ranker, ranker_labels = rundir.load_trained(ranker_dir)
+    cand, cand_scores = recommend_lib.retrieve(retriever, tables, reqs, retriever_labels,
+                                               options)
+    scores = recommend_lib.rank(ranker, tables, reqs, cand, ranker_labels, options)
+    idx, want_scores = recommend_lib._top(
+        recommend_lib.blend(scores, cand_scores, options.retrieval_weight), options.k)
+    item_ids = np.asarray(tables.items["item_id"].to_numpy(zero_copy_only=False), object)
+    want_items = item_ids[np.take_along_axis(cand, idx, 1)]
+
+    loaded = tf.saved_model.load(path)
+    fn = loaded.signatures[rs.SIGNATURE]
+    inputs = sf.request_inputs(tables, reqs, history_limit=saved_model.RECOMMEND_HISTORY_LIMIT)
+    out = fn(**rs.to_tensors(inputs))
+    got_items = out["item_id"].numpy().astype(str)
+    np.testing.assert_allclose(out["score"].numpy(), want_scores, rtol=1e-4, atol=1e-4)
+    assert (got_items == want_items.astype(str)).mean() > 0.95  # ties may swap neighbours
+    assert [set(g) for g in got_items] == [set(w) for w in want_items.astype(str)]
+
+    # Excluded items never come back; the rest of the list moves up.
+    exclude = np.full((len(reqs), 2), "", object)
+    exclude[:, 0] = got_items[:, 0]
+    exclude[0, 1] = "no-such-item"  # unknown ids are ignored
+    again = fn(**rs.to_tensors({**inputs, "exclude_item_id": exclude}))
+    again_items = again["item_id"].numpy().astype(str)
+    for r in range(len(reqs)):
+        assert got_items[r, 0] not in again_items[r]
+        assert again_items[r, 0] == got_items[r, 1]

@@ -94,9 +94,10 @@ def run(retrieval_dir, model_dir=None, data_dir=None, split="eval", output="recs
     if not hasattr(retriever, "query_embeddings"):
         raise ValueError(f"--retrieval_dir {retrieval_dir}: not a retriever (train one with "
                          "python -m trainers.multitask --model two_tower)")
-    ranker = None
+    ranker, ranker_labels = None, None
     if model_dir:
-        ranker, _ = rundir.load_trained(model_dir)
+        # Each model reads the history length it was trained with.
+        ranker, ranker_labels = rundir.load_trained(model_dir)
         if hasattr(ranker, "query_embeddings") or not hasattr(ranker, "preprocessor"):
             raise ValueError(f"--model_dir {model_dir}: not a multi-task ranker")
     if data_dir is None:
@@ -127,7 +128,7 @@ def run(retrieval_dir, model_dir=None, data_dir=None, split="eval", output="recs
     if ranker is not None:
         t1 = time.time()
         bar = _bar(len(reqs), "ranking", verbose)
-        scores = recommend_lib.rank(ranker, tables, reqs, cand, label_config, options, bar)
+        scores = recommend_lib.rank(ranker, tables, reqs, cand, ranker_labels, options, bar)
         scores = recommend_lib.blend(scores, cand_scores, options.retrieval_weight)
         idx, final_scores = recommend_lib._top(scores, options.k)
         final_items = np.take_along_axis(cand, idx, 1)
