@@ -3,6 +3,8 @@ out, retrieval and ranking in one graph, so stock TF Serving answers it alone.
 
     user_id, query, the user's behaviour events (hist_*), the categories of the session's
     impressions so far, the request features, items to exclude
+    -> item_id, title, category, brand, price, score, click, purchase, retrieval_score
+       [B, K], best first
       -> query tower -> dot product with the catalogue's item embeddings (a table in the
          graph) -> exclusions -> the top C candidates
       -> each candidate's raw features, assembled in the graph: its catalogue fields, the
@@ -29,7 +31,8 @@ from zoo.models.features import CONTEXT_FEATURES, RAW_FEATURES
 
 SIGNATURE = "recommend"
 HISTORY_INPUTS = sf.HISTORY_INPUTS
-OUTPUTS = ("item_id", "score", "click", "purchase", "retrieval_score")
+OUTPUTS = ("item_id", "title", "category", "brand", "price", "score", "click", "purchase",
+           "retrieval_score")
 # A floor under the ranker's probabilities before the log of the blend (as offline).
 MIN_PROBABILITY = 1e-12
 
@@ -230,7 +233,12 @@ def build(ranker, retriever, cat: Catalogue, history_length: int, retrieval_hist
             score = objective
         best = tf.math.top_k(score, k)
         pick = best.indices
+        rows_out = tf.gather(rows, pick, batch_dims=1)
         return {"item_id": tf.gather(cand["item_id"], pick, batch_dims=1),
+                "title": tf.gather(cat.title, rows_out),
+                "category": tf.gather(cat.category, rows_out),
+                "brand": tf.gather(cat.brand, rows_out),
+                "price": tf.gather(cat.price, rows_out),
                 "score": best.values,
                 "click": tf.gather(click, pick, batch_dims=1),
                 "purchase": tf.gather(purchase, pick, batch_dims=1),

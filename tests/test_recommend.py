@@ -382,8 +382,24 @@ def test_serving_features_in_the_graph_equal_the_offline_ones(retriever_dir, sho
         assert (want[name] > 0).any(), name
 
 
-def test_recommend_signature_equals_the_offline_cascade(retriever_dir, trained, shop,
-                                                         tmp_path):
+RECOMMEND_OPTIONS = dict(k=10, candidates=40, objective="purchase", retrieval_weight=1.0)
+
+
+@pytest.fixture(scope="module")
+def recommend_export(retriever_dir, trained, shop, tmp_path_factory):
+    """(export base, version path) of the tiny ranker exported with the retriever."""
+    from export import saved_model
+    from trainers.core import recommend_lib
+
+    base = str(tmp_path_factory.mktemp("recommend_exports"))
+    path = saved_model.export(trained[0].model_dir, base, "rec", retrieval_dir=retriever_dir,
+                              recommend_options=recommend_lib.Options(**RECOMMEND_OPTIONS),
+                              data_dir=shop[0])
+    return base, path
+
+
+def test_recommend_signature_equals_the_offline_cascade(recommend_export, retriever_dir,
+                                                         trained, shop):
     """The exported `recommend` signature, reloaded, answers what `trainers.recommend`'s
     cascade answers for the same requests (retrieval, ranking, blend), and honours
     exclusions."""
@@ -393,11 +409,8 @@ def test_recommend_signature_equals_the_offline_cascade(retriever_dir, trained, 
     from zoo.data import serving_features as sf
 
     ranker_dir = trained[0].model_dir
-    options = recommend_lib.Options(k=10, candidates=40, objective="purchase",
-                                    retrieval_weight=1.0)
-    path = saved_model.export(ranker_dir, str(tmp_path / "exports"), "rec",
-                              retrieval_dir=retriever_dir, recommend_options=options,
-                              data_dir=shop[0])
+    options = recommend_lib.Options(**RECOMMEND_OPTIONS)
+    path = recommend_export[1]
     with open(os.path.join(path, saved_model.ASSETS_EXTRA, saved_model.MANIFEST_FILE)) as f:
         manifest = json.load(f)
     assert manifest["recommend"]["k"] == 10 and manifest["recommend"]["catalogue_size"] == 400
@@ -435,3 +448,102 @@ def test_recommend_signature_equals_the_offline_cascade(retriever_dir, trained, 
     for r in range(len(reqs)):
         assert got_items[r, 0] not in again_items[r]
         assert again_items[r, 0] == got_items[r, 1]
+
+
+def _http(url, body=None, method=None):
+    import urllib.error
+    import urllib.request
+
+    data = None if body is None else (body if isinstance(body, bytes)
+                                      else json.dumps(body).encode())
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_recommender_service_ingests_events_and_answers_over_http(recommend_export, shop,
+                                                                 tmp_path):
+    """POST /events -> SQLite -> GET /recommend -> gRPC `recommend` on export.serve, end to
+    end on 127.0.0.1: a new click changes the answer, a malformed event is a 400 naming the
+    field and stores nothing, an unknown user is a cold start, oversized bodies are 413."""
+    from export import client as client_lib, event_store, recommender, serve
+
+    base, _ = recommend_export
+    tables = contract.read_contract(shop[0])
+    ev = tables.events
+    users = np.asarray(ev["user_id"].to_numpy(zero_copy_only=False), object)
+    uniq, counts = np.unique(users, return_counts=True)
+    user = uniq[np.argmax(counts)]
+    rows = np.flatnonzero(users == user)
+    cols = ("event_id", "user_id", "session_id", "event", "query", "item_id")
+    text = {c: np.asarray(ev[c].to_numpy(zero_copy_only=False), object) for c in cols}
+    events = [{**{c: text[c][r] for c in cols}, "timestamp": int(ev["timestamp"][r]),
+               "position": int(ev["position"][r]), "quantity": int(ev["quantity"][r])}
+              for r in rows]
+    events = [{k: v for k, v in e.items() if not (k == "position" and v < 0)} for e in events]
+    t_end = int(ev["timestamp"].max()) + 1
+
+    log = str(tmp_path / "server.log")
+    proc, target = serve.launch(["--model_name", "rec", "--model_base_path",
+                                 os.path.join(base, "rec")], log)
+    store = event_store.SQLiteEventStore(str(tmp_path / "events.sqlite"), keep_per_user=300)
+    client = client_lib.PredictionClient(target)
+    service = recommender.RecommenderService(store, client, "rec", tables.items)
+    server = recommender.serve(service, "127.0.0.1", 0, max_body_bytes=200_000,
+                               request_timeout=5.0)
+    url = "http://127.0.0.1:%d" % server.server_address[1]
+    try:
+        assert _http(url + "/healthz")[0] == 200
+        status, body = _http(url + "/events", events[:200])
+        assert status == 200 and body["stored"] == min(200, len(events))
+        n_stored = store.count()
+        status, first = _http(url + f"/recommend?user_id={user}&k=5&at={t_end}")
+        assert status == 200, first
+        assert not first["cold_start"] and len(first["items"]) == 5
+        assert {"item_id", "title", "category", "price", "score"} <= set(first["items"][0])
+        scores = [i["score"] for i in first["items"]]
+        assert scores == sorted(scores, reverse=True)
+
+        # A new click (in a new session, on an item of another category) changes the answer.
+        top_category = first["items"][0]["category"]
+        other = next(i for i, c in zip(
+            tables.items["item_id"].to_numpy(zero_copy_only=False),
+            tables.items["category"].to_numpy(zero_copy_only=False)) if c != top_category)
+        click = [{"event_id": "live-1", "user_id": user, "session_id": "live",
+                  "timestamp": t_end + 5, "event": "click", "query": "", "item_id": other}]
+        assert _http(url + "/events", click) == (200, {"stored": 1})
+        status, second = _http(url + f"/recommend?user_id={user}&k=5&at={t_end + 10}")
+        assert status == 200 and second["session_id"] == "live"
+        assert ([(i["item_id"], round(i["score"], 5)) for i in second["items"]]
+                != [(i["item_id"], round(i["score"], 5)) for i in first["items"]])
+
+        # A batch with one malformed row: 400 naming the row and field, nothing stored.
+        before = store.count()
+        bad = [dict(click[0], event_id="live-2"), dict(click[0], event_id="live-3",
+                                                       event="clik")]
+        status, body = _http(url + "/events", bad)
+        assert status == 400 and "row 1" in body["error"] and "'event'" in body["error"]
+        assert store.count() == before == n_stored + 1
+        status, body = _http(url + "/events", [dict(click[0], event_id="live-4",
+                                                     item_id="no-such-item")])
+        assert status == 400 and "item_id" in body["error"]
+        assert _http(url + "/events", click)[0] == 400  # the same event_id again
+        assert _http(url + "/events", b"{not json")[0] == 400
+        assert _http(url + "/events", b"x" * 300_000)[0] == 413
+        assert store.count() == before
+
+        # A user never seen: popular items for the query, not an error.
+        status, cold = _http(url + "/recommend?user_id=nobody&k=3&query=shoes")
+        assert status == 200 and cold["cold_start"] and len(cold["items"]) == 3
+        assert _http(url + "/recommend?user_id=nobody&k=1000")[0] == 400
+        assert _http(url + "/recommend?user_id=&k=3")[0] == 400
+        assert _http(url + "/recommend?user_id=u&k=abc")[0] == 400
+    finally:
+        server.shutdown()
+        client.close()
+        store.close()
+        serve.terminate(proc)

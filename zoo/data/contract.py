@@ -231,20 +231,38 @@ def read_contract(folder: str) -> Tables:
     events_path = _find_table(folder, "events")
     items_path = _find_table(folder, "items")
     ev = _read_table(events_path, EVENTS_REQUIRED, EVENTS_OPTIONAL)
-    it = _read_table(items_path, ITEMS_REQUIRED, ())
+    items = read_items(items_path)
+    events = validate_events(ev, items, events_path, os.path.basename(items_path))
+    return Tables(events=events, items=items, events_path=events_path, items_path=items_path)
 
+
+def read_items(items_path: str) -> dict:
+    """The items table's columns, typed and checked (item_id, title, category, brand as
+    Arrow strings, price as float64)."""
+    if not os.path.isfile(items_path):
+        raise ContractError(f"{items_path}: no such file; expected an items table "
+                            "(items.csv or items.parquet)")
+    it = _read_table(items_path, ITEMS_REQUIRED, ())
     items = {c: _strings(items_path, it, c) for c in ("item_id", "title", "category", "brand")}
     price = _numbers(items_path, it, "price", np.float64, "a price > 0")
-    bad = ~(price > 0)
+    bad = ~(np.isfinite(price) & (price > 0))
     if bad.any():
-        _bad(items_path, np.flatnonzero(bad), "price", "a price > 0", price)
+        _bad(items_path, np.flatnonzero(bad), "price", "a finite price > 0", price)
     items["price"] = price
     empty_id = _empty(items["item_id"])
     if empty_id.any():
         _bad(items_path, np.flatnonzero(empty_id), "item_id", "a non-empty item id",
              items["item_id"])
     _check_unique(items_path, "item_id", items["item_id"])
+    return items
 
+
+def validate_events(ev: pa.Table, items: dict, events_path: str, items_name: str) -> dict:
+    """An events table's columns, typed and checked against the items (the rules of the
+    files, for rows from anywhere: an online store names its request as `events_path`)."""
+    _check_columns(events_path, ev.column_names, EVENTS_REQUIRED)
+    if ev.num_rows == 0:
+        raise ContractError(f"{events_path}: no events; expected at least one")
     events = {c: _strings(events_path, ev, c)
               for c in ("event_id", "user_id", "session_id", "event", "query", "item_id")}
     events["timestamp"] = _timestamps(events_path, ev)
@@ -277,7 +295,7 @@ def read_contract(folder: str) -> Tables:
     unknown = needs_item & (events["item_code"] < 0)
     if unknown.any():
         _bad(events_path, np.flatnonzero(unknown), "item_id",
-             f"an item_id listed in {os.path.basename(items_path)}", events["item_id"])
+             f"an item_id listed in {items_name}", events["item_id"])
     bad_q = events["quantity"] < 1
     if bad_q.any():
         _bad(events_path, np.flatnonzero(bad_q), "quantity", "an integer quantity >= 1",
@@ -286,7 +304,7 @@ def read_contract(folder: str) -> Tables:
     if bad_p.any():
         _bad(events_path, np.flatnonzero(bad_p), "position", "an integer rank >= 0",
              events["position"])
-    return Tables(events=events, items=items, events_path=events_path, items_path=items_path)
+    return events
 
 
 def _check_unique(path, column, values: pa.Array):
