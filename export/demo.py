@@ -3,7 +3,10 @@
 Starts `python -m export.serve` on the export base (127.0.0.1, a free port), sends one gRPC
 Predict (serving_default, raw features) and one with serialized tf.Examples
 (predict_examples) for a few eval impressions, prints them beside the trained Keras model's
-in-process predictions, and stops the server.
+in-process predictions, and stops the server. When the latest version answers `recommend`
+(exported with --retrieval_dir), it then runs the recommender service (`export.recommender`)
+against a fresh server, posts one user's events and prints their top 10 beside their last
+events.
 """
 
 from __future__ import annotations
@@ -69,6 +72,74 @@ def run(model_dir: str, export_base: str, name: str, num_examples: int = 5) -> f
     return diff
 
 
+def recommend_demo(export_base: str, name: str, data_dir: str, k: int = 10,
+                   num_events: int = 8) -> dict:
+    """Serves the export, runs the recommender service (SQLite store, HTTP on 127.0.0.1),
+    posts the busiest user's events, asks for their top k and prints it beside their last
+    events. Returns the answer."""
+    import json
+    import urllib.request
+
+    import numpy as np
+    from export import client as client_lib, event_store, recommender, serve
+    from zoo.data import contract, prepare as prepare_lib
+
+    tables = contract.read_contract(prepare_lib.resolve_contract_dir(data_dir))
+    ev = tables.events
+    users = np.asarray(ev["user_id"].to_numpy(zero_copy_only=False), object)
+    uniq, counts = np.unique(users, return_counts=True)
+    user = uniq[np.argmax(counts)]
+    rows = np.flatnonzero(users == user)
+    cols = ("event_id", "user_id", "session_id", "event", "query", "item_id")
+    text = {c: np.asarray(ev[c].to_numpy(zero_copy_only=False), object) for c in cols}
+    events = [{**{c: text[c][r] for c in cols}, "timestamp": int(ev["timestamp"][r]),
+               "quantity": int(ev["quantity"][r])} for r in rows]
+    at = int(ev["timestamp"].max()) + 1
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, target = serve.launch(["--model_name", name, "--model_base_path",
+                                     os.path.join(export_base, name)],
+                                    os.path.join(tmp, "server.log"))
+        store = event_store.SQLiteEventStore(os.path.join(tmp, "events.sqlite"))
+        client = client_lib.PredictionClient(target)
+        service = recommender.RecommenderService(store, client, name, tables.items)
+        server = recommender.serve(service, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        try:
+            for start in range(0, len(events), event_store.MAX_ROWS_PER_APPEND):
+                body = json.dumps(events[start:start + event_store.MAX_ROWS_PER_APPEND])
+                urllib.request.urlopen(urllib.request.Request(
+                    url + "/events", data=body.encode(), method="POST",
+                    headers={"Content-Type": "application/json"}), timeout=60).read()
+            with urllib.request.urlopen(f"{url}/recommend?user_id={user}&k={k}&at={at}",
+                                        timeout=60) as r:
+                answer = json.loads(r.read())
+        finally:
+            server.shutdown()
+            client.close()
+            store.close()
+            serve.terminate(proc)
+
+    items = tables.items
+    title = dict(zip(items["item_id"].to_numpy(zero_copy_only=False),
+                     items["title"].to_numpy(zero_copy_only=False)))
+    behaviour = [e for e in events if e["event"] in contract.HISTORY_EVENTS][-num_events:]
+    print(f"\nrecommender service at {url}: {len(events)} events of user {user} posted "
+          f"to the SQLite store; GET /recommend?user_id={user}&k={k}\n")
+    print(f"{'their last events':<52} | {'recommended (score, p(purchase))':<60}")
+    left = [f"{e['event']:<8} {e['item_id']:<10} {title.get(e['item_id'], '')[:30]}"
+            for e in reversed(behaviour)]
+    right = [f"{i + 1:>2}. {it['item_id']:<10} {it['title'][:28]:<28} {it['score']:7.2f} "
+             f"{it['purchase']:.3f}" for i, it in enumerate(answer["items"])]
+    for i in range(max(len(left), len(right))):
+        a = left[i] if i < len(left) else ""
+        b = right[i] if i < len(right) else ""
+        print(f"{a:<52} | {b}")
+    print(f"\nfeatures {answer['timing_ms']['features']:.0f} ms, model "
+          f"{answer['timing_ms']['model']:.0f} ms (gRPC recommend signature: retrieval over "
+          f"the catalogue, ranking, in one graph)")
+    return answer
+
+
 FLAGS = flags.FLAGS
 
 
@@ -85,10 +156,31 @@ def main(argv):
     name = FLAGS.name or os.path.basename(os.path.normpath(FLAGS.model_dir))
     try:
         diff = run(FLAGS.model_dir, FLAGS.export_base, name, FLAGS.num_examples)
+        manifest = _latest_manifest(FLAGS.export_base, name)
+        if "recommend" in manifest:
+            from trainers.core import rundir
+            recommend_demo(FLAGS.export_base, name,
+                           rundir.train_config_of(FLAGS.model_dir).get("data_dir"))
     except (RuntimeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0 if diff < 1e-4 else 1
+
+
+def _latest_manifest(export_base: str, name: str) -> dict:
+    import json
+
+    from export import layout
+
+    base = os.path.join(export_base, name)
+    versions = layout.versions(base)
+    if not versions:
+        return {}
+    path = os.path.join(base, str(max(versions)), layout.ASSETS_EXTRA, layout.MANIFEST_FILE)
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
 
 
 if __name__ == "__main__":

@@ -377,8 +377,6 @@ def _recommender(model, retrieval_dir, data_dir, history_length, options, num_ex
     if not hasattr(retriever, "query_embeddings"):
         raise ExportError(f"--retrieval_dir {retrieval_dir}: not a retriever (train one with "
                           "python -m trainers.multitask --model two_tower)")
-    if not data_dir:
-        raise ExportError("--data_dir is needed: the ranker's run does not name its data")
     tables = contract.read_contract(prepare_lib.resolve_contract_dir(data_dir))
     recommender = recommend_signature.Recommender(
         model, retriever, tables, history_length, retriever_labels.history_length,

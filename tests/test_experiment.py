@@ -7,39 +7,54 @@ from helpers import LABEL_CFG
 from trainers.core import config as config_lib
 
 
-def test_experiment_runs_every_row_and_writes_its_table(shop, tmp_path, capsys):
-    from trainers import experiment
+def _base(shop):
     data, tfds_dir = shop
-    base = config_lib.TrainConfig(
+    return config_lib.TrainConfig(
         data_dir=data, tfds_dir=tfds_dir, label_config=LABEL_CFG, preset="tiny", steps=20,
         batch_size=64, learning_rate=3e-3, warmup_steps=5, steps_per_loop=10,
         checkpoint_every=1000, verbose=False)
+
+
+def test_experiment_runs_every_row_and_writes_its_table(shop, tmp_path, capsys):
+    from trainers import experiment
     config = experiment.ExperimentConfig(
-        base=base, output_dir=str(tmp_path / "exp"), fractions=(1.0, 0.5),
+        base=_base(shop), output_dir=str(tmp_path / "exp"), fractions=(1.0,),
         pretrain_steps=20, lora_rank=2)
     rows = experiment.run(config)
     assert [(r["fraction"], r["run"]) for r in rows] == [
-        (f, r) for f in (1.0, 0.5) for r in experiment.DEFAULT_RUNS]
-    by_run = {(r["fraction"], r["run"]): r for r in rows}
+        (1.0, r) for r in experiment.DEFAULT_RUNS]
+    by_run = {r["run"]: r for r in rows}
     for r in rows:
         assert 0.0 <= r["metrics"]["click/auc"] <= 1.0
     # The baseline trains nothing; LoRA trains fewer weights than full fine-tuning.
-    assert by_run[(1.0, "popularity")]["steps"] == 0
-    assert (by_run[(1.0, "bert_mtl+lora")]["trainable_parameters"]
-            < by_run[(1.0, "bert_mtl+lora_emb")]["trainable_parameters"]
-            < by_run[(1.0, "bert_mtl+pretrain")]["trainable_parameters"])
-    # The labels fraction reaches the runs: fewer labelled rows -> other baseline statistics.
-    assert (by_run[(1.0, "popularity")]["metrics"]["click/logloss"]
-            != by_run[(0.5, "popularity")]["metrics"]["click/logloss"])
-    assert (by_run[(1.0, "gbdt")]["metrics"]["click/logloss"]
-            != by_run[(0.5, "gbdt")]["metrics"]["click/logloss"])
+    assert by_run["popularity"]["steps"] == 0
+    assert (by_run["bert_mtl+lora"]["trainable_parameters"]
+            < by_run["bert_mtl+lora_emb"]["trainable_parameters"]
+            < by_run["bert_mtl+pretrain"]["trainable_parameters"])
     out = capsys.readouterr().out
     assert "bert_mtl+pretrain" in out and "oracle" in out and "ESMM >= naive" in out
     assert "transformer >= GBDT (click AUC)" in out
     with open(tmp_path / "exp" / "results.csv") as f:
         table = list(csv.DictReader(f))
-    assert len(table) == 2 * (len(experiment.DEFAULT_RUNS) + 1)  # + the oracle per fraction
-    assert float(table[0]["click/auc"]) == by_run[(1.0, "popularity")]["metrics"]["click/auc"]
+    assert len(table) == len(experiment.DEFAULT_RUNS) + 1  # + the oracle
+    assert float(table[0]["click/auc"]) == by_run["popularity"]["metrics"]["click/auc"]
     png = tmp_path / "exp" / "results.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert os.path.exists(tmp_path / "exp" / "pretrain" / "encoder" / "encoder.index")
+
+
+def test_experiment_labels_fraction_reaches_every_run(shop, tmp_path):
+    """Fewer labelled rows -> other statistics, for the baseline and the tree alike; a row
+    per (fraction, run) plus the oracle per fraction."""
+    from trainers import experiment
+    config = experiment.ExperimentConfig(
+        base=_base(shop), output_dir=str(tmp_path / "exp"), fractions=(1.0, 0.5),
+        runs=("popularity", "gbdt"))
+    rows = experiment.run(config)
+    by_run = {(r["fraction"], r["run"]): r for r in rows}
+    assert set(by_run) == {(f, r) for f in (1.0, 0.5) for r in ("popularity", "gbdt")}
+    for name in ("popularity", "gbdt"):
+        assert (by_run[(1.0, name)]["metrics"]["click/logloss"]
+                != by_run[(0.5, name)]["metrics"]["click/logloss"])
+    with open(tmp_path / "exp" / "results.csv") as f:
+        assert len(list(csv.DictReader(f))) == 2 * (2 + 1)
