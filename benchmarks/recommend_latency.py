@@ -5,7 +5,7 @@
 
 For each catalogue size N: the shop's items plus synthetic ones up to N (drawn from the
 shop's own categories, brands, title words and prices), exported with the `recommend`
-signature (200 candidates re-ranked, K 10, batch 1), then
+signature (--candidates re-ranked, default 200; K 10; batch 1), then
   - the signature alone: the loaded SavedModel called in-process, inputs prepared;
   - end to end: GET /recommend on the recommender service (SQLite store holding the
     requesting users' events) -> gRPC -> `export.serve` -> JSON,
@@ -71,7 +71,8 @@ def main():
     p.add_argument("--retrieval_dir", required=True, help="a trained two_tower")
     p.add_argument("--sizes", default="10000,100000,1000000")
     p.add_argument("--requests", type=int, default=200)
-    p.add_argument("--candidates", type=int, default=200)
+    p.add_argument("--candidates", default="200", help="candidates re-ranked per request; "
+                   "a comma list measures each")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--output", default=None, help="write the results as JSON here")
     args = p.parse_args()
@@ -98,9 +99,11 @@ def main():
     events = [{**{c: text[c][r] for c in cols}, "timestamp": int(ev["timestamp"][r]),
                "quantity": int(ev["quantity"][r])} for r in rows]
     at = int(ev["timestamp"].max()) + 1
-    options = recommend_lib.Options(k=args.k, candidates=args.candidates)
     results = []
-    for size in [int(s) for s in args.sizes.split(",")]:
+    runs = [(int(s), int(c)) for s in args.sizes.split(",")
+            for c in args.candidates.split(",")]
+    for size, candidates in runs:
+        options = recommend_lib.Options(k=args.k, candidates=candidates)
         tmp = tempfile.mkdtemp(prefix="recommend_latency-")
         try:
             tables = grown_catalogue(base_tables, size)
@@ -162,7 +165,7 @@ def main():
                 client.close()
                 serve.terminate(proc)
                 store.close()
-            row = {"catalogue": size, "export_seconds": round(export_s, 1),
+            row = {"catalogue": size, "candidates": candidates, "export_seconds": round(export_s, 1),
                    "export_mb": round(on_disk / 2**20, 1),
                    "signature_ms": percentiles(signature_ms),
                    "end_to_end_ms": percentiles(end_ms),
@@ -172,12 +175,12 @@ def main():
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"\n{'catalogue':>10} {'export':>8} {'size MB':>8} {'signature p50/p99':>18} "
+    print(f"\n{'catalogue':>10} {'cands':>5} {'export':>8} {'size MB':>8} {'signature p50/p99':>18} "
           f"{'end-to-end p50/p99':>19} {'features p50/p99':>17} {'gRPC p50/p99':>14}")
     for r in results:
         def pair(v):
             return f"{v[0]:.0f}/{v[1]:.0f} ms"
-        print(f"{r['catalogue']:>10,} {r['export_seconds']:>7.0f}s {r['export_mb']:>8.0f} "
+        print(f"{r['catalogue']:>10,} {r['candidates']:>5} {r['export_seconds']:>7.0f}s {r['export_mb']:>8.0f} "
               f"{pair(r['signature_ms']):>18} {pair(r['end_to_end_ms']):>19} "
               f"{pair(r['features_ms']):>17} {pair(r['grpc_ms']):>14}")
     if args.output:

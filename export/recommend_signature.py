@@ -168,6 +168,9 @@ def build(ranker, retriever, cat: Catalogue, history_length: int, retrieval_hist
 
     @tf.function(input_signature=[input_signature()])
     def recommend(inputs):
+        from export.saved_model import finite
+
+        inputs = finite(inputs)
         batch = tf.shape(inputs["user_id"])[0]
         hist = {name: inputs[name] for name in HISTORY_INPUTS}
         length = tf.shape(hist["hist_item_id"])[1]

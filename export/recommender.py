@@ -64,6 +64,8 @@ class RecommenderService:
                  timeout: float = 10.0):
         self.store, self.client, self.model_name = store, client, model_name
         self.items = items
+        self._row = {i: r for r, i in enumerate(items["item_id"].to_numpy(
+            zero_copy_only=False).tolist())}
         self.history_limit = int(history_limit)
         self.session_gap = int(session_gap_seconds)
         self.timeout = float(timeout)
@@ -75,7 +77,9 @@ class RecommenderService:
         """(the `recommend` inputs of one request, its session id, cold start?)."""
         from zoo.data import requests as requests_lib, serving_features
 
-        rows = [r for r in self.store.user_events(user_id) if r["timestamp"] < at]
+        # Events of items no longer in the catalogue (a store older than the export) drop out.
+        rows = [r for r in self.store.user_events(user_id) if r["timestamp"] < at
+                and (not r["item_id"] or r["item_id"] in self._row)]
         if rows and at - rows[-1]["timestamp"] <= self.session_gap:
             session = rows[-1]["session_id"]
         else:
@@ -84,10 +88,21 @@ class RecommenderService:
             user_id=np.array([user_id], object), session_id=np.array([session], object),
             timestamp=np.array([at], np.int64), query=np.array([query], object),
             clicked=[np.zeros(0, np.int64)], purchased=[np.zeros(0, np.int64)])
-        inputs = serving_features.request_inputs(store_lib.tables_of(rows, self.items), reqs,
-                                                 self.history_limit)
+        inputs = serving_features.request_inputs(
+            store_lib.tables_of(rows, self._items_of(rows)), reqs, self.history_limit)
         inputs["exclude_item_id"] = np.array([list(exclude) or [""]], object)
         return inputs, session, not rows
+
+    def _items_of(self, rows: list) -> dict:
+        """The catalogue rows the user's events name (and the first, which the request's
+        placeholder candidate uses): the request's inputs read nothing else of the
+        catalogue, and its cost then does not grow with the catalogue."""
+        import pyarrow as pa
+
+        wanted = sorted({0} | {self._row[r["item_id"]] for r in rows if r["item_id"]})
+        take = pa.array(wanted)
+        return {k: (v.take(take) if isinstance(v, pa.Array) else v[wanted])
+                for k, v in self.items.items()}
 
     def recommend(self, user_id: str, query: str = "", k: int = 10, at: int | None = None,
                   exclude=()) -> dict:

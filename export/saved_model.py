@@ -71,6 +71,16 @@ def raw_input_signature() -> dict:
             for name, (dtype, rank) in RAW_FEATURES.items()}
 
 
+def finite(inputs: dict) -> dict:
+    """The inputs, with an InvalidArgument naming the field when a number is NaN or
+    infinite (checked in the graph, so stock TF Serving refuses them too)."""
+    import tensorflow as tf
+
+    return {k: tf.debugging.check_numerics(
+        v, f"input {k} must hold finite numbers, not NaN or Inf") if v.dtype.is_floating else v
+        for k, v in inputs.items()}
+
+
 def serving_functions(model, history_length: int):
     """(raw_fn, examples_fn): tf.functions from raw features / serialized examples to outputs."""
     import tensorflow as tf
@@ -78,6 +88,7 @@ def serving_functions(model, history_length: int):
     from zoo.models.features import RAW_FEATURES, TASKS
 
     def forward(raw):
+        raw = finite(raw)
         outputs = model(model.preprocessor(raw), training=False)
         return {k: tf.cast(outputs[k], tf.float32) for k in TASKS}
 
@@ -418,6 +429,8 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
+    from trainers.core.recommend_lib import OBJECTIVES, Options
+
     flags.DEFINE_string("model_dir", None, "A finished trainers.multitask model_dir.")
     flags.DEFINE_string("export_base", None, "Export base B: versions go to B/NAME/<version>.")
     flags.DEFINE_string("name", None, "Model name under the export base (default: the "
@@ -427,12 +440,13 @@ def define_flags():
                         "also answers the `recommend` signature (the whole catalogue -> top K).")
     flags.DEFINE_string("data_dir", None, "With --retrieval_dir: the data whose catalogue and "
                         "statistics the version carries (default: the ranker's training data).")
-    flags.DEFINE_integer("recommend_k", 20, "With --retrieval_dir: items per answer.")
-    flags.DEFINE_integer("recommend_candidates", 200, "With --retrieval_dir: items retrieved "
-                         "and re-ranked per request.")
-    flags.DEFINE_enum("recommend_objective", "purchase", ["click", "purchase", "gmv"],
+    flags.DEFINE_integer("recommend_k", Options.k, "With --retrieval_dir: items per answer.")
+    flags.DEFINE_integer("recommend_candidates", Options.candidates, "With --retrieval_dir: "
+                         "items retrieved and re-ranked per request.")
+    flags.DEFINE_enum("recommend_objective", Options.objective, list(OBJECTIVES),
                       "With --retrieval_dir: what orders the answer.")
-    flags.DEFINE_float("retrieval_weight", 1.0, "With --retrieval_dir: the blend "
+    flags.DEFINE_float("retrieval_weight", Options.retrieval_weight, "With --retrieval_dir: "
+                       "the blend "
                        "log(objective) + weight x retrieval logit (0: the ranker alone).")
 
 

@@ -6,7 +6,7 @@ implements the part of its API and behaviour that clients and deployment scripts
 with the public `tensorflow-serving-api` protos:
 
   PredictionService.Predict / GetModelMetadata, ModelService.GetModelStatus /
-  HandleReloadConfigRequest; optional REST `/v1/models/NAME[/versions/V|/labels/L]:predict`.
+  HandleReloadConfigRequest (off unless --enable_model_config_rpc); optional REST `/v1/models/NAME[/versions/V|/labels/L]:predict`.
 
 Version management as TF Serving does it: the base path of each model is polled for integer
 version folders; the version policy (latest N by default, `all`, or `specific`) decides
@@ -446,7 +446,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, manager: ModelManager):
+    def __init__(self, manager: ModelManager, allow_reload: bool = False):
+        self.allow_reload = bool(allow_reload)
         self.manager = manager
 
     def GetModelStatus(self, request, context):
@@ -457,6 +458,11 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
             _abort(context, e)
 
     def HandleReloadConfigRequest(self, request, context):
+        if not self.allow_reload:
+            _abort(context, ServingError(
+                Code.FAILED_PRECONDITION, "HandleReloadConfigRequest is disabled: any client "
+                "could unload every model or load any path; start the server with "
+                "--enable_model_config_rpc to allow it (and keep the port private)"))
         response = model_management_pb2.ReloadConfigResponse()
         try:
             self.manager.set_config(request.config)
@@ -591,7 +597,7 @@ class Server:
                  config_file=None, file_system_poll_wait_seconds=1.0,
                  model_config_file_poll_wait_seconds=0.0,
                  max_batch_size=DEFAULT_MAX_BATCH_SIZE, threads=8,
-                 max_message_bytes=64 << 20):
+                 max_message_bytes=64 << 20, enable_model_config_rpc=False):
         self.manager = ModelManager(max_batch_size)
         self.config_file = config_file
         self.poll_wait = file_system_poll_wait_seconds
@@ -607,7 +613,7 @@ class Server:
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             PredictionService(self.manager), self.grpc)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-            ModelService(self.manager), self.grpc)
+            ModelService(self.manager, enable_model_config_rpc), self.grpc)
         self.port = self.grpc.add_insecure_port(f"{host}:{port}")
         if not self.port:
             raise OSError(f"cannot bind gRPC to {host}:{port}")
@@ -710,6 +716,10 @@ def define_flags():
                          "larger batch before any work (0: no limit; not for a server that "
                          "untrusted clients reach).")
     flags.DEFINE_integer("grpc_max_threads", 8, "Threads serving requests.")
+    flags.DEFINE_bool("enable_model_config_rpc", False, "Allow ModelService."
+                      "HandleReloadConfigRequest (TF Serving allows it to every client: with "
+                      "it on, anyone who reaches the port can unload the models or load any "
+                      "path; keep the server on loopback or behind a mesh).")
     flags.DEFINE_integer("max_message_bytes", 64 << 20, "gRPC max send/receive message size.")
 
 
@@ -732,7 +742,8 @@ def main(argv):
                         model_config_file_poll_wait_seconds=
                         FLAGS.model_config_file_poll_wait_seconds,
                         max_batch_size=FLAGS.max_batch_size, threads=FLAGS.grpc_max_threads,
-                        max_message_bytes=FLAGS.max_message_bytes)
+                        max_message_bytes=FLAGS.max_message_bytes,
+                        enable_model_config_rpc=FLAGS.enable_model_config_rpc)
     except (ValueError, OSError, ServingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

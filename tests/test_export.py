@@ -307,6 +307,12 @@ def test_rest_predict_and_client_cli(server, v1, expected_v1):
     assert float(rows[0].split()[1]) == pytest.approx(expected_v1["click"][0], abs=1e-4)
 
 
+def _with_nan_price(serialized: bytes) -> bytes:
+    example = tf.train.Example.FromString(serialized)
+    example.features.feature["item_price"].float_list.value[:] = [float("nan")]
+    return example.SerializeToString()
+
+
 def _code(fn):
     with pytest.raises(grpc.RpcError) as e:
         fn()
@@ -360,6 +366,13 @@ def test_bad_requests_get_tf_serving_codes_and_the_server_keeps_answering(
         "ragged history": (request({**one, "hist_price": one["hist_price"][:, :3]}),
                            C.INVALID_ARGUMENT),
         "undecodable example": (request({"examples": np.array([b"\x08not a tf.Example"])},
+                                        signature="predict_examples"), C.INVALID_ARGUMENT),
+        "NaN price": (request({**one, "item_price": np.array([np.nan], np.float32)}),
+                      C.INVALID_ARGUMENT),
+        "infinite history price": (request({**one, "hist_price": np.where(
+            np.arange(one["hist_price"].shape[1]) == 0, np.inf, one["hist_price"]).astype(
+                np.float32)}), C.INVALID_ARGUMENT),
+        "NaN in a tf.Example": (request({"examples": np.array([_with_nan_price(serialized[0])])},
                                         signature="predict_examples"), C.INVALID_ARGUMENT),
         "batch too large": (request(_batch(raw, MAX_BATCH + 1)), C.INVALID_ARGUMENT),
         "declares more rows than it carries": (inflated(one, 20), C.INVALID_ARGUMENT),
@@ -468,3 +481,28 @@ def test_promote_writes_a_models_config_the_server_honours(client, base, example
     _wait_for(lambda: version_of("stable") == 2, timeout=60)
     states = {s["version"]: s["state"] for s in client.status(NAME)}
     assert states[2] == "AVAILABLE"
+
+
+def test_reload_config_rpc_is_off_unless_enabled(client, base, examples):
+    """Any client could unload every model with HandleReloadConfigRequest: the server
+    refuses it by default, and honours it with --enable_model_config_rpc."""
+    from tensorflow_serving.apis import model_management_pb2
+
+    unload_all = model_management_pb2.ReloadConfigRequest()
+    unload_all.config.model_config_list.SetInParent()
+    assert (_code(lambda: client.models.HandleReloadConfigRequest(unload_all))
+            == grpc.StatusCode.FAILED_PRECONDITION)
+    # Still serving (whichever version earlier tests left it on).
+    assert client.predict(NAME, _batch(examples[1], 1))["click"].shape == (1,)
+
+    server = serve.Server(serve.single_model_config(NAME, os.path.join(base, NAME)), port=0,
+                          file_system_poll_wait_seconds=0, enable_model_config_rpc=True)
+    server.start()
+    try:
+        with client_lib.PredictionClient(f"127.0.0.1:{server.port}") as c:
+            assert c.status(NAME)[0]["state"] == "AVAILABLE"
+            assert c.models.HandleReloadConfigRequest(unload_all).status.error_code == 0
+            assert _code(lambda: c.predict(NAME, _batch(examples[1], 1))) in (
+                grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE)
+    finally:
+        server.stop()

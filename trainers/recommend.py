@@ -2,7 +2,7 @@
 they were.
 
     python -m trainers.recommend --retrieval_dir RETRIEVER [--model_dir RANKER] \
-        [--data_dir D] [--split eval] [--k 20] [--candidates 200] \
+        [--data_dir D] [--split eval] [--k 20] [--candidates 50] \
         [--objective purchase] [--repeat_purchases keep] --output recs.csv
 
 One request per (user_id, session_id) of the split, at the session's first event, with
@@ -31,21 +31,24 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
+    from trainers.core.recommend_lib import Options
+
     flags.DEFINE_string("retrieval_dir", None, "model_dir of a two_tower run (required).")
     flags.DEFINE_string("model_dir", None, "model_dir of a multi-task run that re-ranks the "
                         "candidates (absent: the retriever's order).")
     flags.DEFINE_string("data_dir", None, "Contract folder (default: the retriever's data).")
     flags.DEFINE_enum("split", "eval", ["eval", "train"], "Sessions opening in this split.")
-    flags.DEFINE_integer("k", 20, "Items per request.")
-    flags.DEFINE_integer("candidates", 200, "Items retrieved per request for the ranker.")
-    flags.DEFINE_string("objective", "purchase", "click, purchase or gmv "
+    flags.DEFINE_integer("k", Options.k, "Items per request.")
+    flags.DEFINE_integer("candidates", Options.candidates, "Items retrieved per request "
+                         "for the ranker.")
+    flags.DEFINE_string("objective", Options.objective, "click, purchase or gmv "
                         "(p(purchase) x price): the ranker's order.")
-    flags.DEFINE_string("repeat_purchases", "keep", "Items the user bought in the last "
+    flags.DEFINE_string("repeat_purchases", Options.repeat, "Items the user bought in the last "
                         "--repeat_days: keep (as retrieved), filter (never shown) or boost "
                         "(always among the candidates the ranker scores; without a ranker, "
                         "listed first).")
-    flags.DEFINE_float("repeat_days", 30.0, "Window of --repeat_purchases.")
-    flags.DEFINE_float("retrieval_weight", 1.0, "Cascade score = log(ranker's objective) + "
+    flags.DEFINE_float("repeat_days", Options.repeat_days, "Window of --repeat_purchases.")
+    flags.DEFINE_float("retrieval_weight", Options.retrieval_weight, "Cascade score = log(ranker's objective) + "
                        "this x the retriever's logit (0: the ranker's order alone).")
     flags.DEFINE_integer("max_requests", 0, "Use the first N requests of the split (0: all).")
     flags.DEFINE_integer("batch_size", 8192, "(request, candidate) pairs scored per batch.")

@@ -117,6 +117,8 @@ def _bad(path, rows, column, expected, values):
     value = values[row]
     if isinstance(value, pa.Scalar):
         value = value.as_py()
+    elif isinstance(value, np.generic):  # a plain 0.0 in the message, not np.float64(0.0)
+        value = value.item()
     more = f" (and {len(rows) - 1} more rows)" if len(rows) > 1 else ""
     raise ContractError(
         f"{path}: {_line(path, row)}, column '{column}': got {value!r}, "
