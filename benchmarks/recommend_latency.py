@@ -82,7 +82,7 @@ def main():
     from export import (client as client_lib, event_store, recommend_signature, recommender,
                         saved_model, serve)
     from trainers.core import recommend_lib, rundir
-    from zoo.data import contract, prepare as prepare_lib, serving_features
+    from zoo.data import contract, prepare as prepare_lib
 
     ranker, ranker_labels = rundir.load_trained(args.model_dir)
     retriever, retriever_labels = rundir.load_trained(args.retrieval_dir)
@@ -93,11 +93,7 @@ def main():
     users = np.asarray(ev["user_id"].to_numpy(zero_copy_only=False), object)
     order = np.argsort(ev["timestamp"], kind="stable")
     chosen = list(dict.fromkeys(users[order][::-1].tolist()))[:50]
-    cols = ("event_id", "user_id", "session_id", "event", "query", "item_id")
-    text = {c: np.asarray(ev[c].to_numpy(zero_copy_only=False), object) for c in cols}
-    rows = np.flatnonzero(np.isin(users, chosen))
-    events = [{**{c: text[c][r] for c in cols}, "timestamp": int(ev["timestamp"][r]),
-               "quantity": int(ev["quantity"][r])} for r in rows]
+    events = event_store.log_rows(base_tables, chosen)
     at = int(ev["timestamp"].max()) + 1
     results = []
     runs = [(int(s), int(c)) for s in args.sizes.split(",")

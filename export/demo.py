@@ -80,21 +80,13 @@ def recommend_demo(export_base: str, name: str, data_dir: str, k: int = 10,
     import json
     import urllib.request
 
-    import numpy as np
     from export import client as client_lib, event_store, recommender, serve
     from zoo.data import contract, prepare as prepare_lib
 
     tables = contract.read_contract(prepare_lib.resolve_contract_dir(data_dir))
-    ev = tables.events
-    users = np.asarray(ev["user_id"].to_numpy(zero_copy_only=False), object)
-    uniq, counts = np.unique(users, return_counts=True)
-    user = uniq[np.argmax(counts)]
-    rows = np.flatnonzero(users == user)
-    cols = ("event_id", "user_id", "session_id", "event", "query", "item_id")
-    text = {c: np.asarray(ev[c].to_numpy(zero_copy_only=False), object) for c in cols}
-    events = [{**{c: text[c][r] for c in cols}, "timestamp": int(ev["timestamp"][r]),
-               "quantity": int(ev["quantity"][r])} for r in rows]
-    at = int(ev["timestamp"].max()) + 1
+    user = event_store.busiest_user(tables)
+    events = event_store.log_rows(tables, [user])
+    at = int(tables.events["timestamp"].max()) + 1
     with tempfile.TemporaryDirectory() as tmp:
         proc, target = serve.launch(["--model_name", name, "--model_base_path",
                                      os.path.join(export_base, name)],

@@ -77,6 +77,31 @@ def validate(rows, items: dict, where: str = "POST /events") -> list[dict]:
     return out
 
 
+def log_rows(tables: contract.Tables, users) -> list[dict]:
+    """The events of `users` in a log, as the contract rows a shop would post (in log
+    order; `position` only where the log has one)."""
+    ev = tables.events
+    user = np.asarray(ev["user_id"].to_numpy(zero_copy_only=False), object)
+    picked = np.flatnonzero(np.isin(user, np.asarray(list(users), object)))
+    text = {c: np.asarray(ev[c].take(pa.array(picked)).to_numpy(zero_copy_only=False), object)
+            for c in ("event_id", "user_id", "session_id", "event", "query", "item_id")}
+    out = []
+    for j, r in enumerate(picked):
+        row = {c: v[j] for c, v in text.items()}
+        row.update(timestamp=int(ev["timestamp"][r]), quantity=int(ev["quantity"][r]))
+        if ev["position"][r] >= 0:
+            row["position"] = int(ev["position"][r])
+        out.append(row)
+    return out
+
+
+def busiest_user(tables: contract.Tables) -> str:
+    """The user with the most events of a log (ties: the first by id)."""
+    users = np.asarray(tables.events["user_id"].to_numpy(zero_copy_only=False), object)
+    uniq, counts = np.unique(users, return_counts=True)
+    return str(uniq[np.argmax(counts)])
+
+
 def tables_of(rows: list[dict], items: dict) -> contract.Tables:
     """Stored rows (of one or a few users) as a contract.Tables over the catalogue."""
     if rows:

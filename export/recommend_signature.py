@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from export import graph_checks
 from trainers.core import recommend_lib
 from zoo.data import serving_features as sf
 from zoo.data.examples import MISSING
@@ -168,9 +169,7 @@ def build(ranker, retriever, cat: Catalogue, history_length: int, retrieval_hist
 
     @tf.function(input_signature=[input_signature()])
     def recommend(inputs):
-        from export.saved_model import finite
-
-        inputs = finite(inputs)
+        inputs = graph_checks.finite(inputs)
         batch = tf.shape(inputs["user_id"])[0]
         hist = {name: inputs[name] for name in HISTORY_INPUTS}
         length = tf.shape(hist["hist_item_id"])[1]

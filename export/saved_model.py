@@ -37,7 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
 
-from export import layout  # noqa: E402
+from export import graph_checks, layout  # noqa: E402
 from trainers.core import rundir  # noqa: E402
 
 SIGNATURE_RAW = "serving_default"
@@ -71,16 +71,6 @@ def raw_input_signature() -> dict:
             for name, (dtype, rank) in RAW_FEATURES.items()}
 
 
-def finite(inputs: dict) -> dict:
-    """The inputs, with an InvalidArgument naming the field when a number is NaN or
-    infinite (checked in the graph, so stock TF Serving refuses them too)."""
-    import tensorflow as tf
-
-    return {k: tf.debugging.check_numerics(
-        v, f"input {k} must hold finite numbers, not NaN or Inf") if v.dtype.is_floating else v
-        for k, v in inputs.items()}
-
-
 def serving_functions(model, history_length: int):
     """(raw_fn, examples_fn): tf.functions from raw features / serialized examples to outputs."""
     import tensorflow as tf
@@ -88,7 +78,7 @@ def serving_functions(model, history_length: int):
     from zoo.models.features import RAW_FEATURES, TASKS
 
     def forward(raw):
-        raw = finite(raw)
+        raw = graph_checks.finite(raw)
         outputs = model(model.preprocessor(raw), training=False)
         return {k: tf.cast(outputs[k], tf.float32) for k in TASKS}
 

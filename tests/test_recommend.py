@@ -475,16 +475,9 @@ def test_recommender_service_ingests_events_and_answers_over_http(recommend_expo
     base, _ = recommend_export
     tables = contract.read_contract(shop[0])
     ev = tables.events
-    users = np.asarray(ev["user_id"].to_numpy(zero_copy_only=False), object)
-    uniq, counts = np.unique(users, return_counts=True)
-    user = uniq[np.argmax(counts)]
-    rows = np.flatnonzero(users == user)
-    cols = ("event_id", "user_id", "session_id", "event", "query", "item_id")
-    text = {c: np.asarray(ev[c].to_numpy(zero_copy_only=False), object) for c in cols}
-    events = [{**{c: text[c][r] for c in cols}, "timestamp": int(ev["timestamp"][r]),
-               "position": int(ev["position"][r]), "quantity": int(ev["quantity"][r])}
-              for r in rows]
-    events = [{k: v for k, v in e.items() if not (k == "position" and v < 0)} for e in events]
+    user = event_store.busiest_user(tables)
+    events = event_store.log_rows(tables, [user])
+    assert len(events) > 20 and any("position" in e for e in events)
     t_end = int(ev["timestamp"].max()) + 1
 
     log = str(tmp_path / "server.log")
