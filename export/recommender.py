@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -79,7 +80,7 @@ class RecommenderService:
 
         # Events of items no longer in the catalogue (a store older than the export) drop out.
         rows = [r for r in self.store.user_events(user_id) if r["timestamp"] < at
-                and (not r["item_id"] or r["item_id"] in self._row)]
+                and (r["event"] == "search" or r["item_id"] in self._row)]
         if rows and at - rows[-1]["timestamp"] <= self.session_gap:
             session = rows[-1]["session_id"]
         else:
@@ -99,7 +100,8 @@ class RecommenderService:
         catalogue, and its cost then does not grow with the catalogue."""
         import pyarrow as pa
 
-        wanted = sorted({0} | {self._row[r["item_id"]] for r in rows if r["item_id"]})
+        wanted = sorted({0} | {self._row[r["item_id"]] for r in rows
+                               if r["item_id"] in self._row})
         take = pa.array(wanted)
         return {k: (v.take(take) if isinstance(v, pa.Array) else v[wanted])
                 for k, v in self.items.items()}
@@ -186,9 +188,9 @@ def _handler(service: RecommenderService, max_body_bytes: int, request_timeout: 
             try:
                 k = one("k", "10")
                 at = one("at")
-                if not k.lstrip("-").isdigit():
+                if not re.fullmatch(r"-?[0-9]{1,9}", k):
                     raise BadRequest(f"k: got {k!r}, expected an integer >= 1")
-                if at is not None and not at.isdigit():
+                if at is not None and not re.fullmatch(r"[0-9]{1,12}", at):
                     raise BadRequest(f"at: got {at!r}, expected Unix seconds")
                 exclude = [x for x in (one("exclude", "") or "").split(",") if x]
                 answer = service.recommend(one("user_id", ""), one("query", ""), int(k),
@@ -202,9 +204,11 @@ def _handler(service: RecommenderService, max_body_bytes: int, request_timeout: 
 
         def do_POST(self):
             if urllib.parse.urlsplit(self.path).path != "/events":
+                self.close_connection = True  # its body is never read
                 return self._error(404, f"no such path {self.path}; expected POST /events")
             length = self.headers.get("Content-Length")
             if length is None or not length.isdigit():
+                self.close_connection = True  # the body, if any, is never read
                 return self._error(411, "POST /events needs a Content-Length >= 0")
             if int(length) > max_body_bytes:
                 self.close_connection = True

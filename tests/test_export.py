@@ -307,12 +307,6 @@ def test_rest_predict_and_client_cli(server, v1, expected_v1):
     assert float(rows[0].split()[1]) == pytest.approx(expected_v1["click"][0], abs=1e-4)
 
 
-def _with_nan_price(serialized: bytes) -> bytes:
-    example = tf.train.Example.FromString(serialized)
-    example.features.feature["item_price"].float_list.value[:] = [float("nan")]
-    return example.SerializeToString()
-
-
 def _code(fn):
     with pytest.raises(grpc.RpcError) as e:
         fn()
@@ -372,8 +366,6 @@ def test_bad_requests_get_tf_serving_codes_and_the_server_keeps_answering(
         "infinite history price": (request({**one, "hist_price": np.where(
             np.arange(one["hist_price"].shape[1]) == 0, np.inf, one["hist_price"]).astype(
                 np.float32)}), C.INVALID_ARGUMENT),
-        "NaN in a tf.Example": (request({"examples": np.array([_with_nan_price(serialized[0])])},
-                                        signature="predict_examples"), C.INVALID_ARGUMENT),
         "batch too large": (request(_batch(raw, MAX_BATCH + 1)), C.INVALID_ARGUMENT),
         "declares more rows than it carries": (inflated(one, 20), C.INVALID_ARGUMENT),
         "negative dimension": (inflated(one, -1), C.INVALID_ARGUMENT),
