@@ -42,7 +42,10 @@ def decode_json_value(v):
     if isinstance(v, dict):
         if set(v) != {"b64"}:
             raise ValueError(f'an object value must be {{"b64": ...}}, got keys {sorted(v)}')
-        return base64.b64decode(v["b64"])
+        try:
+            return base64.b64decode(v["b64"], validate=True)
+        except (TypeError, ValueError) as e:  # binascii.Error is a ValueError
+            raise ValueError(f'{{"b64": ...}} must hold standard base64 text: {e}') from None
     if isinstance(v, list):
         return [decode_json_value(x) for x in v]
     return v

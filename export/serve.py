@@ -42,12 +42,12 @@ from absl import app, flags, logging  # noqa: E402
 from google.protobuf import text_format  # noqa: E402
 from tensorflow.core.protobuf import saved_model_pb2  # noqa: E402
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,  # noqa: E402
-                                     model_management_pb2, model_service_pb2_grpc,
-                                     predict_pb2, prediction_log_pb2,
-                                     prediction_service_pb2_grpc)
+                                     model_management_pb2, model_service_pb2,
+                                     model_service_pb2_grpc, predict_pb2, prediction_log_pb2,
+                                     prediction_service_pb2, prediction_service_pb2_grpc)
 from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
 
-from export import layout  # noqa: E402
+from export import layout, serving_config  # noqa: E402
 
 Code = grpc.StatusCode
 State = get_model_status_pb2.ModelVersionStatus.State
@@ -170,7 +170,15 @@ class Servable:
         try:
             serialized = run(protos).numpy()
         except tf.errors.OpError as e:  # e.g. an undecodable tf.Example, a malformed tensor
-            raise ServingError(_grpc_code(e.error_code), e.message) from None
+            raise ServingError(_grpc_code(e.error_code), _op_message(e.message)) from None
+        except UnicodeDecodeError:
+            # TensorFlow 2.21 sometimes raises a status whose message is not UTF-8 (seen for
+            # the finite-input Assert inside predict_examples after tf.Example parsing; the
+            # "defined at" part holds stray bytes). The status code is lost before Python
+            # sees it; the graph refused the input, which is what an Assert is there for.
+            raise ServingError(Code.INVALID_ARGUMENT, "the model refused the input (its "
+                               "checks failed; TensorFlow's error text could not be "
+                               "decoded)") from None
         response = predict_pb2.PredictResponse()
         response.model_spec.name = self.name
         response.model_spec.version.value = self.version
@@ -194,11 +202,71 @@ class Servable:
             self.cond.wait_for(lambda: self.inflight == 0)
 
 
+def _op_message(message: str) -> str:
+    """A graph check's own words ("input item_price must hold finite numbers ...") rather
+    than TensorFlow's "Graph execution error" with node names."""
+    m = re.search(r"assertion failed: \[(.*?)\]", message)
+    return m.group(1) if m else message
+
+
 def _grpc_code(tf_code: int):
     for code in grpc.StatusCode:
         if code.value[0] == tf_code:
             return code
     return Code.INTERNAL
+
+
+# --- monitoring ----------------------------------------------------------------------------------
+# TF Serving's request latency buckets (microseconds): 10 us x 1.8^i, 33 of them.
+LATENCY_BUCKETS_US = tuple(10.0 * 1.8 ** i for i in range(33))
+
+
+class Metrics:
+    """TF Serving's Prometheus metrics, under its names (`prometheus_client`): requests by
+    model, entry point and status, their latency, and load attempts. Always recorded (a few
+    microseconds per request); exposed on the REST port when --monitoring_config_file
+    enables Prometheus."""
+
+    def __init__(self):
+        import prometheus_client as prom
+
+        self.registry = prom.CollectorRegistry()
+        self.requests = prom.Counter(
+            ":tensorflow:serving:request_count", "Predict requests by model, entry point and "
+            "status.", ["model_name", "entrypoint", "status"], registry=self.registry)
+        self.latency = prom.Histogram(
+            ":tensorflow:serving:request_latency", "Predict latency in microseconds, from "
+            "the request's arrival to its answer.", ["model_name", "entrypoint", "API"],
+            buckets=LATENCY_BUCKETS_US, registry=self.registry)
+        self.loads = prom.Counter(
+            ":tensorflow:cc:saved_model:load_attempt_count", "SavedModel load attempts by "
+            "model and outcome.", ["model_name", "status"], registry=self.registry)
+
+    @contextlib.contextmanager
+    def request(self, model_name: str, entrypoint: str):
+        """`with metrics.request(name, "GRPC") as outcome:` append a status code to
+        `outcome` on failure; nothing appended counts as OK."""
+        outcome: list = []
+        t0 = time.perf_counter()
+        try:
+            yield outcome
+        except BaseException:
+            if not outcome:
+                outcome.append(Code.INTERNAL)
+            raise
+        finally:
+            status = outcome[0].name if outcome else "OK"
+            self.requests.labels(model_name, entrypoint, status).inc()
+            self.latency.labels(model_name, entrypoint, "predict").observe(
+                (time.perf_counter() - t0) * 1e6)
+
+    def load_attempt(self, model_name: str, status: str) -> None:
+        self.loads.labels(model_name, status).inc()
+
+    def exposition(self) -> tuple[bytes, str]:
+        import prometheus_client as prom
+
+        return prom.generate_latest(self.registry), prom.CONTENT_TYPE_LATEST
 
 
 # --- the versions of one model -----------------------------------------------------------------
@@ -209,7 +277,9 @@ class Model:
         self.config = config
         self.available: dict[int, Servable] = {}
         self.status: dict[int, tuple[int, int, str]] = {}  # version -> (state, code, message)
-        self.failed_paths: set[str] = set()
+        # path -> (failed attempts, earliest next attempt): a version folder still being
+        # copied fails at first; TF Serving retries it (--max_num_load_retries).
+        self.load_failures: dict[str, tuple[int, float]] = {}
 
     @property
     def name(self) -> str:
@@ -261,8 +331,13 @@ def _check_carried(name: str, proto) -> None:
 class ModelManager:
     """Loads, warms, serves and unloads versions of every configured model."""
 
-    def __init__(self, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE):
+    def __init__(self, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+                 max_num_load_retries: int = 5, load_retry_interval: float = 60.0,
+                 metrics=None):
         self.max_batch_size = max_batch_size
+        self.max_num_load_retries = max(int(max_num_load_retries), 0)
+        self.load_retry_interval = max(float(load_retry_interval), 0.0)
+        self.metrics = metrics or Metrics()
         self.models: dict[str, Model] = {}
         self.lock = threading.RLock()
         self.poll_lock = threading.Lock()
@@ -302,7 +377,8 @@ class ModelManager:
                 on_disk = m.on_disk()
                 wanted = m.wanted(on_disk)
                 for v in sorted(wanted - set(m.available)):
-                    if on_disk[v] not in m.failed_paths:
+                    attempts, next_at = m.load_failures.get(on_disk[v], (0, 0.0))
+                    if attempts <= self.max_num_load_retries and time.time() >= next_at:
                         self._load(m, v, on_disk[v])
                 # Availability preserving: unload what the policy dropped only after loads,
                 # and keep the newest old version while no wanted one is available (e.g. the
@@ -321,12 +397,25 @@ class ModelManager:
             servable = Servable(m.name, version, path)
             n = servable.warmup(self.max_batch_size)
         except Exception as e:  # a bad version is reported, never served, never fatal
-            m.failed_paths.add(path)
+            attempts = m.load_failures.get(path, (0, 0.0))[0] + 1
+            m.load_failures[path] = (attempts, time.time() + self.load_retry_interval)
             code = e.code if isinstance(e, ServingError) else Code.UNKNOWN
-            m.status[version] = (State.END, code.value[0], f"{type(e).__name__}: {e}")
+            message = f"{type(e).__name__}: {e}"
+            self.metrics.load_attempt(m.name, "FAILED")
+            if attempts <= self.max_num_load_retries:  # still LOADING: it will be retried
+                m.status[version] = (State.LOADING, 0, f"attempt {attempts} of "
+                                     f"{self.max_num_load_retries + 1} failed, retrying in "
+                                     f"{self.load_retry_interval:g} s: {message}")
+                logging.warning("Failed to load servable {name: %s version: %d} (attempt %d "
+                                "of %d; retrying in %g s): %s", m.name, version, attempts,
+                                self.max_num_load_retries + 1, self.load_retry_interval, e)
+                return
+            m.status[version] = (State.END, code.value[0], message)
             logging.error("Failed to load servable {name: %s version: %d}: %s",
                           m.name, version, e)
             return
+        m.load_failures.pop(path, None)
+        self.metrics.load_attempt(m.name, "OK")
         with self.lock:
             m.available[version] = servable
             m.status[version] = (State.AVAILABLE, 0, "")
@@ -379,6 +468,23 @@ class ModelManager:
         finally:
             servable.end()
 
+    def metadata(self, spec, fields) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        """GetModelMetadata's answer (signature_def only, as TF Serving's for SavedModels)."""
+        unsupported = [f for f in fields if f != "signature_def"]
+        if unsupported or not fields:
+            raise ServingError(Code.INVALID_ARGUMENT, "Metadata field(s) "
+                               f"{unsupported or '(none)'} not supported; ask for "
+                               "signature_def")
+        with self.acquire(spec) as servable:
+            response = get_model_metadata_pb2.GetModelMetadataResponse()
+            response.model_spec.name = servable.name
+            response.model_spec.version.value = servable.version
+            defs = get_model_metadata_pb2.SignatureDefMap()
+            for k, v in servable.signature_defs.items():
+                defs.signature_def[k].CopyFrom(v)
+            response.metadata["signature_def"].Pack(defs)
+            return response
+
     def model_status(self, spec) -> list:
         with self.lock:
             m = self.models.get(spec.name)
@@ -410,31 +516,21 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.manager = manager
 
     def Predict(self, request, context):
-        try:
-            with self.manager.acquire(request.model_spec) as servable:
-                return servable.predict(request, self.manager.max_batch_size)
-        except ServingError as e:
-            _abort(context, e)
-        except Exception as e:  # never let a request kill the server
-            logging.exception("Predict failed")
-            _abort(context, ServingError(Code.INTERNAL, f"{type(e).__name__}: {e}"))
+        with self.manager.metrics.request(request.model_spec.name, "GRPC") as outcome:
+            try:
+                with self.manager.acquire(request.model_spec) as servable:
+                    return servable.predict(request, self.manager.max_batch_size)
+            except ServingError as e:
+                outcome.append(e.code)
+                _abort(context, e)
+            except Exception as e:  # never let a request kill the server
+                logging.exception("Predict failed")
+                outcome.append(Code.INTERNAL)
+                _abort(context, ServingError(Code.INTERNAL, f"{type(e).__name__}: {e}"))
 
     def GetModelMetadata(self, request, context):
         try:
-            unsupported = [f for f in request.metadata_field if f != "signature_def"]
-            if unsupported or not request.metadata_field:
-                raise ServingError(Code.INVALID_ARGUMENT, "Metadata field(s) "
-                                   f"{unsupported or '(none)'} not supported; ask for "
-                                   "signature_def")
-            with self.manager.acquire(request.model_spec) as servable:
-                response = get_model_metadata_pb2.GetModelMetadataResponse()
-                response.model_spec.name = servable.name
-                response.model_spec.version.value = servable.version
-                defs = get_model_metadata_pb2.SignatureDefMap()
-                for k, v in servable.signature_defs.items():
-                    defs.signature_def[k].CopyFrom(v)
-                response.metadata["signature_def"].Pack(defs)
-                return response
+            return self.manager.metadata(request.model_spec, request.metadata_field)
         except ServingError as e:
             _abort(context, e)
 
@@ -473,17 +569,94 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return response
 
 
-# --- REST (TF Serving's /v1/models API, the predict and status calls) ---------------------------
-REST_PATH = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?(?::(\w+))?$")
+def add_service(server, servicer, service) -> None:
+    """Registers `servicer`'s methods of `service` (a ServiceDescriptor), parsing requests
+    itself: bytes that do not decode as the method's request are INVALID_ARGUMENT, as TF
+    Serving answers (grpcio's generated registration answers INTERNAL)."""
+    from google.protobuf import message, message_factory
+
+    handlers = {}
+    for method in service.methods:
+        request_cls = message_factory.GetMessageClass(method.input_type)
+
+        def handle(raw, context, fn=getattr(servicer, method.name), request_cls=request_cls):
+            request = request_cls()
+            try:
+                request.ParseFromString(raw)
+            except message.DecodeError as e:
+                context.abort(Code.INVALID_ARGUMENT, f"the request does not decode as a "
+                              f"{request_cls.DESCRIPTOR.full_name}: {e}")
+            return fn(request, context)
+
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            handle, response_serializer=lambda m: m.SerializeToString())
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),))
 
 
-def rest_handler(manager: ModelManager):
+# --- REST (TF Serving's /v1/models API: predict, status, metadata; Prometheus metrics) --------
+REST_PATH = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?"
+                       r"(?::(\w+)|/(metadata))?$")
+
+
+class RestLimits:
+    """What one REST request may cost before any work: its body size (the gRPC message
+    limit, --max_message_bytes), the time to send it (--rest_api_timeout_in_ms: a client
+    that promises a body and stalls is cut off), and the connections served at once
+    (--rest_api_num_threads; more wait in the listen backlog)."""
+
+    def __init__(self, max_body_bytes: int = 64 << 20, timeout: float = 30.0,
+                 num_threads: int = 16):
+        self.max_body_bytes = int(max_body_bytes)
+        self.timeout = float(timeout)
+        self.num_threads = max(int(num_threads), 1)
+
+
+class RestServer(http_server.ThreadingHTTPServer):
+    """ThreadingHTTPServer with at most `num_threads` connections handled at once."""
+
+    daemon_threads = True
+
+    def __init__(self, address, handler, num_threads: int):
+        self._slots = threading.BoundedSemaphore(num_threads)
+        super().__init__(address, handler)
+
+    def process_request(self, request, client_address):
+        self._slots.acquire()
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+class _HttpError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def rest_handler(manager: ModelManager, limits: RestLimits | None = None,
+                 prometheus_path: str | None = None):
+    limits = limits or RestLimits()
+
     class Handler(http_server.BaseHTTPRequestHandler):
-        def _reply(self, code: int, body: dict):
-            data = json.dumps(body).encode()
+        timeout = limits.timeout  # per socket operation, headers included
+
+        def _reply(self, code: int, body: dict | bytes, content_type="application/json"):
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
             self.send_response(code)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
+            if code >= 400 and code not in (400, 404):
+                self.send_header("Connection", "close")
+                self.close_connection = True
             self.end_headers()
             self.wfile.write(data)
 
@@ -497,16 +670,57 @@ def rest_handler(manager: ModelManager):
                 spec.version.value = int(m.group(2))
             elif m.group(3):
                 spec.version_label = m.group(3)
-            return spec, m.group(4)
+            return spec, m.group(4), bool(m.group(5))
 
         def _error(self, e: ServingError):
             self._reply(_HTTP.get(e.code, 500), {"error": e.message})
 
+        def _body(self) -> dict:
+            """The JSON body, bounded in size and time before it is read."""
+            length = self.headers.get("Content-Length")
+            if length is None:
+                raise _HttpError(411, "a Content-Length header is required")
+            if not length.strip().isdigit():
+                raise _HttpError(400, f"Content-Length must be a non-negative integer, "
+                                 f"got {length!r}")
+            n = int(length)
+            if n > limits.max_body_bytes:
+                raise _HttpError(413, f"the body ({n:,} bytes) is larger than the limit "
+                                 f"({limits.max_body_bytes:,} bytes, --max_message_bytes)")
+            deadline = time.monotonic() + limits.timeout
+            chunks, left = [], n
+            while left:
+                try:
+                    chunk = self.rfile.read(min(left, 1 << 16))
+                except TimeoutError:  # socket.timeout: one read waited the whole limit
+                    chunk = None
+                if chunk is None or time.monotonic() > deadline:
+                    raise _HttpError(408, f"the body was not received within "
+                                     f"{limits.timeout:g} s (--rest_api_timeout_in_ms)")
+                if not chunk:
+                    raise _HttpError(400, f"the body ended after {n - left:,} of {n:,} bytes")
+                chunks.append(chunk)
+                left -= len(chunk)
+            try:
+                return json.loads(b"".join(chunks))
+            except (ValueError, TypeError) as e:
+                raise ServingError(Code.INVALID_ARGUMENT, f"JSON parse error: {e}") from None
+            except RecursionError:
+                raise ServingError(Code.INVALID_ARGUMENT, "JSON parse error: the body nests "
+                                   "too deeply") from None
+
         def do_GET(self):
             try:
-                spec, verb = self._spec()
+                if prometheus_path and self.path.split("?")[0] == prometheus_path:
+                    data, content_type = manager.metrics.exposition()
+                    self._reply(200, data, content_type)
+                    return
+                spec, verb, metadata = self._spec()
                 if verb is not None:
                     raise ServingError(Code.NOT_FOUND, f"Malformed request: {self.path}")
+                if metadata:
+                    self._reply(200, metadata_json(manager.metadata(spec, ["signature_def"])))
+                    return
                 statuses = manager.model_status(spec)
                 self._reply(200, {"model_version_status": [
                     {"version": str(s.version), "state": State.Name(s.state),
@@ -515,36 +729,62 @@ def rest_handler(manager: ModelManager):
                     for s in statuses]})
             except ServingError as e:
                 self._error(e)
+            except Exception as e:
+                logging.exception("REST GET failed")
+                self._error(ServingError(Code.INTERNAL, f"{type(e).__name__}: {e}"))
 
         def do_POST(self):
             try:
-                spec, verb = self._spec()
-                if verb != "predict":
-                    raise ServingError(Code.UNIMPLEMENTED, f"only :predict is served, got {verb}")
-                try:
-                    body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                except (ValueError, TypeError) as e:
-                    raise ServingError(Code.INVALID_ARGUMENT, f"JSON parse error: {e}") from None
-                with manager.acquire(spec) as servable:
-                    request, row_format = rest_to_request(body, spec, servable)
-                    response = servable.predict(request, manager.max_batch_size)
-                outputs = {k: tf.make_ndarray(v).tolist() for k, v in response.outputs.items()}
-                if row_format:
-                    n = len(next(iter(outputs.values())))
-                    self._reply(200, {"predictions": [{k: v[i] for k, v in outputs.items()}
-                                                      for i in range(n)]})
-                else:
-                    self._reply(200, {"outputs": outputs})
+                spec, verb, metadata = self._spec()
             except ServingError as e:
+                self.close_connection = True  # the body is not read
                 self._error(e)
-            except Exception as e:
-                logging.exception("REST predict failed")
-                self._error(ServingError(Code.INTERNAL, f"{type(e).__name__}: {e}"))
+                return
+            with manager.metrics.request(spec.name, "REST") as outcome:
+                try:
+                    if verb != "predict" or metadata:
+                        raise ServingError(Code.UNIMPLEMENTED,
+                                           f"only :predict is served, got {verb}")
+                    body = self._body()
+                    with manager.acquire(spec) as servable:
+                        request, row_format = rest_to_request(body, spec, servable)
+                        response = servable.predict(request, manager.max_batch_size)
+                    outputs = {k: tf.make_ndarray(v).tolist()
+                               for k, v in response.outputs.items()}
+                    if row_format:
+                        n = len(next(iter(outputs.values())))
+                        self._reply(200, {"predictions": [{k: v[i] for k, v in outputs.items()}
+                                                          for i in range(n)]})
+                    else:
+                        self._reply(200, {"outputs": outputs})
+                except _HttpError as e:
+                    outcome.append(Code.INVALID_ARGUMENT)
+                    self.close_connection = True  # what is left of the body is not read
+                    self._reply(e.status, {"error": e.message})
+                except ServingError as e:
+                    outcome.append(e.code)
+                    self._error(e)
+                except Exception as e:
+                    outcome.append(Code.INTERNAL)
+                    logging.exception("REST predict failed")
+                    self._error(ServingError(Code.INTERNAL, f"{type(e).__name__}: {e}"))
 
         def log_message(self, *args):  # quiet; gRPC and REST log loads only
             pass
 
     return Handler
+
+
+def metadata_json(response) -> dict:
+    """GetModelMetadataResponse -> TF Serving's REST metadata body."""
+    from google.protobuf import json_format
+
+    defs = get_model_metadata_pb2.SignatureDefMap()
+    response.metadata["signature_def"].Unpack(defs)
+    return {"model_spec": {"name": response.model_spec.name, "signature_name": "",
+                           "version": str(response.model_spec.version.value)},
+            "metadata": {"signature_def": json_format.MessageToDict(
+                defs, preserving_proto_field_name=True)}}
 
 
 _HTTP = {Code.INVALID_ARGUMENT: 400, Code.NOT_FOUND: 404, Code.FAILED_PRECONDITION: 400,
@@ -597,8 +837,14 @@ class Server:
                  config_file=None, file_system_poll_wait_seconds=1.0,
                  model_config_file_poll_wait_seconds=0.0,
                  max_batch_size=DEFAULT_MAX_BATCH_SIZE, threads=8,
-                 max_message_bytes=64 << 20, enable_model_config_rpc=False):
-        self.manager = ModelManager(max_batch_size)
+                 max_message_bytes=64 << 20, enable_model_config_rpc=False,
+                 max_num_load_retries=5, load_retry_interval=60.0, rest_limits=None,
+                 prometheus_path=None):
+        if prometheus_path and not rest_api_port:
+            raise ValueError("--monitoring_config_file enables Prometheus, which is served on "
+                             "the REST port: give --rest_api_port")
+        self.manager = ModelManager(max_batch_size, max_num_load_retries=max_num_load_retries,
+                                    load_retry_interval=load_retry_interval)
         self.config_file = config_file
         self.poll_wait = file_system_poll_wait_seconds
         self.config_wait = model_config_file_poll_wait_seconds
@@ -610,19 +856,20 @@ class Server:
                    ("grpc.max_receive_message_length", max_message_bytes)]
         self.grpc = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=threads),
                                 options=options)
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionService(self.manager), self.grpc)
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-            ModelService(self.manager, enable_model_config_rpc), self.grpc)
+        add_service(self.grpc, PredictionService(self.manager),
+                    prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"])
+        add_service(self.grpc, ModelService(self.manager, enable_model_config_rpc),
+                    model_service_pb2.DESCRIPTOR.services_by_name["ModelService"])
         self.port = self.grpc.add_insecure_port(f"{host}:{port}")
         if not self.port:
             raise OSError(f"cannot bind gRPC to {host}:{port}")
         self.host = host
         self.rest = None
         if rest_api_port:
-            self.rest = http_server.ThreadingHTTPServer((host, rest_api_port),
-                                                        rest_handler(self.manager))
-            self.rest.daemon_threads = True
+            limits = rest_limits or RestLimits(max_body_bytes=max_message_bytes)
+            self.rest = RestServer((host, rest_api_port),
+                                   rest_handler(self.manager, limits, prometheus_path),
+                                   limits.num_threads)
         self.threads = []
 
     def start(self):
@@ -720,7 +967,18 @@ def define_flags():
                       "HandleReloadConfigRequest (TF Serving allows it to every client: with "
                       "it on, anyone who reaches the port can unload the models or load any "
                       "path; keep the server on loopback or behind a mesh).")
-    flags.DEFINE_integer("max_message_bytes", 64 << 20, "gRPC max send/receive message size.")
+    flags.DEFINE_integer("max_message_bytes", 64 << 20, "gRPC max send/receive message size, "
+                         "and the largest REST body.")
+    flags.DEFINE_integer("max_num_load_retries", 5, "Retries of a version that failed to "
+                         "load (e.g. still being copied) before it is reported END.")
+    flags.DEFINE_integer("load_retry_interval_micros", 60 * 1000 * 1000,
+                         "Wait between load retries.")
+    flags.DEFINE_integer("rest_api_timeout_in_ms", 30000, "Time a REST client has to send "
+                         "its request (per read, and for the whole body).")
+    flags.DEFINE_integer("rest_api_num_threads", 16, "REST connections handled at once.")
+    flags.DEFINE_string("monitoring_config_file", None, "MonitoringConfig text proto; with "
+                        "prometheus_config { enable: true } the metrics are served on the "
+                        "REST port at its path (default /monitoring/prometheus/metrics).")
 
 
 def main(argv):
@@ -736,6 +994,14 @@ def main(argv):
             print("error: give --model_base_path (and --model_name) or --model_config_file",
                   file=sys.stderr)
             return 2
+        for name in ("max_num_load_retries", "load_retry_interval_micros",
+                     "rest_api_timeout_in_ms", "rest_api_num_threads", "max_message_bytes"):
+            if getattr(FLAGS, name) < (1 if name in ("rest_api_timeout_in_ms",
+                                                     "rest_api_num_threads",
+                                                     "max_message_bytes") else 0):
+                raise ValueError(f"--{name} must be positive, got {getattr(FLAGS, name)}")
+        prometheus = (serving_config.prometheus_path(FLAGS.monitoring_config_file)
+                      if FLAGS.monitoring_config_file else None)
         server = Server(config, host=FLAGS.host, port=FLAGS.port,
                         rest_api_port=FLAGS.rest_api_port, config_file=FLAGS.model_config_file,
                         file_system_poll_wait_seconds=FLAGS.file_system_poll_wait_seconds,
@@ -743,7 +1009,13 @@ def main(argv):
                         FLAGS.model_config_file_poll_wait_seconds,
                         max_batch_size=FLAGS.max_batch_size, threads=FLAGS.grpc_max_threads,
                         max_message_bytes=FLAGS.max_message_bytes,
-                        enable_model_config_rpc=FLAGS.enable_model_config_rpc)
+                        enable_model_config_rpc=FLAGS.enable_model_config_rpc,
+                        max_num_load_retries=FLAGS.max_num_load_retries,
+                        load_retry_interval=FLAGS.load_retry_interval_micros / 1e6,
+                        rest_limits=RestLimits(FLAGS.max_message_bytes,
+                                               FLAGS.rest_api_timeout_in_ms / 1e3,
+                                               FLAGS.rest_api_num_threads),
+                        prometheus_path=prometheus)
     except (ValueError, OSError, ServingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -751,6 +1023,9 @@ def main(argv):
     print(f"Running gRPC ModelServer at {server.host}:{server.port} ...", flush=True)
     if server.rest:
         print(f"Exporting HTTP/REST API at:{server.host}:{FLAGS.rest_api_port} ...", flush=True)
+    if prometheus:
+        print(f"Prometheus metrics at http://{server.host}:{FLAGS.rest_api_port}{prometheus}",
+              flush=True)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())

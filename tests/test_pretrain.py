@@ -288,3 +288,54 @@ def test_mask_candidate_hides_the_candidate_from_pre_training():
     # other next-event logits.
     back = {**x, **{k: shown[k] for k in pretrainer_lib.CANDIDATE_FIELDS if k in shown}}
     assert np.abs(net(x)["next_item"].numpy() - net(back)["next_item"].numpy()).max() > 1e-4
+
+
+def test_the_pre_trained_encoder_initialises_the_retriever(pretrained, shop, tmp_path):
+    """`--model two_tower --init_checkpoint P`: the towers start from the encoder's tables and
+    layer (equal values right after the build), the run trains and records its parent; an
+    encoder of another width is a clear error before any step."""
+    from trainers import multitask
+    from trainers.core import retrieval_task
+    from zoo.models.testing import random_raw_batch, split_labels
+    import zoo
+
+    pre_config, _ = pretrained
+    with open(os.path.join(pre_config.model_dir, "vocabulary.json")) as f:
+        vocab = json.load(f)
+    raw, _ = split_labels(random_raw_batch(batch_size=4, history_length=16, seed=1))
+    encoder = retrieval_task.pretrained_encoder(pre_config.model_dir, raw)
+    retriever = zoo.get("two_tower", "tiny", vocabulary=vocab)
+    retriever(retriever.preprocess(raw))
+    before = np.array(retriever.backbone.item_embedding.embeddings.numpy())
+    copied = retriever.initialise_from_encoder(encoder, vocab)
+    assert {"item_embedding", "word_embedding", "transformer_layer_0"} <= set(copied)
+    for name in ("item_embedding", "category_embedding", "word_embedding"):
+        np.testing.assert_array_equal(
+            getattr(retriever.backbone, name).embeddings.numpy(),
+            getattr(encoder.embeddings, name).embeddings.numpy(), err_msg=name)
+    assert not np.array_equal(before, retriever.backbone.item_embedding.embeddings.numpy())
+    for a, b in zip(retriever.backbone.encoder_layers[0].weights,
+                    encoder.transformer_layers[0].weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    other = dict(vocab, item_id=vocab["item_id"][::-1])
+    with pytest.raises(ValueError, match="'item_id'"):
+        retriever.initialise_from_encoder(encoder, other)
+    wide = zoo.get("two_tower", "tiny", vocabulary=vocab, hidden_dim=48)
+    wide(wide.preprocess(raw))
+    with pytest.raises(ValueError, match="hidden_dim=32"):
+        wide.initialise_from_encoder(encoder, vocab)
+
+    data, tfds_dir = shop
+    config = config_lib.TrainConfig(
+        data_dir=data, tfds_dir=tfds_dir, label_config=LABEL_CFG, preset="tiny",
+        model="two_tower", model_dir=str(tmp_path / "tt"), steps=20, batch_size=64,
+        init_checkpoint=pre_config.model_dir, checkpoint_every=1000, verbose=False)
+    result = multitask.run(config)
+    assert result["step"] == 20 and 0.0 <= result["metrics"]["recall@200"] <= 1.0
+    with open(os.path.join(config.model_dir, "run_spec.json")) as f:
+        assert json.load(f)["init_checkpoint"] == pre_config.model_dir
+    bad = dataclasses.replace(config, model_dir=str(tmp_path / "bad"),
+                              init_checkpoint=str(tmp_path))
+    with pytest.raises(ValueError, match="trainers.pretrain run"):
+        multitask.run(bad)
+    assert not os.path.exists(bad.model_dir)

@@ -34,10 +34,13 @@ class RetrievalTask(base_task.Task):
     def run_spec(self, config, model_config):
         from zoo.data.ecom_events import EXAMPLES_VERSION
 
-        return {"model": config.model, "preset": config.preset, "model_config": model_config,
+        spec = {"model": config.model, "preset": config.preset, "model_config": model_config,
                 "label_config": dataclasses.asdict(config.label_config),
                 "examples_version": EXAMPLES_VERSION, "task": self.name,
                 "labels_fraction": config.labels_fraction}
+        if config.init_checkpoint:
+            spec["init_checkpoint"] = config.init_checkpoint
+        return spec
 
     def task_weights(self, config) -> dict:
         """One loss: --task_weights means nothing here unless it names "retrieval"."""
@@ -52,9 +55,11 @@ class RetrievalTask(base_task.Task):
             raise ValueError(f"model {config.model!r} is not exported for TF Serving yet: "
                              "drop --export_base (python -m trainers.recommend uses the "
                              "model_dir)")
-        if config.init_checkpoint or config.lora_rank or config.freeze_encoder:
-            raise ValueError(f"model {config.model!r} trains from scratch: --init_checkpoint, "
-                             "--lora_rank and --freeze_encoder are for the multi-task rankers")
+        if config.lora_rank or config.freeze_encoder:
+            raise ValueError(f"model {config.model!r} trains whole: --lora_rank and "
+                             "--freeze_encoder are for the multi-task rankers")
+        if config.init_checkpoint:
+            pretrained_config(config.init_checkpoint)  # a clear error before any work
 
     def num_training_examples(self, run) -> int:
         """The clicked training impressions (of the labelled fraction)."""
@@ -83,6 +88,12 @@ class RetrievalTask(base_task.Task):
         model = zoo.get(run.config.model, run.config.preset, vocabulary=run.vocabulary,
                         **run.config.model_overrides)
         model(model.preprocess(evaluation.raw_features(run.sample)))
+        if run.config.init_checkpoint:
+            copied = model.initialise_from_encoder(
+                pretrained_encoder(run.config.init_checkpoint, run.sample),
+                rundir.read_vocabulary(run.config.init_checkpoint))
+            if run.config.verbose:
+                print(f"initialised from {run.config.init_checkpoint}: {', '.join(copied)}")
         run.model = model
         return model
 
@@ -185,6 +196,37 @@ class RetrievalTask(base_task.Task):
 
     def save(self, run, result):
         rundir.save_trained(run, run.model, task=self.name)
+
+
+def pretrained_config(model_dir: str) -> dict:
+    """The pretrain_config.json of a finished `trainers.pretrain` run (clear errors)."""
+    import json
+    import os
+
+    from trainers.core.pretrain_task import encoder_path
+
+    path = os.path.join(model_dir, "pretrain_config.json")
+    if not os.path.exists(path) or not os.path.exists(encoder_path(model_dir) + ".index"):
+        raise ValueError(f"--init_checkpoint {model_dir}: expected a finished "
+                         "python -m trainers.pretrain run (pretrain_config.json and "
+                         "encoder/encoder.index)")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def pretrained_encoder(model_dir: str, sample: dict):
+    """The pre-trained `bert_mtl` backbone of a `trainers.pretrain` run, weights loaded."""
+    import zoo
+    from trainers.core.multitask_task import init_encoder
+
+    config = pretrained_config(model_dir)
+    vocabulary = rundir.read_vocabulary(model_dir)
+    model = zoo.get(config["model"], config["preset"], vocabulary=vocabulary,
+                    num_price_ranges=config["label_config"]["num_price_ranges"],
+                    **config.get("model_overrides", {}))
+    model(model.preprocessor(evaluation.raw_features(sample)))
+    init_encoder(model, model_dir)
+    return model.backbone
 
 
 def catalogue_embeddings(model, catalogue: dict, batch_size: int = 4096):

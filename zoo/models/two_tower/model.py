@@ -38,6 +38,13 @@ QUERY_INPUTS = ("query_tokens", "hist_item_index", "hist_category_index", "hist_
                 "hist_event_index", "hist_price_bucket", "hist_gap_bucket", "hist_mask")
 # Floor of an item's sampling probability (items never clicked in training, OOV rows).
 MIN_SAMPLING_PROBABILITY = 1e-7
+# The tables a pre-trained `bert_mtl` encoder shares with the towers (same names in its
+# `EventSequenceEmbedding`), each with the vocabulary list that orders its rows (None: a
+# fixed index: event types, time-gap buckets).
+SHARED_TABLES = {"word_embedding": "wordpiece", "item_embedding": "item_id",
+                 "category_embedding": "category", "brand_embedding": "brand",
+                 "price_embedding": "price_edges", "event_embedding": None,
+                 "gap_embedding": None, "user_embedding": "user_id"}
 
 
 @keras.saving.register_keras_serializable(package="ecom_zoo")
@@ -232,6 +239,40 @@ class TwoTowerRetriever(keras_hub.models.Task):
                              f"(one per item lookup index), got {values.shape}")
         table.assign(values)
 
+    def initialise_from_encoder(self, encoder, encoder_vocabulary: dict) -> list[str]:
+        """Starts the towers from a pre-trained `bert_mtl` backbone (`trainers.pretrain`):
+        its id, word, price, event and gap tables, its embedding LayerNorm and its first
+        transformer layers (as many as this backbone has). Pre-training learned those
+        tables from masked and next-event prediction over the whole log; the retriever
+        reads the same events. Rows must mean the same ids, so the vocabularies that order
+        them must be equal; widths must be equal. Returns the names of what was copied."""
+        mine = self.backbone
+        theirs = encoder.embeddings
+        vocabulary = self.vocabulary or {}
+        if theirs.hidden_dim != mine.hidden_dim:
+            raise ValueError(
+                f"the pre-trained encoder is {theirs.hidden_dim} wide and this retriever "
+                f"{mine.hidden_dim}: pass --model_override hidden_dim={theirs.hidden_dim} "
+                "(and the encoder's num_heads and intermediate_dim)")
+        copied = []
+        for name, key in SHARED_TABLES.items():
+            target, source = getattr(mine, name, None), getattr(theirs, name, None)
+            if target is None or source is None:
+                continue
+            if key is not None and vocabulary.get(key) != encoder_vocabulary.get(key):
+                raise ValueError(
+                    f"the pre-trained encoder's vocabulary differs from this run's in "
+                    f"{key!r}: pre-train on the same --data_dir with the same preset")
+            _copy_weights(source, target, name)
+            copied.append(name)
+        _copy_weights(theirs.layer_norm, mine.layer_norm, "embeddings_layer_norm")
+        copied.append("embeddings_layer_norm")
+        for i, (source, target) in enumerate(zip(encoder.transformer_layers,
+                                                 mine.encoder_layers)):
+            _copy_weights(source, target, f"transformer_layer_{i}")
+            copied.append(f"transformer_layer_{i}")
+        return copied
+
     def per_example_losses(self, labels: dict, outputs: dict) -> dict:
         q, v = outputs["query_embedding"], outputs["item_embedding"]
         logits = ops.cast(ops.matmul(q, ops.transpose(v)), "float32") / self.temperature
@@ -276,6 +317,16 @@ class TwoTowerRetriever(keras_hub.models.Task):
     @property
     def vocabulary(self) -> dict | None:
         return None if self.preprocessor is None else self.preprocessor.vocabulary
+
+
+def _copy_weights(source, target, name: str) -> None:
+    shapes = [tuple(w.shape) for w in source.weights], [tuple(w.shape) for w in target.weights]
+    if shapes[0] != shapes[1]:
+        raise ValueError(f"{name}: the pre-trained encoder's weights {shapes[0]} do not fit "
+                         f"this retriever's {shapes[1]} (set --model_override num_heads / "
+                         "intermediate_dim to the encoder's)")
+    for s, t in zip(source.weights, target.weights):
+        t.assign(s)
 
 
 def complete_features(raw: dict) -> dict:
