@@ -18,7 +18,8 @@ import os
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from zoo import quiet  # noqa: E402
+quiet.start()  # before TensorFlow loads: its start-up lines off
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402

@@ -40,7 +40,8 @@ import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from zoo import quiet  # noqa: E402
+quiet.start()  # before TensorFlow loads: its start-up lines off
 
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402

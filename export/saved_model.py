@@ -33,7 +33,8 @@ import tempfile
 
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from zoo import quiet  # noqa: E402
+quiet.start()  # before TensorFlow loads: its start-up lines off
 
 from absl import app, flags, logging  # noqa: E402
 

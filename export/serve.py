@@ -32,7 +32,8 @@ import threading
 import time
 from http import server as http_server
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from zoo import quiet  # noqa: E402
+quiet.start()  # before TensorFlow loads: its start-up lines off
 
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402

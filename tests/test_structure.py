@@ -211,3 +211,21 @@ def test_label_configs_written_before_the_rename_still_load(old):
     assert label_config.num_price_ranges == 5
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['bogus'\]"):
         config_lib.labels_lib.LabelConfig.from_dict({"bogus": 1})
+
+
+def test_entry_points_start_without_tensorflow_start_up_lines():
+    """`zoo.quiet.start()` hides the lines TensorFlow prints before absl's logging starts
+    (TF_CPP_MIN_LOG_LEVEL does not reach them); ECOM_ZOO_TF_LOGS=1 shows them again."""
+    from helpers import REPO, subprocess_env
+    code = ("from zoo import quiet; quiet.start(); import tensorflow as tf; "
+            "print(int(tf.constant(1) + 1))")
+
+    def stderr_of(**env):
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              cwd=REPO, env={**subprocess_env(), **env}, timeout=300)
+        assert proc.returncode == 0 and proc.stdout.strip() == "2", proc.stderr[-2000:]
+        return proc.stderr
+
+    loud = stderr_of(ECOM_ZOO_TF_LOGS="1")
+    assert "InitializeLog" in loud or "oneDNN" in loud or "cuda" in loud.lower(), loud
+    assert stderr_of().strip() == ""

@@ -27,7 +27,8 @@ import dataclasses
 import math
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from zoo import quiet  # noqa: E402
+quiet.start()  # before TensorFlow loads: its start-up lines off
 import sys  # noqa: E402
 
 from absl import app, flags  # noqa: E402

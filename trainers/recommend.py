@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from zoo import quiet  # noqa: E402
+quiet.start()  # before TensorFlow loads: its start-up lines off
 import sys  # noqa: E402
 
 from absl import app, flags  # noqa: E402

@@ -62,7 +62,8 @@ def main(argv=None) -> int:
     p.add_argument("name")
     p.set_defaults(func=_describe)
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from zoo import quiet
+    quiet.start()
     from zoo.registry import UnknownModelError
 
     try:

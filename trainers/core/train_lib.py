@@ -82,7 +82,11 @@ def run_experiment(task: base_task.Task, config,
     run.train_files = pipeline.split_files(run.builder, "train")
     run.num_train = task.num_training_examples(run)
     run.steps = task.total_steps(config, run.num_train)
-    os.makedirs(run.write_dir, exist_ok=True)  # after the data is known to be readable
+    try:  # after the data is known to be readable
+        os.makedirs(run.write_dir, exist_ok=True)
+    except OSError as e:  # what check_writable_dir cannot see (root on a read-only mount)
+        raise ValueError(f"--model_dir {run.model_dir}: cannot create {run.write_dir}: "
+                         f"{e.strerror or e}") from None
 
     # Vocabulary: fitted once per model_dir, then reused so checkpoints stay compatible.
     new_spec = rundir.check_same_run(run.model_dir, task.run_spec(config, model_config),
