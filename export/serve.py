@@ -48,7 +48,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      prediction_service_pb2, prediction_service_pb2_grpc)
 from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
 
-from export import layout, serving_config  # noqa: E402
+from export import batching, layout, serving_config  # noqa: E402
 
 Code = grpc.StatusCode
 State = get_model_status_pb2.ModelVersionStatus.State
@@ -82,7 +82,7 @@ class Servable:
         self.inflight = 0
         self.cond = threading.Condition()
 
-    def warmup(self, max_batch_size: int) -> int:
+    def warmup(self, max_batch_size: int, batcher=None) -> int:
         """Replays the version's warmup requests (TF Serving fails the load if one fails)."""
         path = os.path.join(self.path, WARMUP_PATH)
         if not tf.io.gfile.exists(path):
@@ -93,7 +93,7 @@ class Servable:
             if log.WhichOneof("log_type") != "predict_log":
                 raise ServingError(Code.UNIMPLEMENTED,
                                    f"{path}: only predict_log warmup records are supported")
-            self.predict(log.predict_log.request, max_batch_size)
+            self.predict(log.predict_log.request, max_batch_size, batcher)
             n += 1
         return n
 
@@ -116,8 +116,42 @@ class Servable:
             self._runners[signature] = (run, names, outputs)
         return self._runners[signature]
 
-    def predict(self, request: predict_pb2.PredictRequest,
-                max_batch_size: int) -> predict_pb2.PredictResponse:
+    def _batch_runner(self, signature: str):
+        """The batched form of `_runner`: [R, inputs] serialized TensorProtos of R requests
+        and their row counts -> [R, outputs] serialized outputs, each request's rows cut
+        back out. Decoding, concatenation, the model and the split are one graph call."""
+        key = ("batch", signature)
+        if key not in self._runners:
+            fn = self.signatures[signature]
+            specs = fn.structured_input_signature[1]
+            names, outputs = sorted(specs), sorted(fn.structured_outputs)
+
+            @tf.function(input_signature=[tf.TensorSpec([None, len(names)], tf.string),
+                                          tf.TensorSpec([None], tf.int32)])
+            def run(protos, rows):
+                n = tf.shape(protos)[0]
+                inputs = {}
+                for i, k in enumerate(names):
+                    parts = tf.TensorArray(specs[k].dtype, size=n, infer_shape=False,
+                                           element_shape=tf.TensorShape(None))
+                    for j in tf.range(n):
+                        parts = parts.write(j, tf.io.parse_tensor(protos[j, i], specs[k].dtype))
+                    inputs[k] = tf.ensure_shape(parts.concat(), specs[k].shape)
+                result = fn(**inputs)
+                ends = tf.cumsum(rows)
+                starts = ends - rows
+                answers = tf.TensorArray(tf.string, size=n)
+                for j in tf.range(n):
+                    answers = answers.write(j, tf.stack([
+                        tf.io.serialize_tensor(result[k][starts[j]:ends[j]])
+                        for k in outputs]))
+                return answers.stack()
+
+            self._runners[key] = (run, names, outputs)
+        return self._runners[key]
+
+    def predict(self, request: predict_pb2.PredictRequest, max_batch_size: int,
+                batcher=None) -> predict_pb2.PredictResponse:
         signature = request.model_spec.signature_name or "serving_default"
         fn = self.signatures.get(signature)
         if fn is None:
@@ -167,9 +201,16 @@ class Servable:
                 raise ServingError(Code.INVALID_ARGUMENT,
                                    f"output tensor alias not found in signature: {k} Outputs "
                                    f"expected to be in the set {output_names}.")
-        protos = tf.constant([request.inputs[k].SerializeToString() for k in names])
+        protos = [request.inputs[k].SerializeToString() for k in names]
         try:
-            serialized = run(protos).numpy()
+            if batcher is not None and batch is not None:
+                shapes = tuple(tuple(d.size for d in request.inputs[k].tensor_shape.dim[1:])
+                               for k in names)
+                serialized = batcher.submit(self, signature, protos, batch, shapes)
+            else:
+                serialized = run(tf.constant(protos)).numpy()
+        except batching.Rejected as e:
+            raise ServingError(getattr(Code, e.code), e.message) from None
         except tf.errors.OpError as e:  # e.g. an undecodable tf.Example, a malformed tensor
             raise ServingError(_grpc_code(e.error_code), _op_message(e.message)) from None
         except UnicodeDecodeError:
@@ -334,11 +375,12 @@ class ModelManager:
 
     def __init__(self, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
                  max_num_load_retries: int = 5, load_retry_interval: float = 60.0,
-                 metrics=None):
+                 metrics=None, batcher: batching.Batcher | None = None):
         self.max_batch_size = max_batch_size
         self.max_num_load_retries = max(int(max_num_load_retries), 0)
         self.load_retry_interval = max(float(load_retry_interval), 0.0)
         self.metrics = metrics or Metrics()
+        self.batcher = batcher
         self.models: dict[str, Model] = {}
         self.lock = threading.RLock()
         self.poll_lock = threading.Lock()
@@ -396,7 +438,7 @@ class ModelManager:
         t0 = time.time()
         try:
             servable = Servable(m.name, version, path)
-            n = servable.warmup(self.max_batch_size)
+            n = servable.warmup(self.max_batch_size, self.batcher)
         except Exception as e:  # a bad version is reported, never served, never fatal
             attempts = m.load_failures.get(path, (0, 0.0))[0] + 1
             m.load_failures[path] = (attempts, time.time() + self.load_retry_interval)
@@ -520,7 +562,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         with self.manager.metrics.request(request.model_spec.name, "GRPC") as outcome:
             try:
                 with self.manager.acquire(request.model_spec) as servable:
-                    return servable.predict(request, self.manager.max_batch_size)
+                    return servable.predict(request, self.manager.max_batch_size,
+                                            self.manager.batcher)
             except ServingError as e:
                 outcome.append(e.code)
                 _abort(context, e)
@@ -749,7 +792,8 @@ def rest_handler(manager: ModelManager, limits: RestLimits | None = None,
                     body = self._body()
                     with manager.acquire(spec) as servable:
                         request, row_format = rest_to_request(body, spec, servable)
-                        response = servable.predict(request, manager.max_batch_size)
+                        response = servable.predict(request, manager.max_batch_size,
+                                                    manager.batcher)
                     outputs = {k: tf.make_ndarray(v).tolist()
                                for k, v in response.outputs.items()}
                     if row_format:
@@ -840,12 +884,15 @@ class Server:
                  max_batch_size=DEFAULT_MAX_BATCH_SIZE, threads=8,
                  max_message_bytes=64 << 20, enable_model_config_rpc=False,
                  max_num_load_retries=5, load_retry_interval=60.0, rest_limits=None,
-                 prometheus_path=None):
+                 prometheus_path=None, batching_parameters: batching.Parameters | None = None):
         if prometheus_path and not rest_api_port:
             raise ValueError("--monitoring_config_file enables Prometheus, which is served on "
                              "the REST port: give --rest_api_port")
+        self.batcher = (batching.Batcher(batching_parameters)
+                        if batching_parameters is not None else None)
         self.manager = ModelManager(max_batch_size, max_num_load_retries=max_num_load_retries,
-                                    load_retry_interval=load_retry_interval)
+                                    load_retry_interval=load_retry_interval,
+                                    batcher=self.batcher)
         self.config_file = config_file
         self.poll_wait = file_system_poll_wait_seconds
         self.config_wait = model_config_file_poll_wait_seconds
@@ -910,6 +957,8 @@ class Server:
         if self.rest:
             self.rest.shutdown()
         self.grpc.stop(grace).wait()
+        if self.batcher is not None:
+            self.batcher.stop()
 
 
 # --- a server in a child process (tests, demo, benchmarks) ---------------------------------
@@ -977,6 +1026,11 @@ def define_flags():
     flags.DEFINE_integer("rest_api_timeout_in_ms", 30000, "Time a REST client has to send "
                          "its request (per read, and for the whole body).")
     flags.DEFINE_integer("rest_api_num_threads", 16, "REST connections handled at once.")
+    flags.DEFINE_bool("enable_batching", False, "Batch concurrent requests to the same "
+                      "version and signature into one call (export/batching.py).")
+    flags.DEFINE_string("batching_parameters_file", None, "BatchingParameters text proto "
+                        "(max_batch_size, batch_timeout_micros, num_batch_threads, "
+                        "max_enqueued_batches); TF Serving's defaults without it.")
     flags.DEFINE_string("monitoring_config_file", None, "MonitoringConfig text proto; with "
                         "prometheus_config { enable: true } the metrics are served on the "
                         "REST port at its path (default /monitoring/prometheus/metrics).")
@@ -1003,6 +1057,10 @@ def main(argv):
                 raise ValueError(f"--{name} must be positive, got {getattr(FLAGS, name)}")
         prometheus = (serving_config.prometheus_path(FLAGS.monitoring_config_file)
                       if FLAGS.monitoring_config_file else None)
+        if FLAGS.batching_parameters_file and not FLAGS.enable_batching:
+            raise ValueError("--batching_parameters_file needs --enable_batching")
+        batching_parameters = (batching.Parameters.from_file(FLAGS.batching_parameters_file)
+                               if FLAGS.enable_batching else None)
         server = Server(config, host=FLAGS.host, port=FLAGS.port,
                         rest_api_port=FLAGS.rest_api_port, config_file=FLAGS.model_config_file,
                         file_system_poll_wait_seconds=FLAGS.file_system_poll_wait_seconds,
@@ -1016,7 +1074,8 @@ def main(argv):
                         rest_limits=RestLimits(FLAGS.max_message_bytes,
                                                FLAGS.rest_api_timeout_in_ms / 1e3,
                                                FLAGS.rest_api_num_threads),
-                        prometheus_path=prometheus)
+                        prometheus_path=prometheus,
+                        batching_parameters=batching_parameters)
     except (ValueError, OSError, ServingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

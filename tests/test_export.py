@@ -653,3 +653,75 @@ def test_a_version_still_being_copied_is_retried_until_it_loads(v1, tmp_path, ex
             _assert_close(c.predict(NAME, _batch(examples[1], 1)), expected_v1, 1)
     finally:
         server.stop()
+
+
+def test_batching_merges_concurrent_requests_and_isolates_a_bad_one(v1, examples,
+                                                                    expected_v1, tmp_path):
+    """--enable_batching: concurrent requests run as fewer, larger calls with the same
+    answers; a request the graph refuses fails alone; the queue and the batch are bounded."""
+    from export import batching
+    params_file = tmp_path / "batching.config"
+    params_file.write_text("max_batch_size { value: 8 }\nbatch_timeout_micros { value: 50000 }"
+                           "\nnum_batch_threads { value: 2 }\nmax_enqueued_batches { value: 100 }\n")
+    params = batching.Parameters.from_file(str(params_file))
+    assert params == batching.Parameters(8, 50000, 100, 2)
+    bad_file = tmp_path / "bad.config"
+    bad_file.write_text("max_batch_size { value: 8 }\npad_variable_length_inputs: true\n")
+    with pytest.raises(ValueError, match="pad_variable_length_inputs is not supported"):
+        batching.Parameters.from_file(str(bad_file))
+    bad_file.write_text("max_batch_size { value: 0 }\n")
+    with pytest.raises(ValueError, match="max_batch_size must be > 0"):
+        batching.Parameters.from_file(str(bad_file))
+
+    raw = examples[1]
+    base = str(tmp_path / "base")
+    shutil.copytree(v1, os.path.join(base, NAME, "1"))
+    server = serve.Server(serve.single_model_config(NAME, os.path.join(base, NAME)), port=0,
+                          file_system_poll_wait_seconds=0, threads=32,
+                          batching_parameters=params).start()
+    try:
+        with client_lib.PredictionClient(f"127.0.0.1:{server.port}") as c:
+            warm = server.batcher.batches
+            answers, failures = {}, {}
+            bad = {**_batch(raw, 1), "item_price": np.array([np.nan], np.float32)}
+
+            def send(i):
+                rows = 1 + i % 3
+                try:
+                    answers[i] = (rows, c.predict(NAME, bad if i == 5 else _batch(raw, rows)))
+                except grpc.RpcError as e:
+                    failures[i] = e.code()
+
+            threads = [threading.Thread(target=send, args=(i,)) for i in range(24)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert failures == {5: grpc.StatusCode.INVALID_ARGUMENT}
+            assert len(answers) == 23
+            for rows, got in answers.values():
+                _assert_close(got, expected_v1, rows)
+            # Fewer calls than requests (the bad request's batch was re-run one by one).
+            assert server.batcher.batches - warm < 23
+            assert _code(lambda: c.predict(NAME, _batch(raw, 9))) == \
+                grpc.StatusCode.INVALID_ARGUMENT  # more rows than a batch holds
+    finally:
+        server.stop()
+
+    # A full queue refuses (UNAVAILABLE) instead of growing without bound.
+    small = batching.Parameters(max_batch_size=8, batch_timeout_micros=2_000_000,
+                                max_enqueued_batches=1, num_batch_threads=1)
+    server = serve.Server(serve.single_model_config(NAME, os.path.join(base, NAME)), port=0,
+                          file_system_poll_wait_seconds=0, threads=8,
+                          batching_parameters=small).start()
+    try:
+        with client_lib.PredictionClient(f"127.0.0.1:{server.port}") as c:
+            c.predict(NAME, _batch(raw, 1))  # the dtypes fetched: the next call queues at once
+            first = threading.Thread(target=lambda: c.predict(NAME, _batch(raw, 6)))
+            first.start()
+            _wait_for(lambda: server.batcher.queued_rows == 6, timeout=30)
+            assert _code(lambda: c.predict(NAME, _batch(raw, 3))) == \
+                grpc.StatusCode.UNAVAILABLE
+            first.join()
+    finally:
+        server.stop()
