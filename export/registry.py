@@ -22,6 +22,7 @@ import contextlib
 import json
 import math
 import os
+import posixpath
 import re
 import sys
 import tempfile
@@ -251,13 +252,20 @@ def _write_atomically(path: str, text: str) -> None:
         raise
 
 
-def promote(base: str, name: str, version: int, label: str) -> str:
+def promote(base: str, name: str, version: int, label: str,
+            serving_base_path: str | None = None) -> str:
     """Point `label` of `name` at `version` in models.config; returns the config path.
 
     Creates the model's entry if missing, moves the label if it pointed elsewhere and sets the
     version policy to `specific` = every labelled version (TF Serving serves a label only if its
     version is loaded). Other models and fields are left as they are. Written atomically.
+    `serving_base_path`: where the server sees the export base (e.g. /models in a
+    container that mounts it there); the entry's base_path becomes SERVING_BASE_PATH/NAME.
+    Without it, the absolute path on this machine.
     """
+    if serving_base_path is not None and not serving_base_path.startswith("/"):
+        raise RegistryError(f"--serving_base_path must be an absolute path as the server "
+                            f"sees it (e.g. /models), got {serving_base_path!r}")
     _check_label(label)
     version = _as_version(version)
     check_loadable(version_dir(base, name, version))  # it must exist and be whole
@@ -270,6 +278,8 @@ def promote(base: str, name: str, version: int, label: str) -> str:
             entry.name = name
             entry.base_path = os.path.abspath(os.path.join(base, name))
             entry.model_platform = "tensorflow"
+        if serving_base_path is not None:
+            entry.base_path = posixpath.join(serving_base_path, name)
         entry.version_labels[label] = version
         specific = entry.model_version_policy.specific
         del specific.versions[:]
@@ -421,10 +431,14 @@ def define_flags():
     flags.DEFINE_string("export_base", None, "Export base directory B (B/NAME/<V>/ versions, "
                         "B/models.config).")
     flags.DEFINE_string("label", None, "Version label for promote and lookup, e.g. stable.")
+    flags.DEFINE_string("serving_base_path", None, "promote: the export base as the server "
+                        "sees it (a container's mount, e.g. /models); default: this "
+                        "machine's absolute path.")
     flags.mark_flag_as_required("export_base")
 
 
-def run(argv: list[str], base: str, label: str | None) -> int:
+def run(argv: list[str], base: str, label: str | None,
+        serving_base_path: str | None = None) -> int:
     """Runs one command (argv without the program name); returns the exit code."""
     if not argv:
         raise RegistryError(f"missing command\n{_USAGE}")
@@ -457,7 +471,7 @@ def run(argv: list[str], base: str, label: str | None) -> int:
     elif command == "promote":
         expect(2, 2, "promote NAME VERSION --label LABEL")
         name, version = args[0], _as_version(args[1])
-        path = promote(base, name, version, need_label())
+        path = promote(base, name, version, need_label(), serving_base_path)
         print(f"{name}: {label} -> version {version} ({path}; served versions: "
               f"{_or_none(sorted(set(labels(base, name).values())))})")
     elif command == "lookup":
@@ -471,7 +485,8 @@ def run(argv: list[str], base: str, label: str | None) -> int:
 def main(argv):
     from absl import flags
     try:
-        return run(argv[1:], flags.FLAGS.export_base, flags.FLAGS.label)
+        return run(argv[1:], flags.FLAGS.export_base, flags.FLAGS.label,
+                   flags.FLAGS.serving_base_path)
     except RegistryError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ shifted click bias becomes version 2 while a client is sending requests. One ser
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -725,3 +726,55 @@ def test_batching_merges_concurrent_requests_and_isolates_a_bad_one(v1, examples
             first.join()
     finally:
         server.stop()
+
+
+def _serving_example_args() -> dict:
+    import yaml
+    folder = os.path.join(REPO, "examples", "serving")
+    with open(os.path.join(folder, "docker-compose.yaml")) as f:
+        compose = yaml.safe_load(f)["services"]["tfserving"]
+    with open(os.path.join(folder, "kubernetes.yaml")) as f:
+        deployment = next(d for d in yaml.safe_load_all(f) if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    return {"compose": (compose["image"], compose["command"]),
+            "kubernetes": (container["image"], container["args"])}
+
+
+@pytest.mark.parametrize("where", ["compose", "kubernetes"])
+def test_the_tf_serving_examples_run_as_written_on_the_local_server(where, v1, tmp_path):
+    """examples/serving: the image is the pinned TF Serving release; every argument is one
+    `export.serve` accepts, and the server starts with them (and the mounted config files)
+    and serves the promoted model, REST status and Prometheus metrics included."""
+    import urllib.request
+    image, args = _serving_example_args()[where]
+    with open(os.path.join(REPO, "setup.cfg")) as f:
+        pinned = re.search(r"tensorflow-serving-api==(\S+)", f.read()).group(1)
+    assert image == f"tensorflow/serving:{pinned}"
+    base = str(tmp_path / "exports")
+    shutil.copytree(v1, os.path.join(base, NAME, "1"))
+    registry.promote(base, NAME, 1, "stable", serving_base_path="/models")
+    config = os.path.join(base, "models.config")
+    with open(config) as f:
+        text = f.read()
+    assert 'base_path: "/models/shop"' in text
+    with open(config, "w") as f:  # the container's /models is this test's folder
+        f.write(text.replace("/models/", base + "/"))
+    rest = _free_port()
+    local = []
+    for arg in args:
+        flag = arg.split("=", 1)[0]
+        if flag in ("--port", "--rest_api_port"):
+            continue
+        local.append(arg.replace("/models/", base + "/").replace(
+            "/config/", os.path.join(REPO, "examples", "serving") + "/"))
+    proc, _ = serve.launch(local + ["--rest_api_port", str(rest)],
+                           str(tmp_path / "server.log"), env=subprocess_env())
+    try:
+        url = f"http://127.0.0.1:{rest}"
+        _wait_for(lambda: json.loads(urllib.request.urlopen(f"{url}/v1/models/{NAME}").read())[
+            "model_version_status"][0]["state"] == "AVAILABLE", proc, str(tmp_path / "server.log"),
+            timeout=120)
+        with urllib.request.urlopen(f"{url}/monitoring/prometheus/metrics") as r:
+            assert b":tensorflow:cc:saved_model:load_attempt_count" in r.read()
+    finally:
+        assert serve.terminate(proc) == 0

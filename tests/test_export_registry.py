@@ -194,6 +194,21 @@ def test_promote_creates_config(base):
                 and f.endswith(".tmp")]
 
 
+def test_promote_for_a_container_writes_its_base_path(base):
+    """`--serving_base_path /models`: the config names the paths the server sees inside the
+    container that mounts the export base at /models (TF Serving's README command)."""
+    registry.promote(base, "shop", 2, "stable", serving_base_path="/models")
+    assert entry(parse_config(base), "shop").base_path == "/models/shop"
+    done = cli(base, "promote", "shop", "3", "--label", "canary",
+               "--serving_base_path", "/srv/exports")
+    assert done.returncode == 0, done.stderr
+    shop = entry(parse_config(base), "shop")
+    assert shop.base_path == "/srv/exports/shop"
+    assert dict(shop.version_labels) == {"stable": 2, "canary": 3}
+    with pytest.raises(registry.RegistryError, match="absolute path"):
+        registry.promote(base, "shop", 2, "stable", serving_base_path="models")
+
+
 def test_promote_two_labels(base):
     registry.promote(base, "shop", 1, "stable")
     registry.promote(base, "shop", 3, "canary")
