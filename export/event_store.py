@@ -40,6 +40,10 @@ class EventStore:
         pass
 
 
+# JSON numbers beyond this are not exact as doubles and overflow the int64 columns.
+MAX_INTEGER = 2 ** 53
+
+
 def validate(rows, items: dict, where: str = "POST /events") -> list[dict]:
     """Contract rows (a list of JSON objects) -> the same rows typed, or ContractError
     naming the row and field. Every row is checked before any is stored."""
@@ -60,6 +64,17 @@ def validate(rows, items: dict, where: str = "POST /events") -> list[dict]:
             if isinstance(value, (dict, list)):
                 raise contract.ContractError(f"{where}: row {i}, column '{name}': got "
                                              f"{value!r}, expected a string or a number")
+            if isinstance(value, int) and not isinstance(value, bool) and \
+                    abs(value) > MAX_INTEGER:
+                raise contract.ContractError(f"{where}: row {i}, column '{name}': got "
+                                             f"{value}, out of range (|n| <= 2^53)")
+            if isinstance(value, str):
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise contract.ContractError(
+                        f"{where}: row {i}, column '{name}': not valid text (a lone UTF-16 "
+                        "surrogate escape in the JSON)") from None
     present = [c for c in COLUMNS if any(c in r for r in rows)]
     table = pa.table({c: pa.array([None if r.get(c) is None else str(r[c]) for r in rows],
                                   pa.string()) for c in present})

@@ -233,6 +233,10 @@ def build(ranker, retriever, cat: Catalogue, history_length: int, retrieval_hist
                      + options.retrieval_weight * retrieval)
         else:
             score = objective
+        # An excluded item is among the candidates only when fewer than C items are left:
+        # it scores -inf and ranks last (callers drop non-finite scores).
+        kept = tf.gather(hits, rows, batch_dims=1) <= 0
+        score = tf.where(kept, score, tf.constant(-np.inf, tf.float32))
         best = tf.math.top_k(score, k)
         pick = best.indices
         rows_out = tf.gather(rows, pick, batch_dims=1)

@@ -71,6 +71,7 @@ class RecommenderService:
         self.history_limit = int(history_limit)
         self.session_gap = int(session_gap_seconds)
         self.timeout = float(timeout)
+        self._k_max = None  # the model's K, once an answer has shown it
 
     def ingest(self, rows) -> int:
         return self.store.append(store_lib.validate(rows, self.items))
@@ -120,13 +121,15 @@ class RecommenderService:
         at = int(time.time()) if at is None else int(at)
         if not 0 <= at < contract.MAX_TIMESTAMP:
             raise BadRequest(f"at: got {at}, expected Unix seconds")
+        if self._k_max is not None and k > self._k_max:  # known from an earlier answer
+            raise BadRequest(f"k: got {k}; this model answers at most {self._k_max}")
         started = time.perf_counter()
         inputs, session, cold = self.request_inputs(user_id, query, at, exclude)
         built = time.perf_counter()
         out = self.client.predict(self.model_name, inputs, signature=SIGNATURE,
                                   timeout=self.timeout)
         answered = time.perf_counter()
-        available = int(out["item_id"].shape[1])
+        available = self._k_max = int(out["item_id"].shape[1])
         if k > available:
             raise BadRequest(f"k: got {k}; this model answers at most {available}")
 
@@ -137,7 +140,8 @@ class RecommenderService:
                   "category": text(out["category"][0, j]), "brand": text(out["brand"][0, j]),
                   "price": round(float(out["price"][0, j]), 4),
                   "score": float(out["score"][0, j]), "click": float(out["click"][0, j]),
-                  "purchase": float(out["purchase"][0, j])} for j in range(k)]
+                  "purchase": float(out["purchase"][0, j])} for j in range(k)
+                 if np.isfinite(out["score"][0, j])]  # -inf: excluded, too few items left
         return {"user_id": user_id, "query": query, "session_id": session, "at": at,
                 "cold_start": cold, "items": items,
                 "timing_ms": {"features": round(1000 * (built - started), 2),

@@ -448,6 +448,14 @@ def test_recommend_signature_equals_the_offline_cascade(recommend_export, retrie
     for r in range(len(reqs)):
         assert got_items[r, 0] not in again_items[r]
         assert again_items[r, 0] == got_items[r, 1]
+    # Fewer items left than candidates: the excluded ones that must fill the list score
+    # -inf (the service drops them); every finite score is a kept item.
+    keep = set(item_ids[:3].astype(str))
+    most = np.array([[i for i in item_ids.astype(str) if i not in keep]] * len(reqs), object)
+    few = fn(**rs.to_tensors({**inputs, "exclude_item_id": most}))
+    finite = np.isfinite(few["score"].numpy())
+    assert finite.sum(axis=1).tolist() == [3] * len(reqs)
+    assert set(few["item_id"].numpy().astype(str)[finite]) == keep
 
 
 def _http(url, body=None, method=None):
@@ -527,6 +535,14 @@ def test_recommender_service_ingests_events_and_answers_over_http(recommend_expo
         assert _http(url + "/events", click)[0] == 400  # the same event_id again
         assert _http(url + "/events", b"{not json")[0] == 400
         assert _http(url + "/events", b"x" * 300_000)[0] == 413
+        # Values JSON can carry and the store cannot: named, not a 500.
+        status, body = _http(url + "/events", [dict(click[0], event_id="live-5",
+                                                     timestamp=10 ** 19)])
+        assert status == 400 and "'timestamp'" in body["error"] and "range" in body["error"]
+        lone = json.dumps([dict(click[0], event_id="live-6")]).replace(
+            '"live-6"', '"live-\\udc80"').encode()
+        status, body = _http(url + "/events", lone)
+        assert status == 400 and "'event_id'" in body["error"], body
         assert store.count() == before
 
         # A user never seen: popular items for the query, not an error.
