@@ -375,12 +375,14 @@ class ModelManager:
 
     def __init__(self, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
                  max_num_load_retries: int = 5, load_retry_interval: float = 60.0,
-                 metrics=None, batcher: batching.Batcher | None = None):
+                 metrics=None, batcher: batching.Batcher | None = None,
+                 allow_version_labels_for_unavailable_models: bool = False):
         self.max_batch_size = max_batch_size
         self.max_num_load_retries = max(int(max_num_load_retries), 0)
         self.load_retry_interval = max(float(load_retry_interval), 0.0)
         self.metrics = metrics or Metrics()
         self.batcher = batcher
+        self.allow_unavailable_labels = bool(allow_version_labels_for_unavailable_models)
         self.models: dict[str, Model] = {}
         self.lock = threading.RLock()
         self.poll_lock = threading.Lock()
@@ -399,6 +401,8 @@ class ModelManager:
                 raise ServingError(Code.INVALID_ARGUMENT,
                                    f"model {c.name}: unsupported platform {c.model_platform!r}")
         with self.lock:
+            if not self.allow_unavailable_labels:
+                self._check_labels(configs)
             for c in configs:
                 if c.name in self.models:
                     self.models[c.name].config = c
@@ -410,6 +414,23 @@ class ModelManager:
         for m in removed:
             for servable in list(m.available.values()):
                 self._unload(m, servable)
+
+    def _check_labels(self, configs) -> None:
+        """TF Serving refuses to move a label to a version that is not serving (the label
+        would answer NOT_FOUND), unless --allow_version_labels_for_unavailable_models. A
+        model new to the config is exempt: its labels apply once its versions load."""
+        for c in configs:
+            m = self.models.get(c.name)
+            if m is None:
+                continue
+            before = dict(m.config.version_labels)
+            for label, version in c.version_labels.items():
+                if before.get(label) != version and version not in m.available:
+                    raise ServingError(
+                        Code.FAILED_PRECONDITION, f"Request to assign label {label} to "
+                        f"version {version} of model {c.name}, which is not currently "
+                        "available for inference (load it first, or start the server "
+                        "with --allow_version_labels_for_unavailable_models)")
 
     # ---- the poll: what TF Serving's file-system source and manager do ----
     def poll(self) -> None:
@@ -884,7 +905,8 @@ class Server:
                  max_batch_size=DEFAULT_MAX_BATCH_SIZE, threads=8,
                  max_message_bytes=64 << 20, enable_model_config_rpc=False,
                  max_num_load_retries=5, load_retry_interval=60.0, rest_limits=None,
-                 prometheus_path=None, batching_parameters: batching.Parameters | None = None):
+                 prometheus_path=None, batching_parameters: batching.Parameters | None = None,
+                 allow_version_labels_for_unavailable_models=False):
         if prometheus_path and not rest_api_port:
             raise ValueError("--monitoring_config_file enables Prometheus, which is served on "
                              "the REST port: give --rest_api_port")
@@ -892,7 +914,9 @@ class Server:
                         if batching_parameters is not None else None)
         self.manager = ModelManager(max_batch_size, max_num_load_retries=max_num_load_retries,
                                     load_retry_interval=load_retry_interval,
-                                    batcher=self.batcher)
+                                    batcher=self.batcher,
+                                    allow_version_labels_for_unavailable_models=(
+                                        allow_version_labels_for_unavailable_models))
         self.config_file = config_file
         self.poll_wait = file_system_poll_wait_seconds
         self.config_wait = model_config_file_poll_wait_seconds
@@ -1026,6 +1050,9 @@ def define_flags():
     flags.DEFINE_integer("rest_api_timeout_in_ms", 30000, "Time a REST client has to send "
                          "its request (per read, and for the whole body).")
     flags.DEFINE_integer("rest_api_num_threads", 16, "REST connections handled at once.")
+    flags.DEFINE_bool("allow_version_labels_for_unavailable_models", False, "Let a config "
+                      "point a version label at a version that is not loaded yet (TF "
+                      "Serving's default: refused; the config change is not applied).")
     flags.DEFINE_bool("enable_batching", False, "Batch concurrent requests to the same "
                       "version and signature into one call (export/batching.py).")
     flags.DEFINE_string("batching_parameters_file", None, "BatchingParameters text proto "
@@ -1075,7 +1102,9 @@ def main(argv):
                                                FLAGS.rest_api_timeout_in_ms / 1e3,
                                                FLAGS.rest_api_num_threads),
                         prometheus_path=prometheus,
-                        batching_parameters=batching_parameters)
+                        batching_parameters=batching_parameters,
+                        allow_version_labels_for_unavailable_models=(
+                            FLAGS.allow_version_labels_for_unavailable_models))
     except (ValueError, OSError, ServingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -113,7 +113,9 @@ def server(v1, base, tmp_path_factory):
          "--model_config_file_poll_wait_seconds", "0.5",
          "--file_system_poll_wait_seconds", "0.5", "--max_batch_size", str(MAX_BATCH),
          "--max_num_load_retries", "2", "--load_retry_interval_micros", "1000000",
-         "--rest_api_timeout_in_ms", "1500", "--monitoring_config_file", str(monitoring)],
+         "--rest_api_timeout_in_ms", "1500", "--monitoring_config_file", str(monitoring),
+         # promote (below) labels a version before it is loaded, as README's docker command
+         "--allow_version_labels_for_unavailable_models"],
         log_path, env=subprocess_env())
     try:
         yield {"target": target, "rest": f"http://127.0.0.1:{rest_port}", "log": log_path,
@@ -513,6 +515,15 @@ def test_reload_config_rpc_is_off_unless_enabled(client, base, examples):
     try:
         with client_lib.PredictionClient(f"127.0.0.1:{server.port}") as c:
             assert c.status(NAME)[0]["state"] == "AVAILABLE"
+            # TF Serving's default: a label may not point at a version that is not serving;
+            # the config is refused and the old one kept.
+            labelled = model_management_pb2.ReloadConfigRequest()
+            labelled.config.CopyFrom(serve.single_model_config(NAME, os.path.join(base, NAME)))
+            labelled.config.model_config_list.config[0].version_labels["stable"] = 99
+            status = c.models.HandleReloadConfigRequest(labelled).status
+            assert status.error_code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+            assert "not currently available" in status.error_message
+            assert c.predict(NAME, _batch(examples[1], 1))["click"].shape == (1,)
             assert c.models.HandleReloadConfigRequest(unload_all).status.error_code == 0
             assert _code(lambda: c.predict(NAME, _batch(examples[1], 1))) in (
                 grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE)
@@ -778,3 +789,12 @@ def test_the_tf_serving_examples_run_as_written_on_the_local_server(where, v1, t
             assert b":tensorflow:cc:saved_model:load_attempt_count" in r.read()
     finally:
         assert serve.terminate(proc) == 0
+
+
+def test_an_unknown_server_flag_is_a_clear_error():
+    """A TF Serving flag this server does not implement is refused by name, not ignored."""
+    proc = subprocess.run([sys.executable, "-m", "export.serve", "--model_base_path", "/x",
+                           "--tensorflow_session_parallelism=2"], capture_output=True,
+                          text=True, env=subprocess_env(), cwd=REPO, timeout=120)
+    assert proc.returncode != 0
+    assert "Unknown command line flag 'tensorflow_session_parallelism'" in proc.stderr
