@@ -92,7 +92,20 @@ def _client_process(target: str, request: bytes, threads: int, seconds: float, g
     queue.put((latencies, sum(errors)))
 
 
-def load(target: str, request: bytes, clients: int, seconds: float) -> dict:
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU seconds (user + system) of one process, or of the whole machine (pid None)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    if pid is None:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()[1:]
+        return (int(fields[0]) + int(fields[1]) + int(fields[2])) / tick  # user nice system
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / tick
+
+
+def load(target: str, request: bytes, clients: int, seconds: float,
+         server_pid: int | None = None) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     procs = min(clients, CLIENT_PROCESSES)
@@ -106,6 +119,10 @@ def load(target: str, request: bytes, clients: int, seconds: float) -> dict:
         assert queue.get(timeout=300) == "ready"
     start.value = time.time() + 0.5
     go.set()
+    time.sleep(0.5)
+    cpu0 = (cpu_seconds(server_pid) if server_pid else 0.0, cpu_seconds())
+    time.sleep(seconds)
+    cpu1 = (cpu_seconds(server_pid) if server_pid else 0.0, cpu_seconds())
     latencies, errors = [], 0
     for _ in ps:
         lat, bad = queue.get()
@@ -114,7 +131,10 @@ def load(target: str, request: bytes, clients: int, seconds: float) -> dict:
     for p in ps:
         p.join()
     ms = np.asarray(latencies) * 1e3
+    server_cores = (cpu1[0] - cpu0[0]) / seconds
     return {"clients": clients, "requests": len(latencies), "errors": errors,
+            "server_cores": server_cores, "other_cores": (cpu1[1] - cpu0[1]) / seconds
+            - server_cores,
             "qps": len(latencies) / seconds,
             "p50_ms": float(np.percentile(ms, 50)) if len(ms) else None,
             "p99_ms": float(np.percentile(ms, 99)) if len(ms) else None}
@@ -160,10 +180,12 @@ def main() -> int:
                                      *extra], log)
         try:
             for c in clients:
-                r = {"config": label, **load(target, request, c, args.seconds)}
+                r = {"config": label, **load(target, request, c, args.seconds, proc.pid)}
                 results.append(r)
                 print(f"{label:<12} clients {c:>3}: {r['qps']:8.1f} QPS, p50 {r['p50_ms']:7.2f} "
-                      f"ms, p99 {r['p99_ms']:7.2f} ms, errors {r['errors']}", flush=True)
+                      f"ms, p99 {r['p99_ms']:7.2f} ms, errors {r['errors']}; cores busy: "
+                      f"server {r['server_cores']:.2f}, clients and rest "
+                      f"{r['other_cores']:.2f}", flush=True)
         finally:
             serve.terminate(proc)
     by = {(r["config"], r["clients"]): r for r in results}

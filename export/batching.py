@@ -80,6 +80,54 @@ class Parameters:
         return params
 
 
+def merge(requests: list, rows: int) -> list:
+    """[request][input] TensorProtos (same dtype and trailing shape per input) -> one
+    TensorProto per input with every request's rows, concatenated at the proto level (no
+    decoding). A proto that carries one value for all its elements (TensorProto's
+    broadcast) is expanded first."""
+    from tensorflow.core.framework import tensor_pb2
+
+    out = []
+    for i, first in enumerate(requests[0]):
+        merged = tensor_pb2.TensorProto(dtype=first.dtype)
+        merged.tensor_shape.CopyFrom(first.tensor_shape)
+        merged.tensor_shape.dim[0].size = rows
+        protos = [r[i] for r in requests]
+        if all(p.tensor_content for p in protos):
+            merged.tensor_content = b"".join(p.tensor_content for p in protos)
+        else:
+            field = _value_field(first)
+            values = getattr(merged, field)
+            for p in protos:
+                n = _elements(p)
+                if p.tensor_content:  # mixed encodings: decode this one
+                    import tensorflow as tf
+
+                    values.extend(tf.make_ndarray(p).ravel().tolist())
+                elif len(getattr(p, field)) == n:
+                    values.extend(getattr(p, field))
+                else:  # one value standing for all n
+                    values.extend(list(getattr(p, field)[:1]) * n)
+        out.append(merged)
+    return out
+
+
+def _elements(proto) -> int:
+    n = 1
+    for d in proto.tensor_shape.dim:
+        n *= d.size
+    return n
+
+
+def _value_field(proto) -> str:
+    from tensorflow.core.framework import types_pb2
+
+    return {types_pb2.DT_STRING: "string_val", types_pb2.DT_FLOAT: "float_val",
+            types_pb2.DT_DOUBLE: "double_val", types_pb2.DT_INT64: "int64_val",
+            types_pb2.DT_BOOL: "bool_val", types_pb2.DT_HALF: "half_val",
+            types_pb2.DT_BFLOAT16: "half_val"}.get(proto.dtype, "int_val")
+
+
 @dataclasses.dataclass(eq=False)
 class _Task:
     servable: object
@@ -173,7 +221,8 @@ class Batcher:
         run = batch[0].servable._batch_runner(batch[0].signature)[0]
 
         def call(tasks):
-            out = run(tf.constant([t.protos for t in tasks]),
+            merged = merge([t.protos for t in tasks], sum(t.rows for t in tasks))
+            out = run(tf.constant([m.SerializeToString() for m in merged]),
                       tf.constant([t.rows for t in tasks], tf.int32)).numpy()
             for task, answer in zip(tasks, out):
                 task.result = answer

@@ -117,31 +117,25 @@ class Servable:
         return self._runners[signature]
 
     def _batch_runner(self, signature: str):
-        """The batched form of `_runner`: [R, inputs] serialized TensorProtos of R requests
-        and their row counts -> [R, outputs] serialized outputs, each request's rows cut
-        back out. Decoding, concatenation, the model and the split are one graph call."""
+        """`_runner` for a batch of requests: the inputs arrive merged (one TensorProto per
+        input holding every request's rows, `batching.merge`), and the outputs leave cut
+        back into each request's rows: [R, outputs] serialized tensors, one graph call."""
         key = ("batch", signature)
         if key not in self._runners:
             fn = self.signatures[signature]
             specs = fn.structured_input_signature[1]
             names, outputs = sorted(specs), sorted(fn.structured_outputs)
 
-            @tf.function(input_signature=[tf.TensorSpec([None, len(names)], tf.string),
+            @tf.function(input_signature=[tf.TensorSpec([len(names)], tf.string),
                                           tf.TensorSpec([None], tf.int32)])
             def run(protos, rows):
-                n = tf.shape(protos)[0]
-                inputs = {}
-                for i, k in enumerate(names):
-                    parts = tf.TensorArray(specs[k].dtype, size=n, infer_shape=False,
-                                           element_shape=tf.TensorShape(None))
-                    for j in tf.range(n):
-                        parts = parts.write(j, tf.io.parse_tensor(protos[j, i], specs[k].dtype))
-                    inputs[k] = tf.ensure_shape(parts.concat(), specs[k].shape)
+                inputs = {k: tf.ensure_shape(tf.io.parse_tensor(protos[i], specs[k].dtype),
+                                             specs[k].shape) for i, k in enumerate(names)}
                 result = fn(**inputs)
                 ends = tf.cumsum(rows)
                 starts = ends - rows
-                answers = tf.TensorArray(tf.string, size=n)
-                for j in tf.range(n):
+                answers = tf.TensorArray(tf.string, size=tf.shape(rows)[0])
+                for j in tf.range(tf.shape(rows)[0]):
                     answers = answers.write(j, tf.stack([
                         tf.io.serialize_tensor(result[k][starts[j]:ends[j]])
                         for k in outputs]))
@@ -201,14 +195,14 @@ class Servable:
                 raise ServingError(Code.INVALID_ARGUMENT,
                                    f"output tensor alias not found in signature: {k} Outputs "
                                    f"expected to be in the set {output_names}.")
-        protos = [request.inputs[k].SerializeToString() for k in names]
         try:
             if batcher is not None and batch is not None:
-                shapes = tuple(tuple(d.size for d in request.inputs[k].tensor_shape.dim[1:])
-                               for k in names)
-                serialized = batcher.submit(self, signature, protos, batch, shapes)
+                tensors = [request.inputs[k] for k in names]
+                shapes = tuple(tuple(d.size for d in t.tensor_shape.dim[1:]) for t in tensors)
+                serialized = batcher.submit(self, signature, tensors, batch, shapes)
             else:
-                serialized = run(tf.constant(protos)).numpy()
+                serialized = run(tf.constant([request.inputs[k].SerializeToString()
+                                              for k in names])).numpy()
         except batching.Rejected as e:
             raise ServingError(getattr(Code, e.code), e.message) from None
         except tf.errors.OpError as e:  # e.g. an undecodable tf.Example, a malformed tensor
