@@ -74,6 +74,8 @@ def main():
     p.add_argument("--candidates", default="200", help="candidates re-ranked per request; "
                    "a comma list measures each")
     p.add_argument("--k", type=int, default=10)
+    p.add_argument("--ranker_history", type=int, default=0, help="history events the ranker "
+                   "reads per candidate (0: as trained)")
     p.add_argument("--output", default=None, help="write the results as JSON here")
     args = p.parse_args()
 
@@ -99,7 +101,8 @@ def main():
     runs = [(int(s), int(c)) for s in args.sizes.split(",")
             for c in args.candidates.split(",")]
     for size, candidates in runs:
-        options = recommend_lib.Options(k=args.k, candidates=candidates)
+        options = recommend_lib.Options(k=args.k, candidates=candidates,
+                                        ranker_history=args.ranker_history)
         tmp = tempfile.mkdtemp(prefix="recommend_latency-")
         try:
             tables = grown_catalogue(base_tables, size)
@@ -161,7 +164,8 @@ def main():
                 client.close()
                 serve.terminate(proc)
                 store.close()
-            row = {"catalogue": size, "candidates": candidates, "export_seconds": round(export_s, 1),
+            row = {"catalogue": size, "candidates": candidates,
+                   "ranker_history": args.ranker_history, "export_seconds": round(export_s, 1),
                    "export_mb": round(on_disk / 2**20, 1),
                    "signature_ms": percentiles(signature_ms),
                    "end_to_end_ms": percentiles(end_ms),

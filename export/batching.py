@@ -82,32 +82,32 @@ class Parameters:
 
 def merge(requests: list, rows: int) -> list:
     """[request][input] TensorProtos (same dtype and trailing shape per input) -> one
-    TensorProto per input with every request's rows, concatenated at the proto level (no
-    decoding). A proto that carries one value for all its elements (TensorProto's
-    broadcast) is expanded first."""
-    from tensorflow.core.framework import tensor_pb2
+    TensorProto per input with every request's rows. Concatenated at the proto level when
+    every request encodes it the same plain way (fixed-width `tensor_content`, whose
+    lengths `serve._check_carried` has made exact, or one value per element in the
+    repeated field); otherwise (strings in `tensor_content`, mixed encodings, a single
+    value broadcast over the shape) decoded, concatenated and encoded again."""
+    from tensorflow.core.framework import tensor_pb2, types_pb2
 
     out = []
     for i, first in enumerate(requests[0]):
+        protos = [r[i] for r in requests]
+        field = _value_field(first)
         merged = tensor_pb2.TensorProto(dtype=first.dtype)
         merged.tensor_shape.CopyFrom(first.tensor_shape)
         merged.tensor_shape.dim[0].size = rows
-        protos = [r[i] for r in requests]
-        if all(p.tensor_content for p in protos):
+        if first.dtype != types_pb2.DT_STRING and all(p.tensor_content for p in protos):
             merged.tensor_content = b"".join(p.tensor_content for p in protos)
-        else:
-            field = _value_field(first)
+        elif all(not p.tensor_content and len(getattr(p, field)) == _elements(p)
+                 for p in protos):
             values = getattr(merged, field)
             for p in protos:
-                n = _elements(p)
-                if p.tensor_content:  # mixed encodings: decode this one
-                    import tensorflow as tf
+                values.extend(getattr(p, field))
+        else:
+            import numpy as np
+            import tensorflow as tf
 
-                    values.extend(tf.make_ndarray(p).ravel().tolist())
-                elif len(getattr(p, field)) == n:
-                    values.extend(getattr(p, field))
-                else:  # one value standing for all n
-                    values.extend(list(getattr(p, field)[:1]) * n)
+            merged = tf.make_tensor_proto(np.concatenate([tf.make_ndarray(p) for p in protos]))
         out.append(merged)
     return out
 
@@ -165,6 +165,8 @@ class Batcher:
         task = _Task(servable, signature, protos, rows)
         key = (id(servable), signature, shapes)
         with self.cond:
+            if self.stopping:
+                raise Rejected("UNAVAILABLE", "the server is stopping")
             limit = self.params.max_enqueued_batches * self.params.max_batch_size
             if self.queued_rows + rows > limit:
                 raise Rejected("UNAVAILABLE", "The batch scheduling queue to which this "
@@ -178,8 +180,15 @@ class Batcher:
         return task.result
 
     def stop(self) -> None:
+        """Refuses what is still queued (UNAVAILABLE) and ends the batch threads."""
         with self.cond:
             self.stopping = True
+            for queue in self.queues.values():
+                for task in queue:
+                    task.error = Rejected("UNAVAILABLE", "the server is stopping")
+                    task.done.set()
+            self.queues.clear()
+            self.queued_rows = 0
             self.cond.notify_all()
 
     # ---- batch threads ----
@@ -218,9 +227,8 @@ class Batcher:
     def _run(self, batch: list) -> None:
         import tensorflow as tf
 
-        run = batch[0].servable._batch_runner(batch[0].signature)[0]
-
         def call(tasks):
+            run = tasks[0].servable._batch_runner(tasks[0].signature)[0]
             merged = merge([t.protos for t in tasks], sum(t.rows for t in tasks))
             out = run(tf.constant([m.SerializeToString() for m in merged]),
                       tf.constant([t.rows for t in tasks], tf.int32)).numpy()
@@ -240,6 +248,7 @@ class Batcher:
                             call([task])
                         except Exception as e1:
                             task.error = e1
+                        task.done.set()  # answered now, not after the whole re-run
         finally:
             for task in batch:
                 task.done.set()

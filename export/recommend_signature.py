@@ -166,6 +166,8 @@ def build(ranker, retriever, cat: Catalogue, history_length: int, retrieval_hist
     num_candidates = min(options.candidates, cat.size)
     k = min(options.k, num_candidates)
     L, R = int(history_length), int(retrieval_history)
+    if options.ranker_history:
+        L = min(L, int(options.ranker_history))
 
     @tf.function(input_signature=[input_signature()])
     def recommend(inputs):
@@ -283,6 +285,8 @@ class Recommender:
                 "objective": o.objective, "retrieval_weight": o.retrieval_weight,
                 "catalogue_size": self.catalogue.size, "snapshot_time": self.snapshot.time,
                 "history_length": self.history_length,
+                "ranker_history": (min(o.ranker_history, self.history_length)
+                                   if o.ranker_history else self.history_length),
                 "request_features": list(sf.REQUEST_FEATURES)}
 
 

@@ -212,7 +212,7 @@ def _handler(service: RecommenderService, max_body_bytes: int, request_timeout: 
                 self.close_connection = True  # its body is never read
                 return self._error(404, f"no such path {self.path}; expected POST /events")
             length = self.headers.get("Content-Length")
-            if length is None or not length.isdigit():
+            if length is None or not re.fullmatch(r"[0-9]+", length):
                 self.close_connection = True  # the body, if any, is never read
                 return self._error(411, "POST /events needs a Content-Length >= 0")
             if int(length) > max_body_bytes:

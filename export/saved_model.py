@@ -439,6 +439,9 @@ def define_flags():
     flags.DEFINE_float("retrieval_weight", Options.retrieval_weight, "With --retrieval_dir: "
                        "the blend "
                        "log(objective) + weight x retrieval logit (0: the ranker alone).")
+    flags.DEFINE_integer("recommend_ranker_history", Options.ranker_history, "With "
+                         "--retrieval_dir: history events the ranker reads per candidate "
+                         "(0: as many as it was trained with).")
 
 
 def main(argv):
@@ -453,7 +456,8 @@ def main(argv):
         from trainers.core.recommend_lib import Options
         options = Options(k=FLAGS.recommend_k, candidates=FLAGS.recommend_candidates,
                           objective=FLAGS.recommend_objective,
-                          retrieval_weight=FLAGS.retrieval_weight)
+                          retrieval_weight=FLAGS.retrieval_weight,
+                          ranker_history=FLAGS.recommend_ranker_history)
     try:
         path = export(FLAGS.model_dir, FLAGS.export_base, name, FLAGS.version,
                       retrieval_dir=FLAGS.retrieval_dir, recommend_options=options,

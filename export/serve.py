@@ -82,7 +82,7 @@ class Servable:
         self.inflight = 0
         self.cond = threading.Condition()
 
-    def warmup(self, max_batch_size: int, batcher=None) -> int:
+    def warmup(self, max_batch_size: int) -> int:
         """Replays the version's warmup requests (TF Serving fails the load if one fails)."""
         path = os.path.join(self.path, WARMUP_PATH)
         if not tf.io.gfile.exists(path):
@@ -93,7 +93,7 @@ class Servable:
             if log.WhichOneof("log_type") != "predict_log":
                 raise ServingError(Code.UNIMPLEMENTED,
                                    f"{path}: only predict_log warmup records are supported")
-            self.predict(log.predict_log.request, max_batch_size, batcher)
+            self.predict(log.predict_log.request, max_batch_size)
             n += 1
         return n
 
@@ -258,8 +258,9 @@ LATENCY_BUCKETS_US = tuple(10.0 * 1.8 ** i for i in range(33))
 
 
 class Metrics:
-    """TF Serving's Prometheus metrics, under its names (`prometheus_client`): requests by
-    model, entry point and status, their latency, and load attempts. Always recorded (a few
+    """Prometheus metrics named as TF Serving's (`prometheus_client`, which adds `_total` to
+    counters; TF Serving's own have no suffix and no entry-point label): requests by model,
+    entry point and status, their latency, and load attempts. Always recorded (a few
     microseconds per request); exposed on the REST port when --monitoring_config_file
     enables Prometheus."""
 
@@ -293,7 +294,7 @@ class Metrics:
         finally:
             status = outcome[0].name if outcome else "OK"
             self.requests.labels(model_name, entrypoint, status).inc()
-            self.latency.labels(model_name, entrypoint, "predict").observe(
+            self.latency.labels(model_name, entrypoint, "Predict").observe(
                 (time.perf_counter() - t0) * 1e6)
 
     def load_attempt(self, model_name: str, status: str) -> None:
@@ -355,7 +356,12 @@ def _check_carried(name: str, proto) -> None:
         declared *= d.size
     dtype = tf.dtypes.as_dtype(proto.dtype)
     if proto.tensor_content:
-        carried = len(proto.tensor_content) // max(dtype.size, 1)
+        if dtype == tf.string or len(proto.tensor_content) != declared * dtype.size:
+            raise ServingError(Code.INVALID_ARGUMENT,
+                               f"input {name}: tensor_content holds "
+                               f"{len(proto.tensor_content)} bytes; its shape and dtype need "
+                               f"exactly {declared * dtype.size}")
+        carried = declared
     else:
         carried = len(getattr(proto, _VALUE_FIELDS.get(dtype.name, "string_val")))
     if carried != declared and not (carried == 1 and declared > 0):
@@ -395,8 +401,7 @@ class ModelManager:
                 raise ServingError(Code.INVALID_ARGUMENT,
                                    f"model {c.name}: unsupported platform {c.model_platform!r}")
         with self.lock:
-            if not self.allow_unavailable_labels:
-                self._check_labels(configs)
+            self._check_labels(configs)
             for c in configs:
                 if c.name in self.models:
                     self.models[c.name].config = c
@@ -410,21 +415,24 @@ class ModelManager:
                 self._unload(m, servable)
 
     def _check_labels(self, configs) -> None:
-        """TF Serving refuses to move a label to a version that is not serving (the label
-        would answer NOT_FOUND), unless --allow_version_labels_for_unavailable_models. A
-        model new to the config is exempt: its labels apply once its versions load."""
+        """TF Serving's rule (`UpdateModelVersionLabelMap`): a label may point only at a
+        version that is serving; --allow_version_labels_for_unavailable_models lets a NEW
+        label point at one that is not loaded yet (a config at start-up, before anything
+        loads), never an existing label move to one."""
         for c in configs:
             m = self.models.get(c.name)
-            if m is None:
-                continue
-            before = dict(m.config.version_labels)
+            available = m.available if m is not None else {}
+            before = dict(m.config.version_labels) if m is not None else {}
             for label, version in c.version_labels.items():
-                if before.get(label) != version and version not in m.available:
-                    raise ServingError(
-                        Code.FAILED_PRECONDITION, f"Request to assign label {label} to "
-                        f"version {version} of model {c.name}, which is not currently "
-                        "available for inference (load it first, or start the server "
-                        "with --allow_version_labels_for_unavailable_models)")
+                if version in available or before.get(label) == version:
+                    continue
+                if self.allow_unavailable_labels and label not in before:
+                    continue
+                raise ServingError(
+                    Code.FAILED_PRECONDITION, f"Request to assign label {label} to version "
+                    f"{version} of model {c.name}, which is not currently available for "
+                    "inference (serve it under another label first, or start the server "
+                    "with --allow_version_labels_for_unavailable_models for a new label)")
 
     # ---- the poll: what TF Serving's file-system source and manager do ----
     def poll(self) -> None:
@@ -441,6 +449,10 @@ class ModelManager:
                 # Availability preserving: unload what the policy dropped only after loads,
                 # and keep the newest old version while no wanted one is available (e.g. the
                 # new version failed to load).
+                for v, (state, _, message) in list(m.status.items()):
+                    if state == State.LOADING and v not in wanted and v not in m.available:
+                        m.status[v] = (State.END, Code.CANCELLED.value[0],
+                                       "left the version policy before it loaded: " + message)
                 drop = set(m.available) - wanted
                 if drop and not wanted & set(m.available):
                     drop.discard(max(drop))
@@ -453,7 +465,7 @@ class ModelManager:
         t0 = time.time()
         try:
             servable = Servable(m.name, version, path)
-            n = servable.warmup(self.max_batch_size, self.batcher)
+            n = servable.warmup(self.max_batch_size)  # not through the live batch queue
         except Exception as e:  # a bad version is reported, never served, never fatal
             attempts = m.load_failures.get(path, (0, 0.0))[0] + 1
             m.load_failures[path] = (attempts, time.time() + self.load_retry_interval)
@@ -661,8 +673,9 @@ REST_PATH = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+)
 class RestLimits:
     """What one REST request may cost before any work: its body size (the gRPC message
     limit, --max_message_bytes), the time to send it (--rest_api_timeout_in_ms: a client
-    that promises a body and stalls is cut off), and the connections served at once
-    (--rest_api_num_threads; more wait in the listen backlog)."""
+    that promises a body and stalls, or trickles it, is cut off; headers get the same
+    limit per read), and the connections served at once (--rest_api_num_threads; one more
+    waits a second for a slot, then gets 503)."""
 
     def __init__(self, max_body_bytes: int = 64 << 20, timeout: float = 30.0,
                  num_threads: int = 16):
@@ -681,7 +694,14 @@ class RestServer(http_server.ThreadingHTTPServer):
         super().__init__(address, handler)
 
     def process_request(self, request, client_address):
-        self._slots.acquire()
+        if not self._slots.acquire(timeout=1.0):  # every slot taken: refuse, do not queue
+            with contextlib.suppress(OSError):
+                body = b'{"error": "too many connections; retry later"}'
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: "
+                                b"application/json\r\nConnection: close\r\nContent-Length: "
+                                + str(len(body)).encode() + b"\r\n\r\n" + body)
+            self.shutdown_request(request)
+            return
         try:
             super().process_request(request, client_address)
         except BaseException:
@@ -739,7 +759,7 @@ def rest_handler(manager: ModelManager, limits: RestLimits | None = None,
             length = self.headers.get("Content-Length")
             if length is None:
                 raise _HttpError(411, "a Content-Length header is required")
-            if not length.strip().isdigit():
+            if not re.fullmatch(r"[0-9]+", length.strip()):
                 raise _HttpError(400, f"Content-Length must be a non-negative integer, "
                                  f"got {length!r}")
             n = int(length)
@@ -749,10 +769,16 @@ def rest_handler(manager: ModelManager, limits: RestLimits | None = None,
             deadline = time.monotonic() + limits.timeout
             chunks, left = [], n
             while left:
-                try:
-                    chunk = self.rfile.read(min(left, 1 << 16))
-                except TimeoutError:  # socket.timeout: one read waited the whole limit
-                    chunk = None
+                # One recv at a time, each allowed only what is left of the deadline: a
+                # client trickling a byte at a time cannot stretch it.
+                remaining = deadline - time.monotonic()
+                chunk = None
+                if remaining > 0:
+                    self.connection.settimeout(remaining)
+                    try:
+                        chunk = self.rfile.read1(min(left, 1 << 16))
+                    except TimeoutError:  # socket.timeout
+                        chunk = None
                 if chunk is None or time.monotonic() > deadline:
                     raise _HttpError(408, f"the body was not received within "
                                      f"{limits.timeout:g} s (--rest_api_timeout_in_ms)")
@@ -848,7 +874,8 @@ def metadata_json(response) -> dict:
 
 
 _HTTP = {Code.INVALID_ARGUMENT: 400, Code.NOT_FOUND: 404, Code.FAILED_PRECONDITION: 400,
-         Code.UNIMPLEMENTED: 501, Code.RESOURCE_EXHAUSTED: 429}
+         Code.OUT_OF_RANGE: 400, Code.UNIMPLEMENTED: 501, Code.RESOURCE_EXHAUSTED: 429,
+         Code.UNAVAILABLE: 503, Code.DEADLINE_EXCEEDED: 504}
 
 
 def rest_to_request(body: dict, spec, servable: Servable) -> tuple:
@@ -869,7 +896,7 @@ def rest_to_request(body: dict, spec, servable: Servable) -> tuple:
             if dtype not in (None, object):  # strings stay as decoded
                 value = np.asarray(value, dtype=dtype)
             request.inputs[k].CopyFrom(tf.make_tensor_proto(value))
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, OverflowError) as e:
             raise ServingError(Code.INVALID_ARGUMENT, f"input {k}: {e}") from None
     return request, "instances" in body
 

@@ -598,6 +598,26 @@ def test_rest_bounds_what_a_request_may_cost_and_keeps_answering(server, v1):
     assert got == 408 and "not received within 1.5 s" in text, (got, text)
     assert time.time() - t0 < 10
     still_answering()
+    # ... and so is one that trickles a byte every 0.5 s (each read within the timeout).
+    t0 = time.time()
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+        sock.sendall(_post(path, "100"))
+        reply = b""
+        for _ in range(20):
+            try:
+                sock.sendall(b" ")
+            except OSError:
+                break
+            sock.settimeout(0.5)
+            try:
+                reply += sock.recv(65536)
+                if reply:
+                    break
+            except socket.timeout:
+                pass
+    assert reply.startswith(b"HTTP/1.1 408") or reply.startswith(b"HTTP/1.0 408"), reply
+    assert time.time() - t0 < 5
+    still_answering()
 
 
 def test_rest_metadata_and_prometheus_metrics(server, client, examples):
@@ -639,7 +659,7 @@ def test_rest_metadata_and_prometheus_metrics(server, client, examples):
     ok_grpc = f'{{entrypoint="GRPC",model_name="{NAME}",status="OK"}}'
     assert counts[":tensorflow:serving:request_count_total" + ok_grpc] >= 1, counts
     assert any('entrypoint="REST"' in k and "INVALID_ARGUMENT" in k for k in counts), counts
-    assert f':tensorflow:serving:request_latency_bucket{{API="predict",entrypoint="GRPC",' \
+    assert f':tensorflow:serving:request_latency_bucket{{API="Predict",entrypoint="GRPC",' \
            f'le="+Inf",model_name="{NAME}"}}' in text
     assert ':tensorflow:cc:saved_model:load_attempt_count_total{model_name="shop",' \
            'status="OK"}' in text
@@ -697,10 +717,11 @@ def test_batching_merges_concurrent_requests_and_isolates_a_bad_one(v1, examples
             answers, failures = {}, {}
             bad = {**_batch(raw, 1), "item_price": np.array([np.nan], np.float32)}
 
-            def send(i):
-                rows = 1 + i % 3
+            def send(i):  # request i: `rows` rows starting at row i % 4, its own answer
+                rows, first = 1 + i % 3, i % 4
+                part = {k: v[first:first + rows] for k, v in raw.items()}
                 try:
-                    answers[i] = (rows, c.predict(NAME, bad if i == 5 else _batch(raw, rows)))
+                    answers[i] = (first, rows, c.predict(NAME, bad if i == 5 else part))
                 except grpc.RpcError as e:
                     failures[i] = e.code()
 
@@ -711,8 +732,8 @@ def test_batching_merges_concurrent_requests_and_isolates_a_bad_one(v1, examples
                 t.join()
             assert failures == {5: grpc.StatusCode.INVALID_ARGUMENT}
             assert len(answers) == 23
-            for rows, got in answers.values():
-                _assert_close(got, expected_v1, rows)
+            for first, rows, got in answers.values():
+                _assert_close(got, {k: v[first:first + rows] for k, v in expected_v1.items()})
             # Fewer calls than requests (the bad request's batch was re-run one by one).
             assert server.batcher.batches - warm < 23
             assert _code(lambda: c.predict(NAME, _batch(raw, 9))) == \
@@ -798,3 +819,59 @@ def test_an_unknown_server_flag_is_a_clear_error():
                           text=True, env=subprocess_env(), cwd=REPO, timeout=120)
     assert proc.returncode != 0
     assert "Unknown command line flag 'tensorflow_session_parallelism'" in proc.stderr
+
+
+def test_batching_merge_concatenates_every_encoding_exactly():
+    """`batching.merge` joins fixed-width tensor_content, repeated-field values, mixed
+    encodings and single-value broadcasts into the rows a decode-and-concatenate gives."""
+    from tensorflow.core.framework import tensor_pb2
+    from export import batching
+
+    def as_values(arr):
+        p = tf.make_tensor_proto(arr)
+        if not p.tensor_content:
+            return p
+        q = tensor_pb2.TensorProto(dtype=p.dtype)
+        q.tensor_shape.CopyFrom(p.tensor_shape)
+        field = batching._value_field(p)
+        values = arr.ravel().view(np.uint16) if field == "half_val" else arr.ravel()
+        getattr(q, field).extend(values.tolist())
+        return q
+
+    def broadcast(arr):
+        p = as_values(arr)
+        field = batching._value_field(p)
+        del getattr(p, field)[1:]
+        return p
+
+    for arr in (np.array([[1.5, 2.0]], np.float32), np.array([[3, 4]], np.int32),
+                np.array([[True, False]]), np.array([[1.0, 2.0]], np.float16),
+                np.array([[5, 6]], np.int64), np.array([[b"a", b"bc"]], object)):
+        content, values, single = tf.make_tensor_proto(arr), as_values(arr), broadcast(arr)
+        for combo in ([content, content], [values, values], [content, values],
+                      [values, single], [single, single]):
+            merged = batching.merge([[p] for p in combo], 2)[0]
+            want = np.concatenate([tf.make_ndarray(p) for p in combo])
+            got = tf.make_ndarray(merged)
+            assert got.shape == want.shape and (got == want).all(), (arr.dtype, got, want)
+
+
+def test_version_labels_follow_tf_servings_rule(model_dir):
+    """A label may point only at a serving version; the flag lets a NEW label point at a
+    version not loaded yet (a config at start-up), never an existing label move to one."""
+    def config(**labels):
+        c = serve.single_model_config(NAME, "/nowhere")
+        c.model_config_list.config[0].version_labels.update(labels)
+        return c
+
+    strict = serve.ModelManager()
+    with pytest.raises(serve.ServingError, match="not currently available"):
+        strict.set_config(config(stable=1))
+    lenient = serve.ModelManager(allow_version_labels_for_unavailable_models=True)
+    lenient.set_config(config(stable=1))           # new label, nothing loaded: allowed
+    lenient.set_config(config(stable=1, canary=2))  # another new one
+    with pytest.raises(serve.ServingError, match="not currently available"):
+        lenient.set_config(config(stable=2, canary=2))  # moving stable: refused
+    lenient.models[NAME].available[2] = object()    # version 2 serving: the move is fine
+    lenient.set_config(config(stable=2, canary=2))
+    assert dict(lenient.models[NAME].config.version_labels) == {"stable": 2, "canary": 2}

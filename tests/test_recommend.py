@@ -237,7 +237,8 @@ def test_recommend_rejects_bad_flags_before_work(retriever_dir, tmp_path):
 
     for options, match in ((recommend_lib.Options(k=0), "--k"),
                            (recommend_lib.Options(k=10, candidates=5), "--candidates"),
-                           (recommend_lib.Options(objective="revenue"), "--objective")):
+                           (recommend_lib.Options(objective="revenue"), "--objective"),
+                           (recommend_lib.Options(ranker_history=-1), "--ranker_history")):
         with pytest.raises(ValueError, match=match):
             recommend.run(retriever_dir, output=str(tmp_path / "r.csv"), options=options)
     proc = helpers.subprocess.run(
@@ -382,7 +383,10 @@ def test_serving_features_in_the_graph_equal_the_offline_ones(retriever_dir, sho
         assert (want[name] > 0).any(), name
 
 
-RECOMMEND_OPTIONS = dict(k=10, candidates=40, objective="purchase", retrieval_weight=1.0)
+# ranker_history 8 of the tiny ranker's 16: the graph and the offline cascade must cut the
+# history the same way.
+RECOMMEND_OPTIONS = dict(k=10, candidates=40, objective="purchase", retrieval_weight=1.0,
+                         ranker_history=8)
 
 
 @pytest.fixture(scope="module")

@@ -49,6 +49,9 @@ def define_flags():
                         "(always among the candidates the ranker scores; without a ranker, "
                         "listed first).")
     flags.DEFINE_float("repeat_days", Options.repeat_days, "Window of --repeat_purchases.")
+    flags.DEFINE_integer("ranker_history", Options.ranker_history, "History events the ranker "
+                         "reads per candidate (0: as many as it was trained with); its cost "
+                         "grows with them.")
     flags.DEFINE_float("retrieval_weight", Options.retrieval_weight, "Cascade score = log(ranker's objective) + "
                        "this x the retriever's logit (0: the ranker's order alone).")
     flags.DEFINE_integer("max_requests", 0, "Use the first N requests of the split (0: all).")
@@ -219,6 +222,7 @@ def main(argv):
         options = Options(k=FLAGS.k, candidates=FLAGS.candidates, objective=FLAGS.objective,
                           repeat=FLAGS.repeat_purchases, repeat_days=FLAGS.repeat_days,
                           retrieval_weight=FLAGS.retrieval_weight,
+                          ranker_history=FLAGS.ranker_history,
                           batch_size=FLAGS.batch_size)
         run(FLAGS.retrieval_dir, FLAGS.model_dir, FLAGS.data_dir, FLAGS.split, FLAGS.output,
             options, FLAGS.max_requests, FLAGS.verbose)

@@ -5,9 +5,10 @@ warning, oneDNN and CUDA probing (twice: TensorFlow and TF Text each load), and 
 libraries' INFO logs ("Sharding callback duration", TFDS' "Using custom data
 configuration"). `TF_CPP_MIN_LOG_LEVEL` does not reach the lines printed before absl's C++
 logging is initialised, so `start()` imports TensorFlow with file descriptor 2 pointed at a
-temporary file (shown again if the import fails) and filters the libraries' INFO records
-(and TFDS' warnings) out of Python logging. The entry points' own logs and every library
-warning and error stay. `ECOM_ZOO_TF_LOGS=1` keeps everything.
+temporary file (shown again if the import fails; whatever the import printed is dropped
+when it succeeds) and filters the libraries' INFO records (and TFDS' warnings) out of
+Python logging. The entry points' own logs and the libraries' Python warnings and errors
+after the import stay. `ECOM_ZOO_TF_LOGS=1` keeps everything.
 """
 
 from __future__ import annotations
@@ -20,12 +21,17 @@ import tempfile
 ENV = "ECOM_ZOO_TF_LOGS"
 
 
+# This project's packages: their records always pass, installed or not.
+OWN_PACKAGES = ("zoo", "trainers", "export", "benchmarks")
+
+
 class _LibraryChatter(logging.Filter):
-    """Drops INFO (and TFDS' WARNING) records logged from installed packages."""
+    """Drops INFO (and TFDS' WARNING) records logged from other installed packages."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         path = (record.pathname or "").replace("\\", "/")
-        if "-packages/" not in path or record.levelno >= logging.ERROR:
+        if ("-packages/" not in path or record.levelno >= logging.ERROR
+                or any(f"-packages/{p}/" in path for p in OWN_PACKAGES)):
             return True
         return record.levelno >= logging.WARNING and "/tensorflow_datasets/" not in path
 

@@ -47,6 +47,10 @@ class Options:
     # retriever's logit (0: the ranker's order alone). The ranker learned from impressions
     # the shop chose to show; the retriever from the whole catalogue (BUILD_NOTES.md).
     retrieval_weight: float = 1.0
+    # History events the ranker reads per candidate (0: as many as it was trained with).
+    # Its cost is per (request, candidate) and grows with the sequence; the context
+    # features still count the whole history.
+    ranker_history: int = 0
 
     def check(self) -> None:
         if self.k < 1:
@@ -62,6 +66,8 @@ class Options:
             raise ValueError(f"--repeat_days must be > 0, got {self.repeat_days}")
         if not self.retrieval_weight >= 0:
             raise ValueError(f"--retrieval_weight must be >= 0, got {self.retrieval_weight}")
+        if self.ranker_history < 0:
+            raise ValueError(f"--ranker_history must be >= 0, got {self.ranker_history}")
         if self.batch_size < 1:
             raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}")
 
@@ -246,6 +252,9 @@ def rank(ranker, tables: contract.Tables, reqs, candidates: np.ndarray, label_co
         sel = np.arange(start, min(start + per_chunk, len(reqs)))
         raw = requests_lib.candidate_features(tables, reqs.take(sel), candidates[sel],
                                               label_config)
+        if options.ranker_history:
+            raw = {k: v[:, :options.ranker_history] if k.startswith("hist_") else v
+                   for k, v in raw.items()}
         preds = forward({k: tf.constant(raw[k]) if raw[k].dtype != object
                          else tf.constant(raw[k].astype(str)) for k in RAW_FEATURES})
         p = preds["click" if options.objective == "click" else "purchase"].numpy()

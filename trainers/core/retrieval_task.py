@@ -211,7 +211,13 @@ def pretrained_config(model_dir: str) -> dict:
                          "python -m trainers.pretrain run (pretrain_config.json and "
                          "encoder/encoder.index)")
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        config = json.load(f)
+    import zoo
+
+    if not zoo.spec(config.get("model", "")).pretrainable:
+        raise ValueError(f"--init_checkpoint {model_dir}: pre-trained model "
+                         f"{config.get('model')!r} has no transformer encoder to start from")
+    return config
 
 
 def pretrained_encoder(model_dir: str, sample: dict):

@@ -188,6 +188,10 @@ def _timestamps(path, table) -> np.ndarray:
     text = pc.utf8_trim_whitespace(pc.fill_null(pc.cast(col, pa.string()), ""))
     raw = text.to_numpy(zero_copy_only=False)
     is_int = pc.match_substring_regex(text, r"^-?\d+$").to_numpy(zero_copy_only=False)
+    too_long = is_int & (pc.utf8_length(text).to_numpy(zero_copy_only=False) > 18)
+    if too_long.any():  # int64 holds 18 digits safely; Unix seconds need 10
+        _bad(path, np.flatnonzero(too_long), "timestamp",
+             "integer Unix seconds or an ISO-8601 date-time", raw)
     out = np.zeros(len(raw), dtype=np.int64)
     if is_int.any():
         out[is_int] = raw[is_int].astype(np.int64)
