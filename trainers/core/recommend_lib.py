@@ -253,8 +253,8 @@ def rank(ranker, tables: contract.Tables, reqs, candidates: np.ndarray, label_co
         raw = requests_lib.candidate_features(tables, reqs.take(sel), candidates[sel],
                                               label_config)
         if options.ranker_history:
-            raw = {k: v[:, :options.ranker_history] if k.startswith("hist_") else v
-                   for k, v in raw.items()}
+            raw = {k: v[:, :options.ranker_history]  # the event columns, as the graph does
+                   if k.startswith("hist_") and v.ndim == 2 else v for k, v in raw.items()}
         preds = forward({k: tf.constant(raw[k]) if raw[k].dtype != object
                          else tf.constant(raw[k].astype(str)) for k in RAW_FEATURES})
         p = preds["click" if options.objective == "click" else "purchase"].numpy()
