@@ -75,7 +75,7 @@ def main():
                    "a comma list measures each")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--ranker_history", type=int, default=0, help="history events the ranker "
-                   "reads per candidate (0: as trained)")
+                   "is given per candidate (0: what its preprocessor reads)")
     p.add_argument("--output", default=None, help="write the results as JSON here")
     args = p.parse_args()
 

@@ -165,9 +165,7 @@ def build(ranker, retriever, cat: Catalogue, history_length: int, retrieval_hist
     options.check()
     num_candidates = min(options.candidates, cat.size)
     k = min(options.k, num_candidates)
-    L, R = int(history_length), int(retrieval_history)
-    if options.ranker_history:
-        L = min(L, int(options.ranker_history))
+    L, R = options.ranker_events(ranker, history_length), int(retrieval_history)
 
     @tf.function(input_signature=[input_signature()])
     def recommend(inputs):
@@ -267,6 +265,7 @@ class Recommender:
 
         self.retriever, self.options = retriever, options
         self.history_length = int(history_length)
+        self.ranker_history = options.ranker_events(ranker, history_length)
         items = requests_lib.catalogue(tables)
         self.snapshot = sf.snapshot(tables)
         self.catalogue = Catalogue(items, catalogue_embeddings(retriever, items), self.snapshot)
@@ -285,8 +284,7 @@ class Recommender:
                 "objective": o.objective, "retrieval_weight": o.retrieval_weight,
                 "catalogue_size": self.catalogue.size, "snapshot_time": self.snapshot.time,
                 "history_length": self.history_length,
-                "ranker_history": (min(o.ranker_history, self.history_length)
-                                   if o.ranker_history else self.history_length),
+                "ranker_history": self.ranker_history,
                 "request_features": list(sf.REQUEST_FEATURES)}
 
 

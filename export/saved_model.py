@@ -441,7 +441,7 @@ def define_flags():
                        "log(objective) + weight x retrieval logit (0: the ranker alone).")
     flags.DEFINE_integer("recommend_ranker_history", Options.ranker_history, "With "
                          "--retrieval_dir: history events the ranker reads per candidate "
-                         "(0: as many as it was trained with).")
+                         "(0: as many as its preprocessor reads, max_history).")
 
 
 def main(argv):

@@ -50,8 +50,8 @@ def define_flags():
                         "listed first).")
     flags.DEFINE_float("repeat_days", Options.repeat_days, "Window of --repeat_purchases.")
     flags.DEFINE_integer("ranker_history", Options.ranker_history, "History events the ranker "
-                         "reads per candidate (0: as many as it was trained with); its cost "
-                         "grows with them.")
+                         "is given per candidate (0: as many as its preprocessor reads, "
+                         "max_history); its cost grows with them.")
     flags.DEFINE_float("retrieval_weight", Options.retrieval_weight, "Cascade score = log(ranker's objective) + "
                        "this x the retriever's logit (0: the ranker's order alone).")
     flags.DEFINE_integer("max_requests", 0, "Use the first N requests of the split (0: all).")

@@ -47,10 +47,18 @@ class Options:
     # retriever's logit (0: the ranker's order alone). The ranker learned from impressions
     # the shop chose to show; the retriever from the whole catalogue (BUILD_NOTES.md).
     retrieval_weight: float = 1.0
-    # History events the ranker reads per candidate (0: as many as it was trained with).
-    # Its cost is per (request, candidate) and grows with the sequence; the context
-    # features still count the whole history.
+    # History events passed to the ranker per candidate (0: as many as its preprocessor
+    # reads, `max_history`: the columns beyond are dropped inside it anyway, after costing
+    # their string lookups once per candidate). The context features still count the whole
+    # history.
     ranker_history: int = 0
+
+    def ranker_events(self, ranker, history_length: int) -> int:
+        """The history columns the ranker is given: what it reads, at most what it has."""
+        reads = int(getattr(getattr(ranker, "preprocessor", None), "max_history",
+                            history_length))
+        wanted = self.ranker_history or reads
+        return max(1, min(wanted, int(history_length)))
 
     def check(self) -> None:
         if self.k < 1:
@@ -252,9 +260,9 @@ def rank(ranker, tables: contract.Tables, reqs, candidates: np.ndarray, label_co
         sel = np.arange(start, min(start + per_chunk, len(reqs)))
         raw = requests_lib.candidate_features(tables, reqs.take(sel), candidates[sel],
                                               label_config)
-        if options.ranker_history:
-            raw = {k: v[:, :options.ranker_history]  # the event columns, as the graph does
-                   if k.startswith("hist_") and v.ndim == 2 else v for k, v in raw.items()}
+        keep = options.ranker_events(ranker, label_config.history_length)
+        raw = {k: v[:, :keep]  # the event columns, as the graph does
+               if k.startswith("hist_") and v.ndim == 2 else v for k, v in raw.items()}
         preds = forward({k: tf.constant(raw[k]) if raw[k].dtype != object
                          else tf.constant(raw[k].astype(str)) for k in RAW_FEATURES})
         p = preds["click" if options.objective == "click" else "purchase"].numpy()
