@@ -26,7 +26,7 @@ import os
 import threading
 import time
 
-from export import serving_config
+from export import serving_config, tensor_protos
 
 # TF Serving's defaults for the fields a BatchingParameters file leaves out.
 DEFAULT_MAX_BATCH_SIZE = 1000
@@ -92,13 +92,13 @@ def merge(requests: list, rows: int) -> list:
     out = []
     for i, first in enumerate(requests[0]):
         protos = [r[i] for r in requests]
-        field = _value_field(first)
+        field = tensor_protos.value_field(first)
         merged = tensor_pb2.TensorProto(dtype=first.dtype)
         merged.tensor_shape.CopyFrom(first.tensor_shape)
         merged.tensor_shape.dim[0].size = rows
         if first.dtype != types_pb2.DT_STRING and all(p.tensor_content for p in protos):
             merged.tensor_content = b"".join(p.tensor_content for p in protos)
-        elif all(not p.tensor_content and len(getattr(p, field)) == _elements(p)
+        elif all(not p.tensor_content and len(getattr(p, field)) == tensor_protos.elements(p)
                  for p in protos):
             values = getattr(merged, field)
             for p in protos:
@@ -110,22 +110,6 @@ def merge(requests: list, rows: int) -> list:
             merged = tf.make_tensor_proto(np.concatenate([tf.make_ndarray(p) for p in protos]))
         out.append(merged)
     return out
-
-
-def _elements(proto) -> int:
-    n = 1
-    for d in proto.tensor_shape.dim:
-        n *= d.size
-    return n
-
-
-def _value_field(proto) -> str:
-    from tensorflow.core.framework import types_pb2
-
-    return {types_pb2.DT_STRING: "string_val", types_pb2.DT_FLOAT: "float_val",
-            types_pb2.DT_DOUBLE: "double_val", types_pb2.DT_INT64: "int64_val",
-            types_pb2.DT_BOOL: "bool_val", types_pb2.DT_HALF: "half_val",
-            types_pb2.DT_BFLOAT16: "half_val"}.get(proto.dtype, "int_val")
 
 
 @dataclasses.dataclass(eq=False)

@@ -157,15 +157,15 @@ def pair_features(hist: dict, cand: dict, session_category, query, cat: Catalogu
 def build(ranker, retriever, cat: Catalogue, history_length: int, retrieval_history: int,
           options: recommend_lib.Options):
     """The `recommend` tf.function (the ranker, the retriever and `cat` must be tracked by
-    whoever saves it). Each model reads the last events of the history up to the length it
-    was trained with (`history_length`: the ranker's, `retrieval_history`: the
-    retriever's)."""
+    whoever saves it). Each model is given the last events of the history: `history_length`
+    for the ranker (`Options.ranker_events`: what its preprocessor reads),
+    `retrieval_history` for the retriever (what it was trained with)."""
     from zoo.models.two_tower.model import complete_features
 
     options.check()
     num_candidates = min(options.candidates, cat.size)
     k = min(options.k, num_candidates)
-    L, R = options.ranker_events(ranker, history_length), int(retrieval_history)
+    L, R = int(history_length), int(retrieval_history)
 
     @tf.function(input_signature=[input_signature()])
     def recommend(inputs):
@@ -269,7 +269,7 @@ class Recommender:
         items = requests_lib.catalogue(tables)
         self.snapshot = sf.snapshot(tables)
         self.catalogue = Catalogue(items, catalogue_embeddings(retriever, items), self.snapshot)
-        self.function = build(ranker, retriever, self.catalogue, history_length,
+        self.function = build(ranker, retriever, self.catalogue, self.ranker_history,
                               retrieval_history, options)
 
     def __call__(self, inputs: dict) -> dict:

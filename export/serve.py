@@ -48,7 +48,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      prediction_service_pb2, prediction_service_pb2_grpc)
 from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
 
-from export import batching, layout, serving_config  # noqa: E402
+from export import batching, layout, serving_config, tensor_protos  # noqa: E402
 
 Code = grpc.StatusCode
 State = get_model_status_pb2.ModelVersionStatus.State
@@ -338,11 +338,6 @@ class Model:
         return set(sorted(on_disk)[-max(n, 1):])
 
 
-# Repeated field of a TensorProto holding the values of each dtype (when not tensor_content).
-_VALUE_FIELDS = {"string": "string_val", "float32": "float_val", "float64": "double_val",
-                 "int64": "int64_val", "int32": "int_val", "int16": "int_val",
-                 "int8": "int_val", "uint8": "int_val", "bool": "bool_val",
-                 "float16": "half_val", "bfloat16": "half_val"}
 # The default --max_batch_size: a request cannot make the server run more rows than this.
 DEFAULT_MAX_BATCH_SIZE = 4096
 
@@ -351,9 +346,7 @@ def _check_carried(name: str, proto) -> None:
     """INVALID_ARGUMENT when a tensor declares more (or other) values than it carries:
     a 400-byte request must not make the server fill in and run a batch of 20,000 rows.
     One value for any shape stays allowed (TensorProto's broadcast of a single value)."""
-    declared = 1
-    for d in proto.tensor_shape.dim:
-        declared *= d.size
+    declared = tensor_protos.elements(proto)
     dtype = tf.dtypes.as_dtype(proto.dtype)
     if proto.tensor_content:
         if dtype == tf.string or len(proto.tensor_content) != declared * dtype.size:
@@ -363,7 +356,7 @@ def _check_carried(name: str, proto) -> None:
                                f"exactly {declared * dtype.size}")
         carried = declared
     else:
-        carried = len(getattr(proto, _VALUE_FIELDS.get(dtype.name, "string_val")))
+        carried = len(getattr(proto, tensor_protos.value_field(proto)))
     if carried != declared and not (carried == 1 and declared > 0):
         raise ServingError(Code.INVALID_ARGUMENT,
                            f"input {name}: its shape {[d.size for d in proto.tensor_shape.dim]} "

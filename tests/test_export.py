@@ -825,7 +825,7 @@ def test_batching_merge_concatenates_every_encoding_exactly():
     """`batching.merge` joins fixed-width tensor_content, repeated-field values, mixed
     encodings and single-value broadcasts into the rows a decode-and-concatenate gives."""
     from tensorflow.core.framework import tensor_pb2
-    from export import batching
+    from export import batching, tensor_protos
 
     def as_values(arr):
         p = tf.make_tensor_proto(arr)
@@ -833,14 +833,14 @@ def test_batching_merge_concatenates_every_encoding_exactly():
             return p
         q = tensor_pb2.TensorProto(dtype=p.dtype)
         q.tensor_shape.CopyFrom(p.tensor_shape)
-        field = batching._value_field(p)
+        field = tensor_protos.value_field(p)
         values = arr.ravel().view(np.uint16) if field == "half_val" else arr.ravel()
         getattr(q, field).extend(values.tolist())
         return q
 
     def broadcast(arr):
         p = as_values(arr)
-        field = batching._value_field(p)
+        field = tensor_protos.value_field(p)
         del getattr(p, field)[1:]
         return p
 
