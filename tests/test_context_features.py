@@ -149,8 +149,8 @@ def test_in_graph_features_by_hand():
     np.testing.assert_array_equal(dense[1, :C], 0.0)
     np.testing.assert_array_equal(dense[1, C:2 * C], 1.0)
 
-    first = pre.num_dense_features - len(prep_lib.IN_GRAPH_FEATURES)
-    got = [dict(zip(prep_lib.IN_GRAPH_FEATURES, row[first:])) for row in dense]
+    first = pre.num_dense_features - len(pre.in_graph_features)
+    got = [dict(zip(pre.in_graph_features, row[first:])) for row in dense]
     # The query's word pieces found in the title, by the tokenizer itself.
     q = pre.tokenizer("red shoe").numpy().tolist()[:pre.max_query_tokens]
     t = set(pre.tokenizer("blue running shoe").numpy().tolist()[:pre.max_title_tokens])
@@ -179,7 +179,53 @@ def test_in_graph_features_by_hand():
     assert got[0]["item_last_hour"] == pytest.approx(np.log1p(2.0))
     assert got[0]["category_last_hour"] == pytest.approx(np.log1p(3.0))
     assert got[0]["brand_last_hour"] == pytest.approx(np.log1p(3.0))
-    assert got[1] == {**{k: 0.0 for k in prep_lib.IN_GRAPH_FEATURES}, "history_empty": 1.0}
+    assert {k: got[1][k] for k in prep_lib.IN_GRAPH_FEATURES} == {
+        **{k: 0.0 for k in prep_lib.IN_GRAPH_FEATURES}, "history_empty": 1.0}
+
+    # Prices against their category's level: shoes = mean log of A (10) and B (20), outdoor
+    # = log 30 (the vocabulary's distinct training items).
+    level = {"shoes": np.log([10.0, 20.0]).mean(), "outdoor": np.log(30.0)}
+    r = np.log(10.0) - level["shoes"]
+    hist = np.array([np.log(20.0) - level["shoes"], np.log(10.0) - level["shoes"],
+                     np.log(10.0) - level["shoes"], np.log(40.0) - level["outdoor"]])
+    want = {"relative_price": r, "history_relative_price": hist.mean(),
+            "history_relative_price_sd": hist.std(), "relative_price_gap": r - hist.mean(),
+            "relative_price_over": max(r - hist.mean(), 0.0),
+            "relative_price_under": max(hist.mean() - r, 0.0),
+            "category_relative_price_gap": r - hist[:3].mean()}
+    for name, value in want.items():
+        assert got[0][name] == pytest.approx(value, abs=1e-5), name
+    assert got[0]["relative_price_under"] > 0.1  # A is the cheap one of its category
+    # No history: only the candidate's own relative price (C is its category's level).
+    assert {k: got[1][k] for k in prep_lib.RELATIVE_PRICE_FEATURES} == pytest.approx(
+        {k: 0.0 for k in prep_lib.RELATIVE_PRICE_FEATURES}, abs=1e-6)
+
+
+def test_relative_price_levels_and_an_older_preprocessor():
+    config = zoo.get_config("bert_mtl", "tiny")
+    vocab = _vocabulary(config)
+    # Distinct items: A and B are shoes, C outdoor; an unseen category gets the overall level.
+    levels = dict(zip(vocab["category"], vocab["category_log_price"]))
+    assert levels["shoes"] == pytest.approx(np.log([10.0, 20.0]).mean())
+    assert levels["outdoor"] == pytest.approx(np.log(30.0))
+    assert vocab["log_price_mean"] == pytest.approx(np.log([10.0, 20.0, 30.0]).mean())
+    twice = {k: np.concatenate([v, v]) for k, v in {
+        "item_id": np.array(["A", "B"], object), "item_category": np.array(["s", "s"], object),
+        "item_price": np.array([10.0, 40.0])}.items()}
+    from zoo.models.ranker import vocabulary as vocab_lib
+    got = vocab_lib.category_price_levels(["s", "new"], twice)
+    assert got["category_log_price"] == pytest.approx([np.log(20.0), np.log(20.0)])
+    assert got["log_price_mean"] == pytest.approx(np.log(20.0))
+    with pytest.raises(ValueError, match="category_log_price"):
+        zoo.get("bert_mtl", "tiny", vocabulary={**vocab, "category_log_price": [0.0]})
+    # A preprocessor saved before relative prices existed (no such key in its config) keeps
+    # the width it was trained with.
+    pre = zoo.get("bert_mtl", "tiny", vocabulary=vocab).preprocessor
+    old = pre.get_config()
+    old.pop("relative_price")
+    older = prep_lib.RankerPreprocessor.from_config(old)
+    assert older.num_dense_features == pre.num_dense_features - len(
+        prep_lib.RELATIVE_PRICE_FEATURES)
 
 
 def test_target_attention_pools_by_the_candidate():
@@ -320,7 +366,7 @@ def test_piecewise_linear_encoding_by_hand():
             _raw([], ("A", "shoes", "acme"), "", "t", 10.0, -1.0),
             _raw([], ("A", "shoes", "acme"), "", "t", 10.0, float(np.expm1(100.0)))]
     dense = pre(_batch(rows))["dense_features"].numpy()
-    assert dense.shape == (3, (2 + T) * C + len(prep_lib.IN_GRAPH_FEATURES))
+    assert dense.shape == (3, (2 + T) * C + len(pre.in_graph_features))
     encoded = dense[:, 2 * C:(2 + T) * C].reshape(3, C, T)
     np.testing.assert_allclose(encoded[0, 1], [1, 1, 0.5, 0, 0, 0, 0, 0][:T], atol=1e-5)
     np.testing.assert_allclose(encoded[0, 0], [1, 1, 1, 0.5, 0, 0, 0, 0][:T], atol=1e-5)

@@ -74,6 +74,21 @@ IN_GRAPH_FEATURES = (
     + tuple(f"{field}_freshness" for field in MATCH_FIELDS)
     + tuple(f"{field}_recent" for field in MATCH_FIELDS)
     + tuple(f"{field}_last_hour" for field in MATCH_FIELDS))
+# With `relative_price` (after the above): the budget, category by category. Prices of
+# different categories are not comparable (a watch and a phone case), so each price is taken
+# against its category's level (`vocabulary["category_log_price"]`, mean log price of the
+# category's training items): r = log(price) - level(category).
+#   relative_price              r of the candidate
+#   history_relative_price      mean r of the history's events; 0 if none
+#   history_relative_price_sd   their standard deviation; 0 if none
+#   relative_price_gap          r - that mean (how far above what the user usually looks at)
+#   relative_price_over, relative_price_under   its positive and negative parts
+#   category_relative_price_gap r - mean r of the history's events of the candidate's
+#                               category; 0 if none
+RELATIVE_PRICE_FEATURES = (
+    "relative_price", "history_relative_price", "history_relative_price_sd",
+    "relative_price_gap", "relative_price_over", "relative_price_under",
+    "category_relative_price_gap")
 RECENT_SECONDS = 3 * 86400.0
 HISTORY_OUTPUTS = ("hist_item_index", "hist_category_index", "hist_brand_index",
                    "hist_event_index", "hist_price_bucket", "hist_gap_bucket", "hist_mask")
@@ -92,13 +107,15 @@ class RankerPreprocessor(BehaviourPreprocessor):
       vocabulary: a dict from `fit_vocabulary` / `placeholder_vocabulary` (travels in the
         layer config, hence inside the model's `.keras` file).
       max_query_tokens, max_title_tokens, max_history, max_position, num_oov_indices,
-      num_gap_buckets: see the presets.
+      num_gap_buckets, history_titles, context_features, context_bins, relative_price: see
+      the presets (relative_price defaults to off here so that a model saved before it
+      existed loads with the inputs it was trained on).
     """
 
     def __init__(self, vocabulary, max_query_tokens=12, max_title_tokens=12, max_history=30,
                  max_position=64, num_oov_indices=1, num_gap_buckets=24,
                  history_titles=False, context_features=False, context_bins=False,
-                 **kwargs):
+                 relative_price=False, **kwargs):
         super().__init__(**kwargs)
         # Plain attribute (not Keras-tracked: tracking walks every string of the lists).
         object.__setattr__(self, "vocabulary", vocab_lib.validate(vocabulary))
@@ -111,6 +128,7 @@ class RankerPreprocessor(BehaviourPreprocessor):
         self.history_titles = bool(history_titles)
         self.context_features = bool(context_features)
         self.context_bins = bool(context_bins)
+        self.relative_price = bool(relative_price)
         if self.history_titles and self.max_title_tokens <= 0:
             raise ValueError("history_titles needs max_title_tokens > 0")
         v = self.vocabulary
@@ -136,6 +154,12 @@ class RankerPreprocessor(BehaviourPreprocessor):
             bin_boundaries=gap_edges(self.num_gap_buckets), name="gap_buckets")
         self.count_discretization = keras.layers.Discretization(
             bin_boundaries=COUNT_EDGES, name="count_buckets")
+        # Row i = the price level of category lookup index i (padding and OOV buckets: the
+        # overall level); no levels in the vocabulary (placeholders): 0 everywhere.
+        overall = float(v.get("log_price_mean", 0.0))
+        levels = v.get("category_log_price") or [overall] * len(v["category"])
+        object.__setattr__(self, "_category_log_price", tf.constant(
+            [overall] * (1 + self.num_oov_indices) + list(levels), tf.float32))
         if self.history_titles:
             # Row i = the title tokens of item lookup index i (0: padding, then the OOV
             # buckets, then the vocabulary's items): a constant, tokenised once here.
@@ -173,9 +197,14 @@ class RankerPreprocessor(BehaviourPreprocessor):
         }
 
     @property
+    def in_graph_features(self) -> tuple:
+        """Names of the features computed in the graph, in dense_features' order (last)."""
+        return IN_GRAPH_FEATURES + (RELATIVE_PRICE_FEATURES if self.relative_price else ())
+
+    @property
     def num_dense_features(self) -> int:
         bins = vocab_lib.CONTEXT_BINS if self.context_bins else 0
-        return (2 + bins) * len(CONTEXT_FEATURES) + len(IN_GRAPH_FEATURES)
+        return (2 + bins) * len(CONTEXT_FEATURES) + len(self.in_graph_features)
 
     def token_id(self, token: str) -> int:
         return self.vocabulary["wordpiece"].index(token)
@@ -293,7 +322,32 @@ class RankerPreprocessor(BehaviourPreprocessor):
             last_hour.append(tf.math.log1p(tf.reduce_sum(
                 same_f * tf.cast(hist_gap < 3600.0, tf.float32), axis=1)))
         in_graph += freshness + recent + last_hour
+        if self.relative_price:
+            in_graph += self._relative_prices(out, price, hist_price, real)
         return tf.concat(parts + [tf.stack(in_graph, axis=1)], axis=1)
+
+    def _relative_prices(self, out, price, hist_price, real):
+        """RELATIVE_PRICE_FEATURES (see there), each [B]."""
+        def relative(p, category_index):
+            level = tf.gather(self._category_log_price, category_index)
+            return tf.where(p > 0, tf.math.log(tf.maximum(p, 1e-6)) - level, 0.0)
+
+        r = relative(price, tf.reshape(out["category_index"], [-1]))
+        priced = real * tf.cast(hist_price > 0, tf.float32)  # [B, H]
+        r_hist = relative(hist_price, out["hist_category_index"]) * priced
+        n = tf.reduce_sum(priced, axis=1)
+        has = n > 0
+        mean = tf.reduce_sum(r_hist, axis=1) / tf.maximum(n, 1.0)
+        var = tf.reduce_sum(tf.square(r_hist), axis=1) / tf.maximum(n, 1.0) - tf.square(mean)
+        sd = tf.where(has, tf.sqrt(tf.maximum(var, 0.0)), 0.0)
+        gap = tf.where(has, r - mean, 0.0)
+        same = priced * tf.cast(tf.equal(out["hist_category_index"],
+                                         tf.reshape(out["category_index"], [-1, 1])),
+                                tf.float32)
+        n_same = tf.reduce_sum(same, axis=1)
+        mean_same = tf.reduce_sum(r_hist * same, axis=1) / tf.maximum(n_same, 1.0)
+        gap_same = tf.where(n_same > 0, r - mean_same, 0.0)
+        return [r, mean, sd, gap, tf.maximum(gap, 0.0), tf.maximum(-gap, 0.0), gap_same]
 
     @staticmethod
     def _word_coverage(query, title):
@@ -341,6 +395,7 @@ class RankerPreprocessor(BehaviourPreprocessor):
             "history_titles": self.history_titles,
             "context_features": self.context_features,
             "context_bins": self.context_bins,
+            "relative_price": self.relative_price,
         })
         return config
 

@@ -29,6 +29,9 @@ _DEFAULTS = {
     "context_features": True,
     # ... each also encoded piecewise-linearly over its training quantiles (measured).
     "context_bins": True,
+    # ... and the candidate's price against the history's, each taken relative to its
+    # category's level (`RankerPreprocessor`'s RELATIVE_PRICE_FEATURES; measured).
+    "relative_price": True,
 }
 
 PREPROCESSING = {

@@ -311,6 +311,7 @@ def build_preprocessor(config: dict, vocabulary=None,
         history_titles=config.get("history_titles", False),
         context_features=config.get("context_features", False),
         context_bins=config.get("context_bins", False),
+        relative_price=config.get("relative_price", False),
         name=name)
 
 

@@ -12,6 +12,9 @@ model also carries it inside its `.keras` file, in the preprocessor's config):
      "item_titles": [...],        # optional: title of each item_id ("" = not seen as a
                                   # candidate), for history_titles
      "user_id": [...],            # optional (user_vocab_size > 0): most active users first
+     "category_log_price": [...], # optional: mean log price of each category's distinct
+     "log_price_mean": float,     # training items, and of all of them (unknown categories):
+                                  # the level the in-graph relative prices are taken against
      "context": {"names": [...], "mean": [...], "std": [...], "edges": [[...], ...]}}
                                   # optional (context_features): statistics of log1p of
                                   # each context feature over its defined training values;
@@ -141,7 +144,35 @@ def fit_vocabulary(features: dict, config) -> dict:
         out["user_id"] = users
     if config.get("context_features"):
         out["context"] = context_statistics(features)
+    out.update(category_price_levels(out["category"], features))
     return out
+
+
+def category_price_levels(categories: list, features: dict) -> dict:
+    """{"category_log_price": mean log price of each category's distinct training items (the
+    candidates' and the histories'), "log_price_mean": over all of them}. A category without
+    a priced item gets the overall mean; no priced item at all gives 0 everywhere."""
+    ids, cats, prices = [], [], []
+    for id_key, cat_key, price_key in (("item_id", "item_category", "item_price"),
+                                       ("hist_item_id", "hist_category", "hist_price")):
+        if all(k in features for k in (id_key, cat_key, price_key)):
+            ids.append(_as_str(features[id_key]))
+            cats.append(_as_str(features[cat_key]))
+            prices.append(np.asarray(features[price_key], np.float64).ravel())
+    if ids:
+        ids, cats, prices = (np.concatenate(a) for a in (ids, cats, prices))
+        keep = (ids != "") & np.isfinite(prices) & (prices > 0)
+        ids, cats, prices = ids[keep], cats[keep], prices[keep]
+        _, first = np.unique(ids, return_index=True)
+        cats, logs = cats[first], np.log(prices[first])
+    else:
+        cats, logs = np.zeros(0, str), np.zeros(0)
+    overall = float(logs.mean()) if logs.size else 0.0
+    levels = []
+    for category in categories:
+        mine = logs[cats == category]
+        levels.append(float(mine.mean()) if mine.size else overall)
+    return {"category_log_price": levels, "log_price_mean": overall}
 
 
 # Bins of the piecewise-linear encoding of each context feature (quantiles of training).
@@ -259,6 +290,13 @@ def validate(vocabulary: dict) -> dict:
                 raise ValueError(f"vocabulary['context']['edges'] must hold "
                                  f"{CONTEXT_BINS + 1} non-decreasing edges per feature")
             out["context"]["edges"] = edges
+    if "category_log_price" in vocabulary:
+        levels = [float(x) for x in vocabulary["category_log_price"]]
+        if len(levels) != len(out["category"]) or not all(np.isfinite(levels)):
+            raise ValueError(f"vocabulary['category_log_price'] must hold one finite value "
+                             f"per category ({len(out['category'])}), got {len(levels)}")
+        out["category_log_price"] = levels
+        out["log_price_mean"] = float(vocabulary.get("log_price_mean", 0.0))
     if "item_titles" in vocabulary:
         titles = [str(t) for t in vocabulary["item_titles"]]
         if len(titles) != len(out["item_id"]):
