@@ -88,6 +88,13 @@ class Catalogue(tf.Module):
             np.r_[snapshot.query_category_clicks[:len(keys)], 0.0]], 1).astype(np.float32),
             trainable=False)
         self.click_rate = tf.Variable(np.float32(snapshot.click_rate), trainable=False)
+        names = np.asarray(snapshot.category_names, object).astype(str).tolist()
+        levels = np.asarray(snapshot.category_levels, np.float32)
+        # Unknown categories (none in the catalogue's own history): the overall level.
+        self.category_level = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+            tf.constant(names or [""], tf.string),
+            tf.constant(levels if names else np.zeros(1, np.float32), tf.float32)),
+            default_value=float(levels.mean()) if names else 0.0)
         self.size = n
 
 
@@ -137,6 +144,7 @@ def pair_features(hist: dict, cand: dict, session_category, query, cat: Catalogu
         k = tf.cast(kinds[kind], tf.float32)
         mean = _ratio(tf.reduce_sum(price * k, -1), tf.reduce_sum(k, -1))   # [B]
         f[name] = _ratio(cand["item_price"], mean[:, None])
+    f.update(_relative_prices(hist, cand, kinds, category, cat))
     seen = tf.not_equal(session_category, "")
     in_category = tf.logical_and(tf.equal(cand["item_category"][:, :, None],
                                           session_category[:, None, :]), seen[:, None, :])
@@ -152,6 +160,28 @@ def pair_features(hist: dict, cand: dict, session_category, query, cat: Catalogu
     f["query_category_ctr"] = ((counts[..., 1] + CTR_PRIOR_STRENGTH * cat.click_rate)
                                / (counts[..., 0] + CTR_PRIOR_STRENGTH))
     return f
+
+
+def _relative_prices(hist, cand, kinds, same_category, cat: Catalogue) -> dict:
+    """The user's category-relative prices (`log_features`: r = log price - the category's
+    level; exp(r - the mean r of the history), their spread, the same within the
+    candidate's category), [B, C], NaN where undefined."""
+    def relative(price, category):
+        return tf.math.log(tf.maximum(price, 1e-30)) - cat.category_level.lookup(category)
+
+    events = tf.cast(kinds["click"] | kinds["cart"] | kinds["purchase"], tf.float32)  # [B, H]
+    r_hist = relative(hist["hist_price"], hist["hist_category"]) * events
+    r = relative(cand["item_price"], cand["item_category"])                 # [B, C]
+    n = tf.reduce_sum(events, -1)
+    mean = _ratio(tf.reduce_sum(r_hist, -1), n)                             # [B]
+    spread = tf.square(r_hist - tf.where(n > 0, mean, 0.0)[:, None]) * events
+    sd = tf.sqrt(_ratio(tf.reduce_sum(spread, -1), n))
+    in_category = tf.cast(same_category, tf.float32) * events[:, None, :]   # [B, C, H]
+    mean_category = _ratio(tf.reduce_sum(in_category * r_hist[:, None, :], -1),
+                           tf.reduce_sum(in_category, -1))
+    return {"relative_price_vs_user": tf.exp(r - mean[:, None]),
+            "relative_price_sd_user": tf.broadcast_to(sd[:, None], tf.shape(r)),
+            "relative_price_vs_user_category": tf.exp(r - mean_category)}
 
 
 def build(ranker, retriever, cat: Catalogue, history_length: int, retrieval_history: int,

@@ -50,6 +50,13 @@ def test_examples_carry_the_log_features_with_missing_as_minus_one(source):
     assert e8["user_item_clicks"] == 1 and e8["user_category_purchases"] == 1
     assert e8["user_item_seconds"] == fixtures.DAY - 50
     assert e8["price_vs_user_purchases"] == pytest.approx(2.0)
+    # B is +h against shoes' level, u1's clicks, cart and purchase before it -h, -h, -h, +h
+    # (h = log(2) / 2): the relative prices' ratios, as the tree sees them.
+    h = np.log(2.0) / 2
+    assert e8["relative_price_vs_user"] == pytest.approx(np.exp(1.5 * h), rel=1e-6)
+    assert e8["relative_price_vs_user_category"] == pytest.approx(np.exp(1.5 * h), rel=1e-6)
+    assert e8["relative_price_sd_user"] == pytest.approx(h * np.sqrt(3) / 2, rel=1e-6)
+    assert rows["e3"]["relative_price_vs_user"] == examples.MISSING  # nothing before
     # e2 and e3 share a second with nothing of u1 before them but the search.
     assert rows["e3"]["session_impressions"] == 0 and rows["e3"]["session_searches"] == 1
     assert rows["e3"]["user_item_seconds"] == examples.MISSING

@@ -13,6 +13,7 @@ from zoo.data import contract
 from zoo.models.gbdt import features as F
 
 NAN = float("nan")
+H = np.log(2.0) / 2
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +39,23 @@ def by_id(tmp_path_factory):
         "item_impressions_1d": 1, "item_clicks_1d": 1, "item_impressions_7d": 1,
         "item_clicks_7d": 1, "item_purchases_7d": 0,
         "query_category_impressions": 0, "query_category_ctr": 0.5,  # the prior: 2 of 4
-        "price_vs_user_purchases": 2.0, "price_vs_user_clicks": 20 / 15}),
+        "price_vs_user_purchases": 2.0, "price_vs_user_clicks": 20 / 15,
+        # Shoes' level is the mean of log 10 and log 20: B is +h, A is -h (h = log(2) / 2).
+        # Before: A clicked, carted, bought, B clicked: mean -h / 2, all of them shoes.
+        "relative_price": H, "relative_price_vs_user": np.exp(1.5 * H),
+        "relative_price_sd_user": H * np.sqrt(3) / 2,
+        "relative_price_vs_user_category": np.exp(1.5 * H)}),
     ("e7", {  # u1 sees C (outdoor, acme, 30) at second 50 of s1, no query
         "has_query": 0, "query_tokens": 0, "title_coverage": NAN,
         "session_seconds": 50, "session_events": 6, "session_searches": 1,
         "session_impressions": 2, "session_clicks": 1, "session_category_share": 0.0,
         "user_brand_clicks": 1, "user_brand_purchases": 1, "user_item_seconds": NAN,
-        "item_ctr": 1 / 3}),  # no impression of C yet: the shop's rate so far, 1 of 3
+        "item_ctr": 1 / 3,  # no impression of C yet: the shop's rate so far, 1 of 3
+        # C against outdoor's level (C 30, D 40); before: A's click, cart and purchase
+        # (-h each); no outdoor event yet.
+        "relative_price": np.log(30 / 40) / 2,
+        "relative_price_vs_user": np.exp(np.log(30 / 40) / 2 + H),
+        "relative_price_sd_user": 0.0, "relative_price_vs_user_category": NAN}),
     ("e3", {  # B at second 10, beside e2: neither sees the other
         "query_tokens": 2, "title_coverage": 0.5, "session_events": 1, "session_searches": 1,
         "session_impressions": 0, "user_impressions": 0, "item_impressions_7d": 0}),
@@ -77,8 +88,9 @@ def test_features_of_a_log_cut_at_a_random_impression_are_the_full_builds(shop, 
     index = {e: i for i, e in enumerate(full["event_id"])}
     at = np.array([index[e] for e in cut["event_id"]])
     for name in F.NAMES:
-        if name.startswith("price_vs_"):  # means of prices: cumulative sums round apart
-            np.testing.assert_allclose(cut[name], full[name][at], rtol=1e-9, err_msg=name)
+        if name.startswith(("price_vs_", "relative_price")):  # means of prices: cumulative sums round apart
+            np.testing.assert_allclose(cut[name], full[name][at], rtol=1e-9, atol=1e-9,
+                                       err_msg=name)
         else:  # counts, times and codes: exactly
             np.testing.assert_array_equal(cut[name], full[name][at], err_msg=name)
 

@@ -379,7 +379,8 @@ def test_serving_features_in_the_graph_equal_the_offline_ones(retriever_dir, sho
                                    err_msg=name)
     assert checked > 100  # the comparison saw real (non-zero) values
     for name in ("user_item_clicks", "session_category_share", "query_category_impressions",
-                 "price_vs_user_purchases"):
+                 "price_vs_user_purchases", "relative_price_vs_user_category",
+                 "relative_price_sd_user"):
         assert (want[name] > 0).any(), name
 
 

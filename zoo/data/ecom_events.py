@@ -27,8 +27,9 @@ from zoo.data import contract, examples as examples_lib, labels as labels_lib, s
 # Bump when the example-building code changes what it writes: cached examples are re-made.
 # 2: item_clicks_7d, item_purchases_7d; 3: next_item_id, next_category; 4: the context
 # features (`examples.CONTEXT_FEATURES`), demand_mask, training labels stop at the cut;
-# 5: price_range_mask thinned to `price_labels_per_purchase` training rows per purchase.
-EXAMPLES_VERSION = "5"
+# 5: price_range_mask thinned to `price_labels_per_purchase` training rows per purchase;
+# 6: the user's category-relative prices (`log_features.CONTEXT`).
+EXAMPLES_VERSION = "6"
 
 
 def _fingerprint(contract_dir: str, config: labels_lib.LabelConfig) -> str:

@@ -33,6 +33,14 @@ Features (NaN where undefined, e.g. a ratio over nothing; LightGBM handles NaN):
                                                  so far and the share clicked (a click counts
                                                  once it has happened)
   price_vs_user_purchases, price_vs_user_clicks  price / the user's mean price so far
+  relative_price                                 r = log price - its category's level
+                                                 (`category_levels`: mean log price of the
+                                                 category's items in the items table)
+  relative_price_vs_user                         exp(r - the mean r of the user's clicks,
+                                                 carts and purchases so far): a ratio, >= 0
+  relative_price_sd_user                         the standard deviation of those r
+  relative_price_vs_user_category                exp(r - the mean r of the user's events of
+                                                 the candidate's category so far)
 """
 
 from __future__ import annotations
@@ -58,14 +66,18 @@ NAMES = (
     "hour_of_day", "day_of_week",
     "query_category_impressions", "query_category_ctr",
     "price_vs_user_purchases", "price_vs_user_clicks",
+    "relative_price", "relative_price_vs_user", "relative_price_sd_user",
+    "relative_price_vs_user_category",
 )
 CATEGORICAL = ("category",)
 # What the neural models read as context features (`zoo.data.examples.CONTEXT_FEATURES`):
 # every name but those already raw inputs (position, price, category, the item's 7-day
-# clicks and purchases) and the query/title match, which the models compute in-graph from
-# the raw query and title.
+# clicks and purchases), the query/title match and the candidate's own relative price,
+# which the models compute in-graph from the raw query, title and price (with the history
+# window's relative prices: `RankerPreprocessor`'s RELATIVE_PRICE_FEATURES). The user's
+# relative prices over the whole past are context: the window does not hold all of it.
 IN_GRAPH = ("position", "price", "log_price", "category", "has_query", "query_tokens",
-            "title_coverage", "item_clicks_7d", "item_purchases_7d")
+            "title_coverage", "item_clicks_7d", "item_purchases_7d", "relative_price")
 CONTEXT = tuple(n for n in NAMES if n not in IN_GRAPH)
 # Pseudo-impressions at the global rate that smooth a CTR of few impressions.
 CTR_PRIOR_STRENGTH = 20.0
@@ -263,10 +275,44 @@ def build(tables: contract.Tables, impressions: np.ndarray | None = None) -> dic
     f["price_vs_user_clicks"] = _ratio(price[imp], _ratio(click_prices.total(u, t),
                                                            f["user_clicks"]))
     f["user_cvr"] = _ratio(f["user_purchases"], f["user_clicks"])
+
+    # The same against a budget per category: prices of different categories are not
+    # comparable (a watch and a phone case), so each is taken against its category's level.
+    names, levels = category_levels(items)
+    level_of_code = np.zeros(n_cat)
+    level_of_code[_codes(items["category"])] = levels[np.searchsorted(names, _text(
+        items["category"]))]
+    relative = np.log(price) - level_of_code[category]
+    r = relative[imp]
+    f["relative_price"] = r
+    n_seen = before(user, contract.HISTORY_EVENTS).total(u, t)
+    mean = _ratio(before(user, contract.HISTORY_EVENTS, relative).total(u, t), n_seen)
+    square = _ratio(before(user, contract.HISTORY_EVENTS, relative ** 2).total(u, t), n_seen)
+    f["relative_price_vs_user"] = np.exp(r - mean)
+    # Differences of running sums: a variance under 1e-10 is rounding, not spread.
+    variance = square - mean ** 2
+    f["relative_price_sd_user"] = np.sqrt(np.where(variance > 1e-10, variance, 0.0))
+    f["relative_price_vs_user_category"] = np.exp(r - _ratio(
+        before(user_cat, contract.HISTORY_EVENTS, relative).total(uc, t),
+        before(user_cat, contract.HISTORY_EVENTS).total(uc, t)))
     missing = sorted(set(NAMES) - set(f))
     assert not missing, missing
     out.update({k: np.asarray(f[k], np.float64) for k in NAMES})
     return out
+
+
+def _text(column) -> np.ndarray:
+    return np.asarray(pc.fill_null(column, "").to_numpy(zero_copy_only=False), object).astype(str)
+
+
+def category_levels(items: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted category names, the mean log price of each one's items in the items table):
+    the level the relative prices are taken against (the serving graph holds the same
+    table, `serving_features.Snapshot.category_levels`)."""
+    names, inverse = np.unique(_text(items["category"]), return_inverse=True)
+    logs = np.log(np.asarray(items["price"], np.float64))
+    return names, (np.bincount(inverse, weights=logs, minlength=len(names))
+                   / np.maximum(np.bincount(inverse, minlength=len(names)), 1))
 
 
 def _click_time(ts, kind, session, item, imp_rows) -> np.ndarray:

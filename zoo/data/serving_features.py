@@ -44,7 +44,8 @@ PAIR_FEATURES = (
     "user_item_seconds", "user_category_clicks", "user_category_purchases",
     "user_category_seconds", "user_brand_clicks", "user_brand_purchases",
     "query_category_impressions", "query_category_ctr", "price_vs_user_purchases",
-    "price_vs_user_clicks")
+    "price_vs_user_clicks", "relative_price_vs_user", "relative_price_sd_user",
+    "relative_price_vs_user_category")
 assert sorted(REQUEST_FEATURES + ITEM_FEATURES + PAIR_FEATURES) == sorted(
     log_features.CONTEXT), "every context feature must be served from exactly one place"
 HISTORY_INPUTS = ("hist_item_id", "hist_category", "hist_brand", "hist_event", "hist_price",
@@ -65,6 +66,9 @@ class Snapshot:
     query_category_impressions: np.ndarray   # [P] float32
     query_category_clicks: np.ndarray        # [P] float32: clicks that have happened by then
     click_rate: float     # the shop's click rate: the prior of the smoothed rates
+    # `log_features.category_levels` of the items table: the relative prices' levels.
+    category_names: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, object))
+    category_levels: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
 
 
 def snapshot(tables: contract.Tables, time: int | None = None) -> Snapshot:
@@ -98,9 +102,11 @@ def snapshot(tables: contract.Tables, time: int | None = None) -> Snapshot:
     n_imp = float(np.sum((kind == EVENT_INDEX["impression"]) & (ts < t)))
     n_click = float(np.sum((kind == EVENT_INDEX["click"]) & (ts < t)))
     rate = n_click / n_imp if n_imp > 0 else 0.0
+    names, levels = log_features.category_levels(tables.items)
     return Snapshot(time=t, item=item, query_category_keys=uniq.astype(object),
                     query_category_impressions=impressions.astype(np.float32),
-                    query_category_clicks=clicks.astype(np.float32), click_rate=rate)
+                    query_category_clicks=clicks.astype(np.float32), click_rate=rate,
+                    category_names=names.astype(object), category_levels=levels)
 
 
 def request_inputs(tables: contract.Tables, reqs: requests_lib.Requests,
