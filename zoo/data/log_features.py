@@ -279,10 +279,8 @@ def build(tables: contract.Tables, impressions: np.ndarray | None = None) -> dic
     # The same against a budget per category: prices of different categories are not
     # comparable (a watch and a phone case), so each is taken against its category's level.
     names, levels = category_levels(items)
-    level_of_code = np.zeros(n_cat)
-    level_of_code[_codes(items["category"])] = levels[np.searchsorted(names, _text(
-        items["category"]))]
-    relative = np.log(price) - level_of_code[category]
+    item_level = levels[np.searchsorted(names, _text(items["category"]))]
+    relative = np.log(price) - item_level[safe_item]
     r = relative[imp]
     f["relative_price"] = r
     n_seen = before(user, contract.HISTORY_EVENTS).total(u, t)
