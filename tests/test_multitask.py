@@ -60,6 +60,32 @@ def test_outputs_of_arun(trained):
     assert curve[-1] < curve[0]
 
 
+def test_the_run_calibrates_on_held_out_impressions_and_saves_it(trained):
+    """The shared run holds out its latest 10 % of training impressions and fits the
+    calibration there; the saved model (what predict and the exports load) carries it."""
+    import keras
+    from zoo.data import pipeline, prepare
+
+    config, result = trained
+    record = result["calibration"]
+    builder = prepare.prepare(config.data_dir, config.tfds_dir, LABEL_CFG)
+    ts = pipeline.timestamps(pipeline.split_files(builder, "train"))
+    assert record["held_out_impressions"] == int((ts >= record["from_timestamp"]).sum())
+    assert record["held_out_impressions"] == pytest.approx(0.1 * len(ts), rel=0.05)
+    assert set(record["fitted"]) == {"click", "purchase", "price_range"}
+    assert record["fitted"]["price_range"] > 0
+    for name in multitask_task.CALIBRATION_REPORT:
+        assert np.isfinite(record["eval_before"][name]) and np.isfinite(record["eval_after"][name])
+    # A monotone map per output: the ranking (AUC) is the raw model's.
+    assert record["eval_after"]["click/auc"] == pytest.approx(
+        record["eval_before"]["click/auc"], abs=1e-4)
+    assert result["metrics"]["click/ece"] == record["eval_after"]["click/ece"]
+    with open(os.path.join(config.model_dir, "metrics.json")) as f:
+        assert json.load(f)["calibration"]["fitted"] == record["fitted"]
+    model = keras.models.load_model(os.path.join(config.model_dir, "model.keras"))
+    assert model.calibration == record["fitted"]
+
+
 def test_the_run_writes_a_flagfile_that_gives_back_its_config(trained):
     from absl import flags
 

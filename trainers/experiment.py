@@ -134,11 +134,11 @@ def _with_oracle(rows: list[dict]) -> list[dict]:
 
 
 def format_rows(rows: list[dict]) -> str:
-    from trainers.core.metrics import METRIC_NAMES
+    from trainers.core.metrics import SUMMARY_METRICS
 
-    header = ["labels", "run", *METRIC_NAMES, "train s", "trainable"]
+    header = ["labels", "run", *SUMMARY_METRICS, "train s", "trainable"]
     lines = [[f"{r['fraction']:.0%}", r["run"],
-              *(f"{r['metrics'].get(m, float('nan')):.4f}" for m in METRIC_NAMES),
+              *(f"{r['metrics'].get(m, float('nan')):.4f}" for m in SUMMARY_METRICS),
               f"{r['train_seconds']:.0f}", f"{r['trainable_parameters']:,}"]
              for r in _with_oracle(rows)]
     widths = [max(len(x[i]) for x in [header] + lines) for i in range(len(header))]

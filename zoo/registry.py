@@ -92,6 +92,9 @@ class ModelSpec:
     task: str = "multitask"
     # Whether `export.saved_model` can export it for TF Serving.
     exportable: bool = True
+    # Whether `--calibration_fraction` can fit a post-hoc calibration into the model
+    # (`MultitaskRanker.with_calibration`).
+    calibratable: bool = False
 
     def build(self, config: dict, **build_args):
         return resolve(self.builder)(config, **build_args)

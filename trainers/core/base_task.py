@@ -55,6 +55,8 @@ class Task:
     flag_defaults: dict = {}
     # Model config key prefixes a resumed run does not compare (they do not change it).
     spec_ignore: tuple = ()
+    # Whether the task fits `--calibration_fraction`'s post-hoc calibration.
+    calibrates = False
 
     def default_model_dir(self, config) -> str:
         return os.path.join("runs", f"{config.model}_{config.preset}")
@@ -98,6 +100,10 @@ class Task:
     def periodic_evaluation(self, run: Run) -> Callable[[int], dict] | None:
         """A callable(step) -> metrics for --eval_every, or None."""
         return None
+
+    def finalize(self, run: Run, result: dict) -> None:
+        """What the task does with the trained network before it is evaluated and saved
+        (the multi-task task fits its post-hoc calibration)."""
 
     def evaluate(self, run: Run, result: dict) -> None:
         """Adds the final evaluation to `result` (and prints it when verbose)."""

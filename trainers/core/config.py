@@ -112,6 +112,10 @@ class TrainConfig:
                                          "beside the adapters.")
     labels_fraction: float = _field(1.0, "Train on this fraction of the labelled impressions "
                                     "(chosen by event_id hash); evaluation uses all.")
+    calibration_fraction: float = _field(
+        0.0, "> 0: hold this latest share of the training impressions (by time) out of "
+        "training and fit a post-hoc calibration of the click, purchase and price-range "
+        "outputs on it (Platt scaling, a temperature), stored in the model and its exports.")
 
 
 LABEL_HELP = {
@@ -298,6 +302,9 @@ def validate(config: TrainConfig) -> None:
         raise ValueError(f"--ema_momentum must be in [0, 1), got {config.ema_momentum}")
     if not 0.0 < config.labels_fraction <= 1.0:
         raise ValueError(f"--labels_fraction must be in (0, 1], got {config.labels_fraction}")
+    if not 0.0 <= config.calibration_fraction <= 0.5:
+        raise ValueError(f"--calibration_fraction must be in [0, 0.5], got "
+                         f"{config.calibration_fraction}")
     if config.model_dir:
         check_writable_dir(config.model_dir, "--model_dir")
     if config.data_dir is not None and not os.path.isdir(config.data_dir):

@@ -71,15 +71,27 @@ def oracle_predictions(oracle, event_ids, num_buckets: int) -> dict | None:
 
 def evaluate_model(model, eval_ds, meta: dict, config, jit_compile: bool = False):
     """(model metrics, oracle metrics or None, printable table) on an eval dataset."""
-    from trainers.core import loop, metrics as metrics_lib
+    from trainers.core import loop
 
     preds, extras = loop.predict_dataset(model, eval_ds, jit_compile=jit_compile)
-    rows = {"model": metrics_lib.multitask_metrics(extras, preds, extras["user_id"])}
+    return metrics_table(preds, extras, meta, config)
+
+
+def metrics_table(preds: dict, extras: dict, meta: dict, config):
+    """(model metrics, oracle metrics or None, printable table) of eval predictions;
+    `extras` holds the labels, `user_id`, `event_id` and `item_purchases_7d`."""
+    from trainers.core import metrics as metrics_lib
+
+    baseline = metrics_lib.trailing_demand_baseline(
+        extras["item_purchases_7d"], config.label_config.demand_horizon_days)
+    rows = {"model": metrics_lib.multitask_metrics(extras, preds, extras["user_id"], baseline)}
     oracle = read_oracle(meta["contract_dir"], config.label_config)
     if oracle is not None:
         o = oracle_predictions(oracle, extras["event_id"], config.label_config.num_price_ranges)
         if o is not None:
-            rows["oracle"] = metrics_lib.multitask_metrics(extras, o, extras["user_id"])
+            rows["oracle"] = metrics_lib.multitask_metrics(extras, o, extras["user_id"],
+                                                           baseline)
+    rows["model"]["price_range/confusion"] = metrics_lib.price_range_confusion(extras, preds)
     table = metrics_lib.format_table(rows, ("model", "oracle") if "oracle" in rows else None)
     return rows["model"], rows.get("oracle"), table
 
@@ -98,7 +110,7 @@ def eval_dataset(builder, split, preprocessor, config):
     ds = pipeline.make_dataset(pipeline.split_files(builder, split),
                                batch_size=config.eval_batch_size,
                                history_length=config.label_config.history_length)
-    keep = ("event_id", "user_id", *LABELS)
+    keep = ("event_id", "user_id", "item_purchases_7d", *LABELS)
     def with_extras(batch):
         return preprocessor(raw_features(batch)), {k: batch[k] for k in keep}
 

@@ -27,6 +27,9 @@ def check(config, model_config: dict) -> None:
     if config.export_base:
         raise ValueError(f"--model {config.model} is not exported to TF Serving; drop "
                          "--export_base")
+    if config.calibration_fraction:
+        raise ValueError(f"--model {config.model}: --calibration_fraction is fitted for the "
+                         "multi-task rankers (bert_mtl, dnn_mtl) only")
     if config.init_checkpoint or config.lora_rank or config.freeze_encoder:
         raise ValueError(f"--model {config.model} has no encoder: --init_checkpoint, "
                          "--lora_rank and --freeze_encoder do not apply")
@@ -38,7 +41,6 @@ def run(config, after_save=None) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from trainers.core import metrics as metrics_lib
     from zoo.data import contract, labels as labels_lib, pipeline, prepare as prepare_lib
     from zoo.models.gbdt import features as features_lib
     import zoo
@@ -94,21 +96,14 @@ def run(config, after_save=None) -> dict:
     if is_eval.any():
         preds = model.predict(x[is_eval])
         extras = {k: v[is_eval] for k, v in task_labels.items()}
-        user_ids = tables.events["user_id"].take(labels["row"][is_eval]).to_numpy(
+        extras["user_id"] = tables.events["user_id"].take(labels["row"][is_eval]).to_numpy(
             zero_copy_only=False)
-        rows = {"model": metrics_lib.multitask_metrics(extras, preds, user_ids)}
-        oracle = evaluation.read_oracle(meta["contract_dir"], config.label_config)
-        if oracle is not None:
-            o = evaluation.oracle_predictions(oracle, event_ids[is_eval],
-                                              config.label_config.num_price_ranges)
-            if o is not None:
-                rows["oracle"] = metrics_lib.multitask_metrics(extras, o, user_ids)
-        result["metrics"] = rows["model"]
-        if "oracle" in rows:
-            result["oracle"] = rows["oracle"]
+        extras["event_id"] = event_ids[is_eval]
+        extras["item_purchases_7d"] = np.asarray(built["item_purchases_7d"])[is_eval]
+        result["metrics"], oracle, table = evaluation.metrics_table(preds, extras, meta, config)
+        if oracle:
+            result["oracle"] = oracle
         if config.verbose:
-            table = metrics_lib.format_table(rows, ("model", "oracle") if "oracle" in rows
-                                             else None)
             print(f"\nevaluation on the eval split ({int(is_eval.sum()):,} impressions):\n"
                   f"{table}")
 

@@ -2,7 +2,13 @@
 
 AUCs are exact (rank statistics, ties averaged) rather than keras.metrics.AUC's
 thresholded approximation, because the table compares models with the oracle to a few
-parts in a thousand and GAUC needs a per-user AUC anyway.
+parts in a thousand and GAUC needs a per-user AUC anyway. PR-AUC and the confusion matrix
+are scikit-learn's. Calibration is read two ways: the expected calibration error (equal-width
+bins of the predicted probability, |mean predicted - observed rate| weighted by the bin's
+share; for the price range over the top class, as in Guo et al. 2017) and the ratio of
+predicted to observed positives (1 = as many predicted as happened). The demand head is set
+beside the trailing-demand baseline a merchandiser would use: the item's purchases in the 7
+days before the impression scaled to the label's horizon.
 """
 
 from __future__ import annotations
@@ -11,14 +17,29 @@ import numpy as np
 
 EPS = 1e-7
 
-METRIC_NAMES = (
+# The experiment's printed table (its CSV has every metric).
+SUMMARY_METRICS = (
     "click/auc", "click/logloss", "click/gauc", "purchase/auc", "purchase/logloss",
     "price_range/accuracy", "price_range/logloss", "demand/poisson_deviance", "demand/rmse",
 )
+METRIC_NAMES = (
+    "click/auc", "click/logloss", "click/gauc", "click/ece", "click/predicted_to_observed",
+    "purchase/auc", "purchase/logloss", "purchase/gauc", "purchase/pr_auc", "purchase/ece",
+    "purchase/predicted_to_observed",
+    "price_range/accuracy", "price_range/logloss", "price_range/ece",
+    "demand/poisson_deviance", "demand/rmse", "demand/wape",
+    "demand/baseline_poisson_deviance", "demand/baseline_wape",
+)
+CALIBRATION_BINS = 15
+# The trailing-demand baseline's prior, in purchases per 7 days: an item with no recent
+# sale is forecast a little demand rather than none, which the Poisson deviance would
+# punish without bound (log 0).
+BASELINE_PRIOR_PER_WEEK = 0.5
 # The headline metric of each task: the experiment's chart and the export registry's list.
 MAIN_METRICS = ("click/auc", "purchase/auc", "price_range/accuracy", "demand/poisson_deviance")
 # Direction of "better": AUC-like up, losses down.
-HIGHER_IS_BETTER = {"click/auc", "click/gauc", "purchase/auc", "price_range/accuracy"}
+HIGHER_IS_BETTER = {"click/auc", "click/gauc", "purchase/auc", "purchase/gauc",
+                    "purchase/pr_auc", "price_range/accuracy"}
 
 
 def _rankdata(x: np.ndarray) -> np.ndarray:
@@ -66,17 +87,96 @@ def logloss(labels, probs) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
-def multitask_metrics(labels: dict, preds: dict, user_ids: np.ndarray) -> dict:
+def calibration_bins(correct, confidence, bins: int = CALIBRATION_BINS):
+    """Per equal-width bin of `confidence` in [0, 1]: (count, mean confidence, observed
+    rate of `correct`); empty bins have count 0 and NaN means. The reliability diagram's
+    points and the ECE's terms."""
+    p = np.clip(np.asarray(confidence, np.float64), 0.0, 1.0)
+    y = np.asarray(correct, np.float64)
+    idx = np.minimum((p * bins).astype(np.int64), bins - 1)  # p = 1 falls in the last bin
+    count = np.bincount(idx, minlength=bins).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_p = np.bincount(idx, weights=p, minlength=bins) / count
+        rate = np.bincount(idx, weights=y, minlength=bins) / count
+    return count, mean_p, rate
+
+
+def ece(correct, confidence, bins: int = CALIBRATION_BINS) -> float:
+    """Expected calibration error: sum over bins of share * |mean confidence - rate|."""
+    count, mean_p, rate = calibration_bins(correct, confidence, bins)
+    if not count.sum():
+        return float("nan")
+    full = count > 0
+    return float(np.sum(count[full] * np.abs(mean_p[full] - rate[full])) / count.sum())
+
+
+def predicted_to_observed(labels, probs) -> float:
+    """Sum of predicted probabilities over the number of positives (1 = calibrated in
+    the large; NaN without positives)."""
+    positives = float(np.sum(np.asarray(labels) > 0))
+    return float(np.sum(probs) / positives) if positives else float("nan")
+
+
+def pr_auc(labels, scores) -> float:
+    """Average precision (the area under the precision-recall curve, step-wise)."""
+    from sklearn.metrics import average_precision_score
+
+    labels = np.asarray(labels) > 0
+    if not labels.any():
+        return float("nan")
+    return float(average_precision_score(labels, np.asarray(scores, np.float64)))
+
+
+def wape(y, forecast) -> float:
+    """Weighted absolute percentage error: sum |y - forecast| / sum y."""
+    y = np.asarray(y, np.float64)
+    total = y.sum()
+    return float(np.abs(y - np.asarray(forecast, np.float64)).sum() / total) if total else float("nan")
+
+
+def poisson_deviance(y, mu) -> float:
+    """2 * mean(y log(y / mu) - (y - mu)), with 0 log 0 = 0."""
+    y = np.asarray(y, np.float64)
+    mu = np.clip(np.asarray(mu, np.float64), EPS, None)
+    ylogy = np.where(y > 0, y * np.log(np.where(y > 0, y, 1.0) / mu), 0.0)
+    return float(2.0 * np.mean(ylogy - (y - mu)))
+
+
+def trailing_demand_baseline(item_purchases_7d, horizon_days: float) -> np.ndarray:
+    """The item's purchases over the 7 days before the impression, scaled to the label's
+    horizon, with `BASELINE_PRIOR_PER_WEEK`."""
+    week = np.asarray(item_purchases_7d, np.float64) + BASELINE_PRIOR_PER_WEEK
+    return week * (float(horizon_days) / 7.0)
+
+
+def price_range_confusion(labels: dict, preds: dict) -> list[list[int]]:
+    """Rows = the true price range, columns = the predicted (argmax) one, over the
+    impressions with a label."""
+    from sklearn.metrics import confusion_matrix
+
+    probs = np.asarray(preds["price_range"])
+    mask = np.asarray(labels["price_range_mask"]) > 0
+    y = np.asarray(labels["price_range"])[mask].astype(np.int64)
+    return confusion_matrix(y, np.argmax(probs[mask], axis=1),
+                            labels=np.arange(probs.shape[1])).tolist()
+
+
+def multitask_metrics(labels: dict, preds: dict, user_ids: np.ndarray,
+                      demand_baseline: np.ndarray | None = None) -> dict:
     """labels: click, purchase, price_range (-1 missing), price_range_mask, demand,
     demand_mask (optional: demand metrics over the whole windows only).
-    preds: click [n], purchase [n], price_range [n, K] (probabilities), demand [n] (rate)."""
-    out = {
-        "click/auc": auc(labels["click"], preds["click"]),
-        "click/logloss": logloss(labels["click"], preds["click"]),
-        "click/gauc": gauc(labels["click"], preds["click"], user_ids),
-        "purchase/auc": auc(labels["purchase"], preds["purchase"]),
-        "purchase/logloss": logloss(labels["purchase"], preds["purchase"]),
-    }
+    preds: click [n], purchase [n], price_range [n, K] (probabilities), demand [n] (rate).
+    demand_baseline [n]: the trailing-demand forecast (`trailing_demand_baseline`), for the
+    baseline's deviance and WAPE on the same rows."""
+    out = {}
+    for task in ("click", "purchase"):
+        y, p = np.asarray(labels[task]), np.asarray(preds[task], np.float64)
+        out[f"{task}/auc"] = auc(y, p)
+        out[f"{task}/logloss"] = logloss(y, p)
+        out[f"{task}/gauc"] = gauc(y, p, user_ids)
+        out[f"{task}/ece"] = ece(y > 0, p)
+        out[f"{task}/predicted_to_observed"] = predicted_to_observed(y, p)
+    out["purchase/pr_auc"] = pr_auc(labels["purchase"], preds["purchase"])
     mask = np.asarray(labels["price_range_mask"]) > 0
     if mask.any():
         probs = np.asarray(preds["price_range"], np.float64)[mask]
@@ -85,19 +185,22 @@ def multitask_metrics(labels: dict, preds: dict, user_ids: np.ndarray) -> dict:
         out["price_range/accuracy"] = float(np.mean(np.argmax(probs, axis=1) == y))
         out["price_range/logloss"] = float(
             -np.mean(np.log(np.clip(probs[np.arange(len(y)), y], EPS, None))))
+        out["price_range/ece"] = ece(np.argmax(probs, axis=1) == y, probs.max(axis=1))
     else:
         out["price_range/accuracy"] = out["price_range/logloss"] = float("nan")
+        out["price_range/ece"] = float("nan")
     whole = (np.asarray(labels["demand_mask"]) > 0 if "demand_mask" in labels
              else np.ones(len(np.asarray(labels["demand"])), bool))
     y = np.asarray(labels["demand"], np.float64)[whole]
     mu = np.clip(np.asarray(preds["demand"], np.float64)[whole], EPS, None)
-    if not len(y):
-        out["demand/poisson_deviance"] = out["demand/rmse"] = float("nan")
-        return out
-    # Poisson deviance: 2 * mean(y log(y / mu) - (y - mu)), with 0 log 0 = 0.
-    ylogy = np.where(y > 0, y * np.log(np.where(y > 0, y, 1.0) / mu), 0.0)
-    out["demand/poisson_deviance"] = float(2.0 * np.mean(ylogy - (y - mu)))
-    out["demand/rmse"] = float(np.sqrt(np.mean((y - mu) ** 2)))
+    nan = float("nan")
+    out["demand/poisson_deviance"] = poisson_deviance(y, mu) if len(y) else nan
+    out["demand/rmse"] = float(np.sqrt(np.mean((y - mu) ** 2))) if len(y) else nan
+    out["demand/wape"] = wape(y, mu) if len(y) else nan
+    if demand_baseline is not None and len(y):
+        base = np.asarray(demand_baseline, np.float64)[whole]
+        out["demand/baseline_poisson_deviance"] = poisson_deviance(y, base)
+        out["demand/baseline_wape"] = wape(y, base)
     return out
 
 

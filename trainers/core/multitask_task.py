@@ -1,7 +1,9 @@
 """`MultitaskTask`: train a zoo model on click, purchase, price range and demand.
 
 Fine-tuning options live here because only this task has them: a pre-trained encoder
-(`--init_checkpoint`), LoRA adapters or a frozen encoder, a fraction of the labels. Under
+(`--init_checkpoint`), LoRA adapters or a frozen encoder, a fraction of the labels, and the
+post-hoc calibration fitted on a held-out time slice (`--calibration_fraction`,
+`trainers.core.calibration`). Under
 parameter servers the model that is evaluated, saved and exported is a local copy with the
 sharded tables gathered, so the saved model is the same whatever the strategy.
 """
@@ -16,7 +18,7 @@ from trainers.core import base_task, evaluation, rundir
 PRETRAIN_KEY_PREFIX = "pretrain_"
 # TrainConfig fields recorded in the run spec when they differ from their defaults.
 FINE_TUNING_FIELDS = ("init_checkpoint", "lora_rank", "freeze_encoder",
-                      "lora_train_embeddings", "labels_fraction")
+                      "lora_train_embeddings", "labels_fraction", "calibration_fraction")
 
 
 def check_fine_tuning(config) -> None:
@@ -103,10 +105,13 @@ def gathered_copy(source, target):
 class MultitaskTask(base_task.Task):
     name = "multitask"
     spec_ignore = (PRETRAIN_KEY_PREFIX,)
+    calibrates = True
 
     def __init__(self):
         self._local = None
         self._eval_ds = None
+        self._cut = None  # the calibration slice's first timestamp
+        self._calibration = None  # the fitted calibration ({} = none fitted)
 
     @property
     def loss_names(self):
@@ -153,6 +158,30 @@ class MultitaskTask(base_task.Task):
             self._local = build_model(run.config, run.vocabulary, run.sample)
         return gathered_copy(run.model, self._local)
 
+    def _calibration_cut(self, run) -> int | None:
+        """The time from which the latest `calibration_fraction` of the training impressions
+        start (None without calibration): they are held out of training."""
+        import numpy as np
+        from zoo.data import pipeline
+
+        if not run.config.calibration_fraction:
+            return None
+        if self._cut is None:
+            ts = np.sort(pipeline.timestamps(run.train_files))
+            k = int(len(ts) * (1.0 - run.config.calibration_fraction))
+            if not 0 < k < len(ts):
+                raise ValueError(f"--calibration_fraction {run.config.calibration_fraction}: "
+                                 f"leaves no training or no held-out impressions of "
+                                 f"{len(ts)}")
+            self._cut = int(ts[k])
+            self._num_before = int(np.searchsorted(ts, self._cut))
+        return self._cut
+
+    def num_training_examples(self, run) -> int:
+        if self._calibration_cut(run) is None:
+            return super().num_training_examples(run)
+        return self._num_before
+
     def train_dataset(self, run, ctx):
         import tensorflow as tf
         from zoo.data import pipeline
@@ -175,7 +204,8 @@ class MultitaskTask(base_task.Task):
             drop_remainder=True, history_length=config.label_config.history_length,
             input_context=ctx,
             skip_batches=0 if run.parameter_server else run.start_step * per_step,
-            keep_fraction=config.labels_fraction)
+            keep_fraction=config.labels_fraction,
+            time_range=None if self._cut is None else (None, self._cut))
 
         def features_and_labels(batch):
             return preprocessor(evaluation.raw_features(batch)), split_labels(batch)[1]
@@ -210,27 +240,99 @@ class MultitaskTask(base_task.Task):
                 f"{run.steps} steps of {c.batch_size} ({run.num_train:,} train examples), "
                 f"from step {run.start_step}; model_dir={run.model_dir}")
 
+    def finalize(self, run, result):
+        """--calibration_fraction: fits the calibration on the held-out slice (the raw
+        model's predictions there) and records it in `result["calibration"]`."""
+        from trainers.core import calibration, loop
+
+        if self._calibration_cut(run) is None:
+            return
+        config = run.config
+        ds = pipeline_eval_slice(run, self._cut, self.local_model(run).preprocessor)
+        preds, extras = loop.predict_dataset(self.local_model(run), ds,
+                                             jit_compile=run.jit_compile)
+        self._calibration = calibration.fit(extras, preds)
+        result["calibration"] = {
+            "fraction": config.calibration_fraction, "from_timestamp": self._cut,
+            "held_out_impressions": int(len(extras["click"])), "fitted": self._calibration}
+        if config.verbose:
+            print(f"calibration fitted on {len(extras['click']):,} held-out impressions "
+                  f"(from t={self._cut}): {self._calibration}")
+
+    def final_model(self, run):
+        """What is evaluated, saved and exported: the trained model, calibrated when a
+        calibration was fitted."""
+        model = self.local_model(run)
+        return model.with_calibration(self._calibration) if self._calibration else model
+
     def evaluate(self, run, result):
         import tensorflow as tf
+        from trainers.core import calibration, loop, metrics as metrics_lib
+
         model = self.local_model(run)
         result["parameters"] = model.count_params()
         result["trainable_parameters"] = trainable_parameters(model)
         eval_ds = self._eval_dataset(run)
         if eval_ds is None:
             return
-        model_metrics, oracle_metrics, table = evaluation.evaluate_model(
-            model, eval_ds, run.builder.info.metadata, run.config, run.jit_compile)
+        meta = run.builder.info.metadata
+        raw, extras = loop.predict_dataset(model, eval_ds, jit_compile=run.jit_compile)
+        preds = calibration.apply(raw, self._calibration) if self._calibration else raw
+        model_metrics, oracle_metrics, table = evaluation.metrics_table(
+            preds, extras, meta, run.config)
+        if self._calibration:
+            before = metrics_lib.multitask_metrics(extras, raw, extras["user_id"])
+            result["calibration"]["eval_before"] = {
+                k: v for k, v in before.items() if k in CALIBRATION_REPORT}
+            result["calibration"]["eval_after"] = {
+                k: v for k, v in model_metrics.items() if k in CALIBRATION_REPORT}
         result["metrics"] = model_metrics
         if oracle_metrics:
             result["oracle"] = oracle_metrics
         if run.config.verbose:
             print(f"\nevaluation on the eval split (step {run.trainer.step}):\n{table}")
+            if self._calibration:
+                print(calibration_table(result["calibration"]))
         with run.trainer.summary.as_default(step=run.trainer.step):
             for k, v in model_metrics.items():
-                tf.summary.scalar(f"eval/{k}", v)
+                if isinstance(v, float):  # not the confusion matrix
+                    tf.summary.scalar(f"eval/{k}", v)
         run.trainer.summary.flush()
 
     def save(self, run, result):
-        rundir.save_trained(run, self.local_model(run))
+        rundir.save_trained(run, self.final_model(run))
         rundir.write_serving_examples(run.model_dir, builder=run.builder)
 
+
+
+# What the before/after calibration table shows.
+CALIBRATION_REPORT = ("click/ece", "click/predicted_to_observed", "click/logloss", "click/auc",
+                      "purchase/ece", "purchase/predicted_to_observed", "purchase/logloss",
+                      "purchase/auc", "price_range/ece", "price_range/logloss",
+                      "price_range/accuracy")
+
+
+def calibration_table(record: dict) -> str:
+    before, after = record["eval_before"], record["eval_after"]
+    lines = [f"post-hoc calibration on the eval split (fitted on "
+             f"{record['held_out_impressions']:,} held-out training impressions):",
+             f"  {'metric':<30} {'raw':>8} {'calibrated':>11}"]
+    lines += [f"  {k:<30} {before[k]:>8.4f} {after[k]:>11.4f}" for k in CALIBRATION_REPORT]
+    return "\n".join(lines)
+
+
+def pipeline_eval_slice(run, cut: int, preprocessor):
+    """The held-out calibration slice of the training split as an evaluation dataset
+    (the same fraction of labels as training sees)."""
+    import tensorflow as tf
+    from zoo.data import pipeline
+    from zoo.models.features import LABELS
+
+    ds = pipeline.make_dataset(run.train_files, batch_size=run.config.eval_batch_size,
+                               history_length=run.config.label_config.history_length,
+                               keep_fraction=run.config.labels_fraction,
+                               time_range=(cut, None))
+    keep = ("event_id", "user_id", *LABELS)
+    return ds.map(lambda b: (preprocessor(evaluation.raw_features(b)),
+                             {k: b[k] for k in keep}),
+                  num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

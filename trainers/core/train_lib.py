@@ -48,7 +48,12 @@ def check(task: base_task.Task, config) -> dict:
     config_lib.validate(config)
     model_config = config_lib.model_config_of(config)
     task.task_weights(config)
-    task.check(config, model_config, zoo.spec(config.model))
+    spec = zoo.spec(config.model)
+    task.check(config, model_config, spec)
+    if config.calibration_fraction and not (task.calibrates and spec.calibratable):
+        raise ValueError(f"--calibration_fraction: {config.model} ({task.name}) has no "
+                         "post-hoc calibration; it is fitted for the multi-task rankers "
+                         "(bert_mtl and its structures, dnn_mtl)")
     return model_config
 
 
@@ -147,6 +152,7 @@ def run_experiment(task: base_task.Task, config,
               "start_step": run.start_step, "loss_curve": run.trainer.history,
               "examples_per_second": (run.trainer.step - run.start_step) * config.batch_size
               / max(train_seconds, 1e-9)}
+    task.finalize(run, result)
     task.evaluate(run, result)
     if run.chief:
         task.save(run, result)

@@ -65,6 +65,27 @@ def _kept(record, fraction: float):
     return in_fraction(event_id, fraction)
 
 
+def _in_time_range(record, time_range):
+    ts = tf.io.parse_single_example(
+        record, {"timestamp": tf.io.FixedLenFeature([], tf.int64)})["timestamp"]
+    lo, hi = time_range
+    keep = tf.constant(True)
+    if lo is not None:
+        keep = keep & (ts >= int(lo))
+    if hi is not None:
+        keep = keep & (ts < int(hi))
+    return keep
+
+
+def timestamps(files) -> "np.ndarray":
+    """The impression times of every example in `files` (int64 seconds, file order)."""
+    ds = tf.data.TFRecordDataset(list(files)).batch(8192).map(
+        lambda s: tf.io.parse_example(
+            s, {"timestamp": tf.io.FixedLenFeature([], tf.int64)})["timestamp"])
+    parts = [b.numpy() for b in ds]
+    return np.concatenate(parts) if parts else np.zeros([0], np.int64)
+
+
 def split_files(builder, split: str) -> list[str]:
     return [os.path.join(builder.data_path, f) for f in builder.info.splits[split].filenames]
 
@@ -74,7 +95,8 @@ def make_dataset(files, *, batch_size: int, history_length: int = contract.DEFAU
                  cache: bool = False, drop_remainder: bool = False, with_labels: bool = True,
                  shuffle_buffer: int = 50_000, skip_batches: int = 0,
                  input_context: tf.distribute.InputContext | None = None,
-                 keep_fraction: float = 1.0, with_pretext: bool = False) -> tf.data.Dataset:
+                 keep_fraction: float = 1.0, with_pretext: bool = False,
+                 time_range: tuple | None = None) -> tf.data.Dataset:
     """Parsed batches of examples from TFRecord files.
 
     `input_context` (from `strategy.distribute_datasets_from_function`) splits the input
@@ -89,6 +111,8 @@ def make_dataset(files, *, batch_size: int, history_length: int = contract.DEFAU
     `keep_fraction` < 1 keeps that fraction of the examples, chosen by a hash of their
     event_id (the same ones in every run and every epoch): training on a fraction of the
     labels.
+    `time_range` (lo, hi) keeps the examples with lo <= timestamp < hi (None: unbounded):
+    the held-out calibration slice and the rest of the training split.
     """
     files = list(files)
     if not files:
@@ -104,6 +128,8 @@ def make_dataset(files, *, batch_size: int, history_length: int = contract.DEFAU
         raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
     if keep_fraction < 1.0:
         ds = ds.filter(lambda record: _kept(record, keep_fraction))
+    if time_range is not None:
+        ds = ds.filter(lambda record: _in_time_range(record, time_range))
     if cache:
         ds = ds.cache()
     if shuffle:

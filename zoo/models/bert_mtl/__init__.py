@@ -54,7 +54,8 @@ SPECS = tuple(
     dict(name=name, presets=presets, description=description,
          builder="zoo.models.bert_mtl.model:build", build_args=("vocabulary",),
          fit_vocabulary="zoo.models.ranker.vocabulary:fit_vocabulary",
-         keras_module="zoo.models.bert_mtl.model", wants_xla=wants_xla, pretrainable=True)
+         keras_module="zoo.models.bert_mtl.model", wants_xla=wants_xla, pretrainable=True,
+         calibratable=True)
     for name, presets, description in (
         (NAME, PRESETS, DESCRIPTION),
         *((s, STRUCTURE_PRESETS[s], STRUCTURE_DESCRIPTIONS[s]) for s in STRUCTURE_PRESETS)))

@@ -46,6 +46,42 @@ PURCHASE_HEADS = ("esmm", "naive")
 # position tower multiplies the click probability (`layers.PositionBias`) and the backbone
 # never sees the rank.
 POSITION_BIASES = ("feature", "pal")
+# Post-hoc calibration (`calibration`): Platt scaling of the binary outputs' logits
+# ([scale, bias]) and a temperature of the price-range softmax; fitted after training on
+# held-out impressions (`trainers.core.calibration`), applied inside the graph so that a
+# TF Serving export answers calibrated probabilities.
+CALIBRATED = ("click", "purchase", "price_range")
+_LOGIT_EPS = 1e-7
+
+
+def _platt(p, scale_bias):
+    scale, bias = (float(v) for v in scale_bias)
+    p = ops.clip(p, _LOGIT_EPS, 1.0 - _LOGIT_EPS)
+    return ops.sigmoid(scale * (ops.log(p) - ops.log1p(-p)) + bias)
+
+
+def check_calibration(calibration) -> dict:
+    """The calibration dict, checked: {"click"|"purchase": [scale, bias],
+    "price_range": temperature > 0} (any subset)."""
+    calibration = dict(calibration or {})
+    unknown = sorted(set(calibration) - set(CALIBRATED))
+    if unknown:
+        raise ValueError(f"calibration: unknown outputs {unknown}; expected some of "
+                         f"{list(CALIBRATED)}")
+    for task in ("click", "purchase"):
+        if task in calibration:
+            value = [float(v) for v in calibration[task]]
+            if len(value) != 2:
+                raise ValueError(f"calibration[{task!r}]: expected [scale, bias], got "
+                                 f"{calibration[task]!r}")
+            calibration[task] = value
+    if "price_range" in calibration:
+        temperature = float(calibration["price_range"])
+        if not temperature > 0:
+            raise ValueError(f"calibration['price_range']: the temperature must be > 0, "
+                             f"got {temperature}")
+        calibration["price_range"] = temperature
+    return calibration
 
 
 @keras.saving.register_keras_serializable(package="ecom_zoo")
@@ -81,6 +117,9 @@ class MultitaskRanker(keras_hub.models.Task):
       price_range_label_smoothing: label smoothing of the price-range loss (0: none); the
         next purchase's range is hard to know, and a head fitted to one-hot targets is
         overconfident (BUILD_NOTES.md).
+      calibration: post-hoc calibration applied in the graph (`check_calibration`):
+        {"click": [scale, bias], "purchase": [scale, bias], "price_range": temperature};
+        None or {}: the raw outputs.
       zoo_config: the resolved zoo config the model was built from (kept for reference).
     """
 
@@ -92,7 +131,7 @@ class MultitaskRanker(keras_hub.models.Task):
                  purchase_head="esmm", candidate_embedding_to_heads=True,
                  position_bias="feature", position_dropout=0.1, feature_cross_layers=0,
                  feature_cross_projection=64, price_range_label_smoothing=0.0,
-                 tower_layers=1, zoo_config=None, **kwargs):
+                 tower_layers=1, calibration=None, zoo_config=None, **kwargs):
         if structure not in STRUCTURES:
             raise ValueError(f"structure must be one of {STRUCTURES}, got {structure!r}")
         if purchase_head not in PURCHASE_HEADS:
@@ -101,6 +140,7 @@ class MultitaskRanker(keras_hub.models.Task):
         if position_bias not in POSITION_BIASES:
             raise ValueError(f"position_bias must be one of {POSITION_BIASES}, "
                              f"got {position_bias!r}")
+        calibration = check_calibration(calibration)
         # === Layers ===
         self.backbone = backbone
         self.position_bias = position_bias
@@ -165,12 +205,20 @@ class MultitaskRanker(keras_hub.models.Task):
         if self.position_tower is not None:
             click = click * ops.sigmoid(self.position_tower(inputs["position_bucket"]))
         conversion = ops.sigmoid(ops.squeeze(tower("conversion"), -1))
-        price_range = ops.softmax(tower("price_range"), axis=-1)
+        price_logits = tower("price_range")
+        if "price_range" in calibration:
+            price_logits = price_logits / calibration["price_range"]
+        price_range = ops.softmax(price_logits, axis=-1)
         log_rate = LOG_RATE_BOUND * ops.tanh(ops.squeeze(tower("demand"), -1) / LOG_RATE_BOUND)
+        # ESMM: p(purchase) = p(click) p(purchase|click); naive: p(purchase|click) only.
+        purchase = click * conversion if purchase_head == "esmm" else conversion
+        if "purchase" in calibration:
+            purchase = _platt(purchase, calibration["purchase"])
+        if "click" in calibration:
+            click = _platt(click, calibration["click"])
         outputs = {
             "click": click,
-            # ESMM: p(purchase) = p(click) p(purchase|click); naive: p(purchase|click) only.
-            "purchase": click * conversion if purchase_head == "esmm" else conversion,
+            "purchase": purchase,
             "price_range": price_range,
             "demand": ops.exp(log_rate),
         }
@@ -193,6 +241,7 @@ class MultitaskRanker(keras_hub.models.Task):
         self.feature_cross_projection = int(feature_cross_projection)
         self.price_range_label_smoothing = float(price_range_label_smoothing)
         self.tower_layers = int(tower_layers)
+        self.calibration = calibration
         self.zoo_config = dict(zoo_config or {})
 
     def _backbone_inputs(self, inputs):
@@ -252,9 +301,19 @@ class MultitaskRanker(keras_hub.models.Task):
             "feature_cross_projection": self.feature_cross_projection,
             "price_range_label_smoothing": self.price_range_label_smoothing,
             "tower_layers": self.tower_layers,
+            "calibration": dict(self.calibration),
             "zoo_config": dict(self.zoo_config),
         })
         return config
+
+    def with_calibration(self, calibration: dict) -> "MultitaskRanker":
+        """A copy of this model (same weights) whose outputs are calibrated as
+        `calibration` says (replacing any earlier calibration)."""
+        config = self.get_config()
+        config["calibration"] = check_calibration(calibration)
+        copy = type(self).from_config(config)
+        copy.set_weights(self.get_weights())
+        return copy
 
     @property
     def vocabulary(self) -> dict | None:
