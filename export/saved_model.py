@@ -335,7 +335,7 @@ def export(model_dir: str, export_base: str, name: str, version: int | None = No
         with open(os.path.join(extra, SAMPLE_REQUEST_FILE), "w", encoding="utf-8") as f:
             json.dump(sample_request({k: v[:4] for k, v in raw.items()}), f, indent=1)
         signatures = check_export(tmp, read_warmup(os.path.join(extra, WARMUP_FILE)), expected)
-        metrics = _read_json(os.path.join(model_dir, "metrics.json")) or {}
+        metrics = rundir.read_json(os.path.join(model_dir, "metrics.json")) or {}
         manifest = {
             "name": name, "model_dir": os.path.abspath(model_dir),
             "model": train_config.get("model"), "preset": train_config.get("preset"),
@@ -406,13 +406,6 @@ def recommend_requests(name: str, inputs: dict) -> list:
             request.inputs[k].CopyFrom(tf.make_tensor_proto(v[:size]))
         requests.append(request)
     return requests
-
-
-def _read_json(path: str):
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 # --- CLI ---------------------------------------------------------------------------------------

@@ -58,5 +58,6 @@ def train_tiny(shop, tmp_path_factory):
     config = config_lib.TrainConfig(
         data_dir=data, tfds_dir=tfds_dir, label_config=LABEL_CFG, preset="tiny",
         model_dir=model_dir, steps=300, batch_size=128, learning_rate=3e-3,
-        steps_per_loop=50, checkpoint_every=100, verbose=False, calibration_fraction=0.1)
+        steps_per_loop=50, checkpoint_every=100, verbose=False, calibration_fraction=0.1,
+        calibrated_outputs="click,purchase,price_range")
     return config, multitask.run(config)

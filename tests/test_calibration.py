@@ -91,6 +91,8 @@ def test_bad_calibrations_and_flags_are_refused():
         check_calibration({"price_range": 0.0})
     with pytest.raises(ValueError, match="calibration_fraction must be in"):
         config_lib.validate(config_lib.TrainConfig(calibration_fraction=0.7))
+    with pytest.raises(ValueError, match="unknown outputs"):
+        config_lib.validate(config_lib.TrainConfig(calibrated_outputs="click,demand"))
     with pytest.raises(ValueError, match="multi-task rankers"):
         train_lib.check(MultitaskTask(), config_lib.TrainConfig(
             model="popularity", calibration_fraction=0.1))

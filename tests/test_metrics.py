@@ -87,14 +87,16 @@ def test_demand_and_price_range_extras_by_hand():
     preds = {"click": np.array([0.8, 0.4, 0.1]), "purchase": np.array([0.3, 0.1, 0.1]),
              "price_range": np.array([[0.1, 0.9], [0.3, 0.7], [0.5, 0.5]]),
              "demand": np.array([3.0, 1.0, 9.0])}
-    baseline = metrics.trailing_demand_baseline(np.array([7.0, 0.0, 1.0]), horizon_days=3)
-    assert baseline == pytest.approx([(7.5) * 3 / 7, 0.5 * 3 / 7, 1.5 * 3 / 7])
-    m = metrics.multitask_metrics(labels, preds, np.array(["u", "u", "v"]), baseline)
+    sales = np.array([7.0, 0.0, 1.0])
+    plain = metrics.trailing_demand_baseline(sales, horizon_days=3)
+    smoothed = metrics.trailing_demand_baseline(sales, horizon_days=3, prior=True)
+    assert plain == pytest.approx([3.0, 0.0, 3 / 7])
+    assert smoothed == pytest.approx([7.5 * 3 / 7, 0.5 * 3 / 7, 1.5 * 3 / 7])
+    m = metrics.multitask_metrics(labels, preds, np.array(["u", "u", "v"]), (plain, smoothed))
     assert m["demand/wape"] == pytest.approx((1 + 1) / 4)  # the censored row is out
-    assert m["demand/baseline_wape"] == pytest.approx(
-        (abs(4 - baseline[0]) + baseline[1]) / 4)
+    assert m["demand/baseline_wape"] == pytest.approx((1 + 0) / 4)
     assert m["demand/baseline_poisson_deviance"] == pytest.approx(
-        np.mean([2 * (4 * np.log(4 / baseline[0]) - (4 - baseline[0])), 2 * baseline[1]]))
+        np.mean([2 * (4 * np.log(4 / smoothed[0]) - (4 - smoothed[0])), 2 * smoothed[1]]))
     # Top class: row 0 right with 0.9, row 1 wrong with 0.7 (bins differ): |.9-1|, |.7-0|.
     assert m["price_range/ece"] == pytest.approx((0.1 + 0.7) / 2)
     assert m["purchase/gauc"] == 1.0  # user u: .3 > .1; v has one class

@@ -37,7 +37,7 @@ def fit_platt(labels, probs) -> list[float] | None:
     y = np.asarray(labels) > 0
     if len(y) < MIN_ROWS or y.all() or not y.any():
         return None
-    reg = LogisticRegression(penalty=None, solver="lbfgs", max_iter=1000)
+    reg = LogisticRegression(C=np.inf, solver="lbfgs", max_iter=1000)  # no penalty
     reg.fit(logit(probs)[:, None], y)
     return [float(reg.coef_[0, 0]), float(reg.intercept_[0])]
 
@@ -62,16 +62,17 @@ def fit_temperature(labels, probs) -> float | None:
     return float(np.exp(found.x))
 
 
-def fit(labels: dict, preds: dict) -> dict:
-    """The calibration of `MultitaskRanker` (`check_calibration`'s dict) fitted on held-out
-    predictions; an output without enough held-out labels is left out (uncalibrated)."""
+def fit(labels: dict, preds: dict, outputs=("click", "purchase", "price_range")) -> dict:
+    """The calibration of `outputs` of `MultitaskRanker` (`check_calibration`'s dict) fitted
+    on held-out predictions; an output without enough held-out labels is left out
+    (uncalibrated)."""
     out = {}
     for task in ("click", "purchase"):
-        params = fit_platt(labels[task], preds[task])
+        params = fit_platt(labels[task], preds[task]) if task in outputs else None
         if params is not None:
             out[task] = params
     mask = np.asarray(labels["price_range_mask"]) > 0
-    if mask.any():
+    if "price_range" in outputs and mask.any():
         temperature = fit_temperature(np.asarray(labels["price_range"])[mask],
                                       np.asarray(preds["price_range"])[mask])
         if temperature is not None:

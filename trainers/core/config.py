@@ -116,6 +116,11 @@ class TrainConfig:
         0.0, "> 0: hold this latest share of the training impressions (by time) out of "
         "training and fit a post-hoc calibration of the click, purchase and price-range "
         "outputs on it (Platt scaling, a temperature), stored in the model and its exports.")
+    calibrated_outputs: str = _field(
+        "click,purchase", "With --calibration_fraction: the outputs to calibrate (of "
+        "click, purchase, price_range). price_range is off by default: its training labels "
+        "are thinned per purchase (--price_labels_per_purchase) and a temperature fitted on "
+        "them made the eval split worse (BUILD_NOTES.md).")
 
 
 LABEL_HELP = {
@@ -284,6 +289,10 @@ def check_writable_dir(path: str, flag: str) -> None:
         raise ValueError(f"{flag} {path}: {parent} is not writable")
 
 
+def calibrated_outputs(config: TrainConfig) -> tuple[str, ...]:
+    return tuple(o.strip() for o in config.calibrated_outputs.split(",") if o.strip())
+
+
 def validate(config: TrainConfig) -> None:
     """Checks that need no data and no model, run before anything is created."""
     positive = ("batch_size", "eval_batch_size", "steps_per_loop", "vocabulary_examples",
@@ -305,6 +314,10 @@ def validate(config: TrainConfig) -> None:
     if not 0.0 <= config.calibration_fraction <= 0.5:
         raise ValueError(f"--calibration_fraction must be in [0, 0.5], got "
                          f"{config.calibration_fraction}")
+    unknown = sorted(set(calibrated_outputs(config)) - {"click", "purchase", "price_range"})
+    if unknown:
+        raise ValueError(f"--calibrated_outputs: unknown outputs {unknown}; expected some of "
+                         "click, purchase, price_range")
     if config.model_dir:
         check_writable_dir(config.model_dir, "--model_dir")
     if config.data_dir is not None and not os.path.isdir(config.data_dir):

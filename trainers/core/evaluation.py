@@ -82,8 +82,9 @@ def metrics_table(preds: dict, extras: dict, meta: dict, config):
     `extras` holds the labels, `user_id`, `event_id` and `item_purchases_7d`."""
     from trainers.core import metrics as metrics_lib
 
-    baseline = metrics_lib.trailing_demand_baseline(
-        extras["item_purchases_7d"], config.label_config.demand_horizon_days)
+    baseline = tuple(metrics_lib.trailing_demand_baseline(
+        extras["item_purchases_7d"], config.label_config.demand_horizon_days, prior)
+        for prior in (False, True))
     rows = {"model": metrics_lib.multitask_metrics(extras, preds, extras["user_id"], baseline)}
     oracle = read_oracle(meta["contract_dir"], config.label_config)
     if oracle is not None:

@@ -280,10 +280,11 @@ def cleanup_worker_dir(path: str, chief_dir: str) -> None:
 
 
 def predict_dataset(model: keras.Model, dataset: tf.data.Dataset,
-                    jit_compile: bool = False) -> tuple[dict, dict]:
+                    jit_compile: bool = False, progress=None) -> tuple[dict, dict]:
     """Runs the model over (preprocessed features, extras) batches.
 
     Returns (outputs, extras) as numpy arrays; extras are the ids and labels carried along.
+    `progress(n)` is called with each batch's size.
     """
     from zoo.models.features import TASKS
 
@@ -297,5 +298,7 @@ def predict_dataset(model: keras.Model, dataset: tf.data.Dataset,
             preds.setdefault(k, []).append(out[k].numpy())
         for k, v in extra.items():
             extras.setdefault(k, []).append(v.numpy())
+        if progress is not None:
+            progress(len(out[TASKS[0]]))
     return ({k: np.concatenate(v) for k, v in preds.items()},
             {k: np.concatenate(v) for k, v in extras.items()})

@@ -31,9 +31,10 @@ METRIC_NAMES = (
     "demand/baseline_poisson_deviance", "demand/baseline_wape",
 )
 CALIBRATION_BINS = 15
-# The trailing-demand baseline's prior, in purchases per 7 days: an item with no recent
-# sale is forecast a little demand rather than none, which the Poisson deviance would
-# punish without bound (log 0).
+# The trailing-demand baseline's prior for its Poisson deviance, in purchases per 7 days: an
+# item with no recent sale is forecast a little demand rather than none, which the deviance
+# would punish without bound (log 0). Its WAPE is taken without the prior, which only adds
+# error there.
 BASELINE_PRIOR_PER_WEEK = 0.5
 # The headline metric of each task: the experiment's chart and the export registry's list.
 MAIN_METRICS = ("click/auc", "purchase/auc", "price_range/accuracy", "demand/poisson_deviance")
@@ -142,10 +143,11 @@ def poisson_deviance(y, mu) -> float:
     return float(2.0 * np.mean(ylogy - (y - mu)))
 
 
-def trailing_demand_baseline(item_purchases_7d, horizon_days: float) -> np.ndarray:
+def trailing_demand_baseline(item_purchases_7d, horizon_days: float,
+                             prior: bool = False) -> np.ndarray:
     """The item's purchases over the 7 days before the impression, scaled to the label's
-    horizon, with `BASELINE_PRIOR_PER_WEEK`."""
-    week = np.asarray(item_purchases_7d, np.float64) + BASELINE_PRIOR_PER_WEEK
+    horizon (with `prior`: plus `BASELINE_PRIOR_PER_WEEK`, for the deviance)."""
+    week = np.asarray(item_purchases_7d, np.float64) + (BASELINE_PRIOR_PER_WEEK if prior else 0)
     return week * (float(horizon_days) / 7.0)
 
 
@@ -162,12 +164,12 @@ def price_range_confusion(labels: dict, preds: dict) -> list[list[int]]:
 
 
 def multitask_metrics(labels: dict, preds: dict, user_ids: np.ndarray,
-                      demand_baseline: np.ndarray | None = None) -> dict:
+                      demand_baseline: tuple | None = None) -> dict:
     """labels: click, purchase, price_range (-1 missing), price_range_mask, demand,
     demand_mask (optional: demand metrics over the whole windows only).
     preds: click [n], purchase [n], price_range [n, K] (probabilities), demand [n] (rate).
-    demand_baseline [n]: the trailing-demand forecast (`trailing_demand_baseline`), for the
-    baseline's deviance and WAPE on the same rows."""
+    demand_baseline: the trailing-demand forecast [n] without and with the prior
+    (`trailing_demand_baseline`), for the baseline's WAPE and deviance on the same rows."""
     out = {}
     for task in ("click", "purchase"):
         y, p = np.asarray(labels[task]), np.asarray(preds[task], np.float64)
@@ -198,9 +200,9 @@ def multitask_metrics(labels: dict, preds: dict, user_ids: np.ndarray,
     out["demand/rmse"] = float(np.sqrt(np.mean((y - mu) ** 2))) if len(y) else nan
     out["demand/wape"] = wape(y, mu) if len(y) else nan
     if demand_baseline is not None and len(y):
-        base = np.asarray(demand_baseline, np.float64)[whole]
-        out["demand/baseline_poisson_deviance"] = poisson_deviance(y, base)
-        out["demand/baseline_wape"] = wape(y, base)
+        plain, smoothed = (np.asarray(b, np.float64)[whole] for b in demand_baseline)
+        out["demand/baseline_poisson_deviance"] = poisson_deviance(y, smoothed)
+        out["demand/baseline_wape"] = wape(y, plain)
     return out
 
 

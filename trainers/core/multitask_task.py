@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from trainers.core import base_task, evaluation, rundir
+from trainers.core import base_task, config as config_lib, evaluation, rundir
 
 # Model config keys of pre-training only: changing one does not change a fine-tuning run.
 PRETRAIN_KEY_PREFIX = "pretrain_"
@@ -251,7 +251,8 @@ class MultitaskTask(base_task.Task):
         ds = pipeline_eval_slice(run, self._cut, self.local_model(run).preprocessor)
         preds, extras = loop.predict_dataset(self.local_model(run), ds,
                                              jit_compile=run.jit_compile)
-        self._calibration = calibration.fit(extras, preds)
+        self._calibration = calibration.fit(extras, preds,
+                                            config_lib.calibrated_outputs(config))
         result["calibration"] = {
             "fraction": config.calibration_fraction, "from_timestamp": self._cut,
             "held_out_impressions": int(len(extras["click"])), "fitted": self._calibration}

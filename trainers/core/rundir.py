@@ -67,6 +67,14 @@ def write_csv(path: str, header: list, rows) -> int:
     return n
 
 
+def read_json(path: str):
+    """The JSON value in `path`, or None when there is no such file."""
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 def write_json(path: str, obj) -> None:
     """Writes atomically (temp file in the same folder, then rename)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

@@ -1,0 +1,141 @@
+"""The analysis: the item outlook against counts made by hand, the report end to end on the
+shared tiny run, and the page rendered in headless Chromium."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import types
+
+import numpy as np
+import pytest
+
+from helpers import LABEL_CFG, REPO, subprocess_env
+from trainers.core import outlook
+from zoo.data.contract import EVENT_INDEX
+
+DAY = 86_400
+
+
+def test_units_and_item_means_by_hand():
+    p, c = EVENT_INDEX["purchase"], EVENT_INDEX["click"]
+    events = {"event_type": np.array([p, p, c, p, p, p], np.int8),
+              "timestamp": np.array([0, DAY - 1, 10, DAY, 5, 100]),
+              "item_code": np.array([0, 2, 2, 2, -1, 2]),
+              "quantity": np.array([2, 1, 1, 4, 1, 3])}
+    tables = types.SimpleNamespace(events=events,
+                                   items={"item_id": np.array(["a", "b", "c"], object)})
+    # [0, DAY): item a 2 units, item c 1 + 3 (the click and the item-less purchase do not
+    # count, the purchase at DAY is outside).
+    assert outlook._units(tables, 0, DAY).tolist() == [2.0, 0.0, 4.0]
+    assert outlook._units(tables, DAY, 2 * DAY).tolist() == [0.0, 0.0, 4.0]
+    mean, count = outlook.mean_by_item(np.array([0, 0, 2]), np.array([1.0, 3.0, 5.0]), 3)
+    assert count.tolist() == [2, 0, 1] and mean[0] == 2.0 and np.isnan(mean[1]) and mean[2] == 5
+    # The 90 % Poisson interval holds at least 90 % of Poisson draws of its mean.
+    mu = np.random.default_rng(0).uniform(0.1, 20, 20_000)
+    low, high = outlook.poisson_interval(mu)
+    draws = np.random.default_rng(1).poisson(mu)
+    assert 0.9 <= np.mean((draws >= low) & (draws <= high)) <= 0.97
+    s = outlook.score(np.array([4.0, 0.0]), np.array([3.0, 1.0]))
+    assert s["wape"] == pytest.approx(0.5) and s["actual_units"] == 4.0
+
+
+@pytest.fixture(scope="module")
+def analyzed(trained, shop, tmp_path_factory):
+    from trainers.core import analysis
+
+    config, result = trained
+    data, tfds_dir = shop
+    out = str(tmp_path_factory.mktemp("report"))
+    summary = analysis.analyze(config.model_dir, out, data_dir=data, tfds_dir=tfds_dir,
+                               compare={"other_run": {"metrics": {"click/auc": 0.6123}}},
+                               verbose=False)
+    return config, result, summary, out
+
+
+def test_the_report_holds_the_runs_numbers_and_a_checked_outlook(analyzed):
+    from zoo.data import contract
+
+    config, result, summary, out = analyzed
+    data = config.data_dir
+    for name in ("index.html", "metrics.json", "item_outlook.csv"):
+        assert os.path.getsize(os.path.join(out, name)) > 0
+    with open(os.path.join(out, "metrics.json")) as f:
+        record = json.load(f)
+    # The same eval split and the same (calibrated, now in the graph) model as the run.
+    for m in ("click/auc", "purchase/auc", "click/ece", "price_range/accuracy"):
+        assert record["metrics"][m] == pytest.approx(result["metrics"][m], abs=2e-4), m
+    assert record["oracle"]["click/auc"] > 0.5
+    assert record["calibration"]["fitted"] == result["calibration"]["fitted"]
+    assert record["compare"] == {"other_run": {"click/auc": 0.6123}}
+    # The outlook: every catalogue item once, ranked by forecast, what sold counted again
+    # here from the log.
+    tables = contract.read_contract(data)
+    with open(os.path.join(out, "item_outlook.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(tables.items["item_id"])
+    forecast = np.array([float(r["forecast"]) for r in rows])
+    assert (np.diff(forecast) <= 1e-12).all()
+    s = record["item_outlook"]
+    origin = s["origin_timestamp"]
+    assert origin == contract.split_time(tables.events["timestamp"], LABEL_CFG.eval_fraction)
+    ev = tables.events
+    bought = ((ev["event_type"] == EVENT_INDEX["purchase"]) & (ev["timestamp"] >= origin)
+              & (ev["timestamp"] < origin + s["horizon_days"] * DAY))
+    assert sum(float(r["actual_units"]) for r in rows) == float(ev["quantity"][bought].sum())
+    model_rows = [r for r in rows if r["source"] == "model"]
+    assert len(model_rows) == s["items_with_model_forecast"] > 0
+    assert s["model"]["items"] == s["trailing"]["items"] == len(model_rows)
+    assert all(float(r["low"]) <= float(r["forecast"]) + 1 <= float(r["high"]) + 1 for r in rows)
+    assert sum(r["outlook"] == "hot" for r in rows) == min(20, len(rows))
+
+
+def test_analyze_refuses_bad_flags_clearly(trained, tmp_path):
+    config, _ = trained
+    proc = subprocess.run(
+        [os.sys.executable, "-m", "trainers.analyze", "--model_dir", str(tmp_path / "none"),
+         "--output_dir", str(tmp_path / "r")], capture_output=True, text=True,
+        env=subprocess_env(), cwd=REPO, timeout=120)
+    assert proc.returncode == 2
+    assert "--model_dir" in proc.stderr and "Traceback" not in proc.stderr
+    assert not os.path.exists(tmp_path / "r")
+
+
+def chromium() -> str:
+    """Debian's chromium, installed here when missing (the browser test must run)."""
+    path = shutil.which("chromium")
+    if path is None and shutil.which("apt-get") and os.geteuid() == 0:
+        subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], check=False,
+                       capture_output=True, timeout=600)
+        path = shutil.which("chromium")
+    assert path, ("the report's browser test needs Chromium: apt-get install chromium "
+                  "(Debian's package)")
+    return path
+
+
+def test_the_report_renders_in_headless_chromium(analyzed, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    config, result, summary, out = analyzed
+    with open(os.path.join(out, "metrics.json")) as f:
+        record = json.load(f)
+    errors = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto("file://" + os.path.join(out, "index.html"))
+        page.wait_for_load_state("load")
+        images = page.evaluate("""() => Array.from(document.images).map(
+            i => [i.alt, i.complete && i.naturalWidth > 0])""")
+        text = page.inner_text("body")
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        browser.close()
+    assert errors == []
+    assert len(images) >= 7 and all(ok for _, ok in images), images
+    for m in ("click/auc", "purchase/auc", "price_range/accuracy", "demand/poisson_deviance"):
+        assert f"{record['metrics'][m]:.4f}" in text, m
+    assert f"{record['item_outlook']['model']['wape']:.4f}" in text
+    assert os.path.getsize(tmp_path / "report.png") > 50_000

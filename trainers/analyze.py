@@ -1,0 +1,110 @@
+"""`python -m trainers.analyze`: what a trained multi-task model knows, as a report a person
+reads in a browser.
+
+    python -m trainers.analyze --model_dir M [--data_dir D] --output_dir R \
+        [--compare_dirs runs/gbdt_default,runs/popularity_default] [--horizon_days 7]
+
+Writes into R:
+  index.html         self-contained (images inline): the eval metrics beside the oracle,
+                     the trailing-demand baseline and the runs of --compare_dirs;
+                     reliability diagrams, ROC / precision-recall curves, the price-range
+                     confusion, the calibration the run fitted (if any), the item outlook
+  metrics.json       the same numbers (`trainers.core.metrics`), with the confusion matrix
+  item_outlook.csv   per item: forecast units over the horizon with a 90 % interval, what
+                     sold, the trailing forecast, hot / slow (`trainers.core.outlook`)
+
+The eval split is the model's own (its label config), so on the data it was trained on
+the numbers equal the training run's. Any contract folder works: its examples are
+prepared with that label config, ids the model never saw fall into OOV buckets.
+"""
+
+from __future__ import annotations
+
+import os
+
+from zoo import quiet  # noqa: E402
+quiet.start()  # before TensorFlow loads: its start-up lines off
+import sys  # noqa: E402
+
+from absl import app, flags  # noqa: E402
+
+from zoo.data import contract  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    flags.DEFINE_string("model_dir", None, "A finished trainers.multitask model_dir.")
+    flags.DEFINE_string("data_dir", None, "Contract folder (absent: the default simulated shop).")
+    flags.DEFINE_string("tfds_dir", None, "Where prepared examples go (default: the cache).")
+    flags.DEFINE_string("output_dir", None, "Folder of the report (created).")
+    flags.DEFINE_list("compare_dirs", [], "model_dirs of other runs on the same data (e.g. "
+                      "gbdt, popularity) whose metrics.json the tables show beside this one.")
+    flags.DEFINE_float("horizon_days", 7.0, "Days of the item outlook (cut to the eval days "
+                       "the log has).")
+    flags.DEFINE_float("recent_days", 1.0, "The outlook averages the demand head over each "
+                       "item's impressions in these last days before the eval split.")
+    flags.DEFINE_integer("batch_size", 1024, "Prediction batch size.")
+    flags.DEFINE_boolean("verbose", True, "Progress and a summary.")
+
+
+def _read_metrics(model_dir: str) -> dict:
+    import json
+
+    path = os.path.join(model_dir, "metrics.json")
+    if not os.path.exists(path):
+        raise ValueError(f"--compare_dirs {model_dir}: no metrics.json; expected a finished "
+                         "trainers.multitask model_dir")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def check_flags() -> None:
+    if not FLAGS.model_dir or not FLAGS.output_dir:
+        raise ValueError("--model_dir and --output_dir are required")
+    if not os.path.isdir(FLAGS.model_dir):
+        raise ValueError(f"--model_dir {FLAGS.model_dir}: not a directory")
+    if FLAGS.data_dir is not None and not os.path.isdir(FLAGS.data_dir):
+        raise ValueError(f"--data_dir {FLAGS.data_dir}: not a directory; expected a contract "
+                         "folder")
+    if os.path.exists(FLAGS.output_dir) and not os.path.isdir(FLAGS.output_dir):
+        raise ValueError(f"--output_dir {FLAGS.output_dir}: exists and is not a folder")
+    if not FLAGS.horizon_days > 0 or not FLAGS.recent_days > 0:
+        raise ValueError("--horizon_days and --recent_days must be > 0")
+    if FLAGS.batch_size <= 0:
+        raise ValueError(f"--batch_size must be > 0, got {FLAGS.batch_size}")
+    for d in FLAGS.compare_dirs:
+        _read_metrics(d)
+
+
+def run(model_dir: str, output_dir: str, data_dir: str | None = None,
+        tfds_dir: str | None = None, compare_dirs=(), horizon_days: float = 7.0,
+        recent_days: float = 1.0, batch_size: int = 1024, verbose: bool = True) -> dict:
+    from trainers.core import analysis
+
+    return analysis.analyze(model_dir, output_dir, data_dir=data_dir, tfds_dir=tfds_dir,
+                            compare={os.path.basename(os.path.normpath(d)): _read_metrics(d)
+                                     for d in compare_dirs},
+                            horizon_days=horizon_days, recent_days=recent_days,
+                            batch_size=batch_size, verbose=verbose)
+
+
+def main(argv):
+    if len(argv) > 1:
+        print(f"error: unexpected arguments: {argv[1:]}", file=sys.stderr)
+        return 2
+    try:
+        check_flags()
+        summary = run(FLAGS.model_dir, FLAGS.output_dir, FLAGS.data_dir, FLAGS.tfds_dir,
+                      FLAGS.compare_dirs, FLAGS.horizon_days, FLAGS.recent_days,
+                      FLAGS.batch_size, FLAGS.verbose)
+    except (contract.ContractError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"report: {summary['index']}")
+    return 0
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
