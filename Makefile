@@ -18,13 +18,15 @@ $(STAMP): setup.cfg pyproject.toml
 	@touch $(STAMP)
 
 # simulate -> prepare -> train the ranker and the retriever -> export (next version, with
-# the recommend signature) -> serve over gRPC -> query -> the recommender service -> stop.
+# the recommend signature) -> serve over gRPC -> query -> the recommender service -> stop
+# -> the analysis report (runs/report/index.html).
 demo: $(STAMP)
 	$(PY) -m trainers.multitask
 	$(PY) -m trainers.multitask --model two_tower
 	$(PY) -m export.saved_model --model_dir runs/bert_mtl_small --export_base runs/exports \
 	    --retrieval_dir runs/two_tower_small
 	$(PY) -m export.demo --model_dir runs/bert_mtl_small --export_base runs/exports
+	$(PY) -m trainers.analyze --model_dir runs/bert_mtl_small --output_dir runs/report
 
 test: $(STAMP)
 	$(PY) -m pytest -q

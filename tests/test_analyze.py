@@ -41,16 +41,20 @@ def test_units_and_item_means_by_hand():
     assert s["wape"] == pytest.approx(0.5) and s["actual_units"] == 4.0
 
 
+USER = "u3"
+
+
 @pytest.fixture(scope="module")
 def analyzed(trained, shop, tmp_path_factory):
-    from trainers.core import analysis
+    from trainers.core import analysis, profiles
 
     config, result = trained
     data, tfds_dir = shop
     out = str(tmp_path_factory.mktemp("report"))
     summary = analysis.analyze(config.model_dir, out, data_dir=data, tfds_dir=tfds_dir,
                                compare={"other_run": {"metrics": {"click/auc": 0.6123}}},
-                               verbose=False)
+                               user_ids=(USER,), verbose=False,
+                               profile_options=profiles.ProfileOptions(num_segments=3))
     return config, result, summary, out
 
 
@@ -91,6 +95,55 @@ def test_the_report_holds_the_runs_numbers_and_a_checked_outlook(analyzed):
     assert sum(r["outlook"] == "hot" for r in rows) == min(20, len(rows))
 
 
+def test_profiles_count_the_log_and_segments_are_deterministic(analyzed):
+    import pyarrow.parquet as pq
+    from trainers.core import profiles, rundir
+    from zoo.data import contract
+
+    config, result, summary, out = analyzed
+    table = pq.read_table(os.path.join(out, "profiles.parquet")).to_pydict()
+    tables = contract.read_contract(config.data_dir)
+    ev = tables.events
+    users = ev["user_id"].to_numpy(zero_copy_only=False).astype(str)
+    assert sorted(table["user_id"]) == sorted(set(users))
+    i = table["user_id"].index(USER)
+    mine = users == USER
+    for name, kind in (("clicks", "click"), ("purchases", "purchase")):
+        assert table[name][i] == int((mine & (ev["event_type"] == EVENT_INDEX[kind])).sum())
+    assert table["events"][i] == int(mine.sum())
+    assert table["sessions"][i] == len(set(ev["session_id"].to_numpy(
+        zero_copy_only=False)[mine]))
+    k = LABEL_CFG.num_price_ranges
+    probs = np.array([table[f"price_range_model_{j}"][i] for j in range(k)])
+    assert probs.sum() == pytest.approx(1.0, abs=1e-4)
+    assert table["price_range_model"][i] == int(probs.argmax())
+    sizes = [s["users"] for s in summary["segments"]["segments"]]
+    assert sum(sizes) == len(table["user_id"]) and sizes == sorted(sizes, reverse=True)
+    # The same users and seed: the same segments; a sample of users is seeded too.
+    model, label_config = rundir.load_trained(config.model_dir)
+    options = profiles.ProfileOptions(max_users=60, num_segments=3, seed=4)
+    a, sa = profiles.build(model, tables, label_config, [20.0, 40.0, 80.0, 160.0], options)
+    b, sb = profiles.build(model, tables, label_config, [20.0, 40.0, 80.0, 160.0], options)
+    assert sa["sampled"] and len(a["user_id"]) == 60
+    assert list(a["user_id"]) == list(b["user_id"]) and list(a["segment"]) == list(b["segment"])
+    rep = np.random.default_rng(0).normal(size=(200, 8))
+    assert (profiles.segment(rep, 4, 1) == profiles.segment(rep.copy(), 4, 1)).all()
+
+
+def test_a_user_page_and_an_unknown_user(analyzed, tmp_path):
+    from trainers.core import analysis
+
+    config, result, summary, out = analyzed
+    (page,) = summary["user_pages"]
+    text = open(page, encoding="utf-8").read()
+    assert f"user {USER}" in text and "Top recommendations" in text
+    assert text.count("<img") == 1
+    with pytest.raises(ValueError, match="--user_id nobody: no such user"):
+        analysis.analyze(config.model_dir, str(tmp_path / "r"), data_dir=config.data_dir,
+                         tfds_dir=config.tfds_dir, user_ids=("nobody",), verbose=False)
+    assert not os.path.exists(tmp_path / "r")
+
+
 def test_analyze_refuses_bad_flags_clearly(trained, tmp_path):
     config, _ = trained
     proc = subprocess.run(
@@ -128,13 +181,20 @@ def test_the_report_renders_in_headless_chromium(analyzed, tmp_path):
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto("file://" + os.path.join(out, "index.html"))
         page.wait_for_load_state("load")
-        images = page.evaluate("""() => Array.from(document.images).map(
-            i => [i.alt, i.complete && i.naturalWidth > 0])""")
+        loaded = """() => Array.from(document.images).map(
+            i => [i.alt, i.complete && i.naturalWidth > 0])"""
+        images = page.evaluate(loaded)
         text = page.inner_text("body")
         page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        with page.expect_navigation():  # the user's page, through its link
+            page.click(f'a[href="user_{USER}.html"]')
+        user_images = page.evaluate(loaded)
+        user_text = page.inner_text("body")
         browser.close()
     assert errors == []
-    assert len(images) >= 7 and all(ok for _, ok in images), images
+    assert len(images) >= 8 and all(ok for _, ok in images), images
+    assert len(user_images) == 1 and user_images[0][1]
+    assert f"user {USER}" in user_text and "p(purchase)" in user_text
     for m in ("click/auc", "purchase/auc", "price_range/accuracy", "demand/poisson_deviance"):
         assert f"{record['metrics'][m]:.4f}" in text, m
     assert f"{record['item_outlook']['model']['wape']:.4f}" in text

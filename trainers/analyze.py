@@ -2,7 +2,8 @@
 reads in a browser.
 
     python -m trainers.analyze --model_dir M [--data_dir D] --output_dir R \
-        [--compare_dirs runs/gbdt_default,runs/popularity_default] [--horizon_days 7]
+        [--user_id U ...] [--compare_dirs runs/gbdt_default,runs/popularity_default] \
+        [--horizon_days 7] [--max_users 2000] [--num_segments 6]
 
 Writes into R:
   index.html         self-contained (images inline): the eval metrics beside the oracle,
@@ -12,6 +13,10 @@ Writes into R:
   metrics.json       the same numbers (`trainers.core.metrics`), with the confusion matrix
   item_outlook.csv   per item: forecast units over the horizon with a 90 % interval, what
                      sold, the trailing forecast, hot / slow (`trainers.core.outlook`)
+  profiles.parquet   per user: activity, categories, brands and price paid from the log;
+                     category affinities, price range and purchase propensity from the
+                     model; the segment (`trainers.core.profiles`)
+  user_<id>.html     per --user_id: recent behaviour, the profile, the top recommendations
 
 The eval split is the model's own (its label config), so on the data it was trained on
 the numbers equal the training run's. Any contract folder works: its examples are
@@ -45,6 +50,12 @@ def define_flags():
     flags.DEFINE_float("recent_days", 1.0, "The outlook averages the demand head over each "
                        "item's impressions in these last days before the eval split.")
     flags.DEFINE_integer("batch_size", 1024, "Prediction batch size.")
+    flags.DEFINE_multi_string("user_id", [], "A user to give a page (repeatable).")
+    flags.DEFINE_integer("max_users", 2000, "Profiles and segments of at most this many "
+                         "users (a seeded sample of a larger log, stated in the report; 0: "
+                         "all).")
+    flags.DEFINE_integer("num_segments", 6, "k of the k-means segments.")
+    flags.DEFINE_integer("seed", 0, "Seed of the user sample and of k-means.")
     flags.DEFINE_boolean("verbose", True, "Progress and a summary.")
 
 
@@ -73,20 +84,25 @@ def check_flags() -> None:
         raise ValueError("--horizon_days and --recent_days must be > 0")
     if FLAGS.batch_size <= 0:
         raise ValueError(f"--batch_size must be > 0, got {FLAGS.batch_size}")
+    if FLAGS.max_users < 0 or FLAGS.num_segments < 1:
+        raise ValueError("--max_users must be >= 0 and --num_segments >= 1")
     for d in FLAGS.compare_dirs:
         _read_metrics(d)
 
 
 def run(model_dir: str, output_dir: str, data_dir: str | None = None,
         tfds_dir: str | None = None, compare_dirs=(), horizon_days: float = 7.0,
-        recent_days: float = 1.0, batch_size: int = 1024, verbose: bool = True) -> dict:
-    from trainers.core import analysis
+        recent_days: float = 1.0, batch_size: int = 1024, user_ids=(), max_users: int = 2000,
+        num_segments: int = 6, seed: int = 0, verbose: bool = True) -> dict:
+    from trainers.core import analysis, profiles
 
-    return analysis.analyze(model_dir, output_dir, data_dir=data_dir, tfds_dir=tfds_dir,
-                            compare={os.path.basename(os.path.normpath(d)): _read_metrics(d)
-                                     for d in compare_dirs},
-                            horizon_days=horizon_days, recent_days=recent_days,
-                            batch_size=batch_size, verbose=verbose)
+    return analysis.analyze(
+        model_dir, output_dir, data_dir=data_dir, tfds_dir=tfds_dir,
+        compare={os.path.basename(os.path.normpath(d)): _read_metrics(d) for d in compare_dirs},
+        horizon_days=horizon_days, recent_days=recent_days, batch_size=batch_size,
+        user_ids=tuple(user_ids), verbose=verbose,
+        profile_options=profiles.ProfileOptions(max_users=max_users,
+                                                num_segments=num_segments, seed=seed))
 
 
 def main(argv):
@@ -97,7 +113,8 @@ def main(argv):
         check_flags()
         summary = run(FLAGS.model_dir, FLAGS.output_dir, FLAGS.data_dir, FLAGS.tfds_dir,
                       FLAGS.compare_dirs, FLAGS.horizon_days, FLAGS.recent_days,
-                      FLAGS.batch_size, FLAGS.verbose)
+                      FLAGS.batch_size, FLAGS.user_id, FLAGS.max_users, FLAGS.num_segments,
+                      FLAGS.seed, FLAGS.verbose)
     except (contract.ContractError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

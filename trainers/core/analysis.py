@@ -1,6 +1,6 @@
 """The analysis of a trained multi-task model (`python -m trainers.analyze`): one pass of
-predictions over the eval split, the metrics and curves from them, the item outlook, and
-the report that shows them."""
+predictions over the eval split, the metrics and curves from them, the item outlook, the
+user profiles and segments, a page per requested user, and the report that shows them."""
 
 from __future__ import annotations
 
@@ -33,14 +33,24 @@ def _metric_rows(columns: dict) -> list[list]:
             for m in metrics_lib.METRIC_NAMES]
 
 
+def _progress(total: int, unit: str, verbose: bool):
+    import keras
+
+    if not verbose:
+        return None
+    bar = keras.utils.Progbar(total, unit_name=unit)
+    return lambda n: bar.add(n)
+
+
 def analyze(model_dir: str, output_dir: str, data_dir: str | None = None,
             tfds_dir: str | None = None, compare: dict | None = None,
             horizon_days: float = 7.0, recent_days: float = 1.0, batch_size: int = 1024,
-            verbose: bool = True) -> dict:
-    """Writes output_dir/index.html, metrics.json and item_outlook.csv; returns the summary
-    (the paths and the numbers)."""
-    from trainers.core import config as config_lib, evaluation, outlook, report, rundir
-    from zoo.data import prepare as prepare_lib
+            user_ids=(), profile_options=None, verbose: bool = True) -> dict:
+    """Writes output_dir/index.html (and user_<id>.html per requested user), metrics.json,
+    item_outlook.csv and profiles.parquet; returns the summary (the paths and the numbers).
+    A user id the log does not hold is an error before any work."""
+    from trainers.core import config as config_lib, evaluation, outlook, profiles, report, rundir
+    from zoo.data import contract, prepare as prepare_lib
 
     model, label_config = rundir.load_trained(model_dir)
     builder = prepare_lib.prepare(data_dir, tfds_dir, label_config)
@@ -48,6 +58,13 @@ def analyze(model_dir: str, output_dir: str, data_dir: str | None = None,
         raise ValueError(f"{data_dir or 'the default shop'}: no eval split to analyse "
                          f"(eval_fraction {label_config.eval_fraction})")
     meta = builder.info.metadata
+    tables = contract.read_contract(meta["contract_dir"])
+    known = set(tables.events["user_id"].to_numpy(zero_copy_only=False).astype(str))
+    missing = [u for u in user_ids if u not in known]
+    if missing:
+        raise ValueError(f"--user_id {', '.join(missing)}: no such user in "
+                         f"{meta['contract_dir']} ({len(known):,} users)")
+    profile_options = profile_options or profiles.ProfileOptions()
     config = config_lib.TrainConfig(label_config=label_config, eval_batch_size=batch_size)
     preds, extras = _predict(model, builder, config, verbose)
     model_metrics, oracle_metrics, _ = evaluation.metrics_table(preds, extras, meta, config)
@@ -62,9 +79,20 @@ def analyze(model_dir: str, output_dir: str, data_dir: str | None = None,
                                                  horizon_days=horizon_days,
                                                  recent_days=recent_days,
                                                  batch_size=batch_size)
+    if verbose:
+        print("user profiles and segments")
+    n_users = len(known) if not 0 < profile_options.max_users < len(known) else \
+        profile_options.max_users
+    user_profiles, segments = profiles.build(
+        model, tables, label_config, meta["price_edges"], profile_options,
+        progress=_progress(n_users, "user", verbose))
     os.makedirs(output_dir, exist_ok=True)
     outlook_path = os.path.join(output_dir, "item_outlook.csv")
     outlook.write_csv(rows, outlook_path)
+    profiles_path = os.path.join(output_dir, "profiles.parquet")
+    profiles.write_parquet(user_profiles, profiles_path)
+    user_pages = [_user_page(model, tables, label_config, meta, u, output_dir, report,
+                             profiles) for u in user_ids]
 
     compare = dict(compare or {})
     columns = {"model": model_metrics}
@@ -77,11 +105,18 @@ def analyze(model_dir: str, output_dir: str, data_dir: str | None = None,
         "eval_impressions": int(len(extras["click"])), "metrics": model_metrics,
         "oracle": oracle_metrics, "compare": {k: v.get("metrics", {}) for k, v in compare.items()},
         "calibration": run_record.get("calibration"), "item_outlook": outlook_summary,
+        "segments": segments,
     }
     rundir.write_json(os.path.join(output_dir, "metrics.json"), record)
 
     sections = _sections(model_metrics, columns, preds, extras, oracle_preds, meta,
                          run_record.get("calibration"), rows, outlook_summary, report)
+    sections.append(_segments_section(user_profiles, segments, report))
+    if user_pages:
+        sections.append(("Users", "<ul>" + "".join(
+            f'<li><a href="{report.html.escape(os.path.basename(p))}">'
+            f'{report.html.escape(u)}</a></li>' for u, p in zip(user_ids, user_pages))
+            + "</ul>"))
     intro = (f"model_dir {os.path.abspath(model_dir)} · data {meta['contract_dir']} · "
              f"{len(extras['click']):,} eval impressions (all of the eval split)")
     index = os.path.join(output_dir, "index.html")
@@ -97,7 +132,94 @@ def analyze(model_dir: str, output_dir: str, data_dir: str | None = None,
               f"{outlook_summary['trailing']['wape']:.3f} on "
               f"{outlook_summary['items_with_model_forecast']:,} items")
     return {"index": index, "metrics": os.path.join(output_dir, "metrics.json"),
-            "item_outlook": outlook_path, **record}
+            "item_outlook": outlook_path, "profiles": profiles_path,
+            "user_pages": user_pages, **record}
+
+
+def _price_names(edges, k: int) -> list[str]:
+    if edges is None or len(edges) != k - 1:
+        return [str(i) for i in range(k)]
+    bounds = ["0"] + [f"{e:g}" for e in edges] + ["+"]
+    return [f"{bounds[i]}-{bounds[i + 1]}" for i in range(k)]
+
+
+def _segments_section(user_profiles: dict, segments: dict, report) -> tuple[str, str]:
+    rows = [[s["segment"], s["users"], s["share"], s["top_categories"],
+             s["price_range_model"], str(s["price_range_probs"]), s["median_events"],
+             s["median_sessions"], s["purchases_per_session"], s["p_purchase_model"]]
+            for s in segments["segments"]]
+    sample = (f"a seeded sample of {segments['users']:,} of the log's "
+              f"{segments['users_in_log']:,} users" if segments["sampled"]
+              else f"all {segments['users']:,} users")
+    return ("Segments", (
+        f"<p>k-means over the encoder's representation of each user ({sample}; a new "
+        f"session at the end of the log, averaged over {segments['items_per_category']} "
+        f"representative items of each of {len(segments['categories'])} categories). "
+        f"Per-user profiles are in profiles.parquet.</p>"
+        + report.table(["segment", "users", "share", "top categories (log)",
+                        "price range (model)", "price-range probabilities",
+                        "median events", "median sessions", "purchases per session",
+                        "p(purchase), model"], rows, numbers="{:.3f}")
+        + report.img(report.segments_chart(user_profiles["representation"],
+                                           user_profiles["segment"], segments["segments"]),
+                     "segments chart")))
+
+
+def _user_page(model, tables, label_config, meta, user_id, output_dir, report,
+               profiles) -> str:
+    """user_<id>.html: the user's recent behaviour, profile and top recommendations."""
+    import re
+
+    events = profiles.recent_events(tables, user_id)
+    one = profiles.build(model, tables, label_config, meta["price_edges"],
+                         profiles.ProfileOptions(max_users=0, num_segments=1),
+                         users=np.array([user_id]))[0]
+    k = sum(1 for c in one if c.startswith("price_range_model_"))
+    probs = [float(one[f"price_range_model_{i}"][0]) for i in range(k)]
+    names = _price_names(meta.get("price_edges"), k)
+    recs = profiles.user_recommendations(model, tables, label_config, user_id)
+    fields = [("events", "events"), ("sessions", "sessions"), ("active days", "active_days"),
+              ("clicks", "clicks"), ("carts", "carts"), ("purchases", "purchases"),
+              ("purchases per session", "purchases_per_session"),
+              ("top categories (log)", "top_category_history"),
+              ("top categories (model)", "model_top_categories"),
+              ("top brands (log)", "top_brand_history"),
+              ("median price paid", "median_price_paid"),
+              ("price range paid (log)", "price_range_history"),
+              ("price range (model)", "price_range_model"),
+              ("p(purchase), model, mean over representative items", "p_purchase_model")]
+    profile_rows = [[label, (lambda v: v.item() if hasattr(v, "item") else v)(one[key][0])]
+                    for label, key in fields]
+    import datetime
+
+    def when(t):
+        return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime(
+            "%Y-%m-%d %H:%M:%S")
+
+    timeline = [[when(e["timestamp"]), e["event"], e["session_id"], e["query"], e["item_id"],
+                 e["category"], e["price"]] for e in events]
+    rec_rows = [[i + 1, recs["item_id"][i], recs["category"][i], recs["brand"][i],
+                 recs["price"][i], recs["p_click"][i], recs["p_purchase"][i]]
+                for i in range(len(recs["item_id"]))]
+    sections = [
+        ("Profile", report.img(report.user_chart(events, one["top_category_history"][0],
+                                                 one["model_top_categories"][0], probs, names),
+                               "user profile chart")
+         + report.table(["", "value"], profile_rows, numbers="{:.3f}")),
+        ("Top recommendations", "<p>The whole catalogue scored by the model for a new "
+         "session now (no query), ordered by p(purchase).</p>"
+         + report.table(["rank", "item", "category", "brand", "price", "p(click)",
+                         "p(purchase)"], rec_rows)),
+        ("Recent behaviour", report.table(["time (UTC)", "event", "session", "query", "item",
+                                           "category", "price"], timeline, numbers="{:.2f}")),
+    ]
+    path = os.path.join(output_dir, "user_" + re.sub(r"[^A-Za-z0-9_.-]", "_", user_id)
+                        + ".html")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(report.page(f"user {user_id}", sections,
+                            '<a href="index.html">back to the report</a>'))
+    os.replace(path + ".tmp", path)
+    return path
 
 
 def _sections(model_metrics, columns, preds, extras, oracle_preds, meta, calibration,

@@ -175,3 +175,61 @@ def page(title: str, sections: list[tuple[str, str]], intro: str = "") -> str:
     return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}"
             f"</title><style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
             f"<p class=note>{intro}</p><p>{toc}</p>{body}</body></html>")
+
+
+def segments_chart(representation: np.ndarray, labels: np.ndarray, rows: list[dict]) -> bytes:
+    """Segment sizes, and the users in the first two principal components of the encoder's
+    representation, coloured by segment."""
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    fig, (bar, scatter) = _figure(10.0, 4.0, ncols=2, width_ratios=[1, 1.4])
+    bar.bar([str(r["segment"]) for r in rows], [r["users"] for r in rows],
+            color=[f"C{r['segment'] % 10}" for r in rows])
+    bar.set_xlabel("segment")
+    bar.set_ylabel("users")
+    bar.set_title("segment sizes")
+    x = StandardScaler().fit_transform(representation)
+    xy = PCA(n_components=2, random_state=0).fit_transform(x) if len(x) > 2 else np.zeros((len(x), 2))
+    for s in range(int(labels.max()) + 1 if len(labels) else 0):
+        m = labels == s
+        scatter.scatter(xy[m, 0], xy[m, 1], s=6, alpha=0.6, color=f"C{s % 10}", label=str(s))
+    scatter.set_title("users by the encoder (PCA of the representation)")
+    scatter.set_xlabel("PC 1")
+    scatter.set_ylabel("PC 2")
+    scatter.legend(title="segment", fontsize=7, markerscale=2)
+    return _png(fig)
+
+
+def user_chart(events: list[dict], history_shares: str, model_shares: str,
+               price_probs: list[float], price_names: list[str]) -> bytes:
+    """A user's recent events over time, their category shares (log vs model) and the
+    model's price-range distribution."""
+    fig, (tl, cat, price) = _figure(12.0, 3.6, ncols=3, width_ratios=[1.4, 1, 0.8])
+    kinds = ["search", "click", "cart", "purchase"]
+    if events:
+        t0 = max(e["timestamp"] for e in events)
+        days = [(e["timestamp"] - t0) / 86400 for e in events]
+        y = [kinds.index(e["event"]) if e["event"] in kinds else -1 for e in events]
+        tl.scatter(days, y, s=14, c=[f"C{y_ % 10}" for y_ in y])
+    tl.set_yticks(range(len(kinds)), kinds)
+    tl.set_xlabel("days before the last event")
+    tl.set_title("recent behaviour")
+
+    def parse(shares):
+        return dict((p.split(":")[0], float(p.split(":")[1]))
+                    for p in shares.split(";") if p) if shares else {}
+
+    h, m = parse(history_shares), parse(model_shares)
+    names = list(dict.fromkeys(list(h) + list(m)))
+    yy = np.arange(len(names))
+    cat.barh(yy - 0.2, [h.get(n, 0) for n in names], height=0.4, label="log (share)")
+    cat.barh(yy + 0.2, [m.get(n, 0) for n in names], height=0.4, label="model (share of p(click))")
+    cat.set_yticks(yy, names, fontsize=8)
+    cat.invert_yaxis()
+    cat.legend(fontsize=7)
+    cat.set_title("top categories")
+    price.bar(range(len(price_probs)), price_probs, color="tab:green")
+    price.set_xticks(range(len(price_probs)), price_names, rotation=30, fontsize=7)
+    price.set_title("price range (model)")
+    return _png(fig)
