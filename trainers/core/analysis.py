@@ -198,18 +198,23 @@ def _user_page(model, tables, label_config, meta, user_id, output_dir, report,
 
     timeline = [[when(e["timestamp"]), e["event"], e["session_id"], e["query"], e["item_id"],
                  e["category"], e["price"]] for e in events]
+    def because(events):
+        return "; ".join(f"{e['event']} of {e['item_id']} ({e['category']})" for e in events)
+
     rec_rows = [[i + 1, recs["item_id"][i], recs["category"][i], recs["brand"][i],
-                 recs["price"][i], recs["p_click"][i], recs["p_purchase"][i]]
-                for i in range(len(recs["item_id"]))]
+                 recs["price"][i], recs["p_click"][i], recs["p_purchase"][i],
+                 because(recs["because"][i])] for i in range(len(recs["item_id"]))]
     sections = [
         ("Profile", report.img(report.user_chart(events, one["top_category_history"][0],
                                                  one["model_top_categories"][0], probs, names),
                                "user profile chart")
          + report.table(["", "value"], profile_rows, numbers="{:.3f}")),
         ("Top recommendations", "<p>The whole catalogue scored by the model for a new "
-         "session now (no query), ordered by p(purchase).</p>"
+         "session now (no query), ordered by p(purchase); \"because of\": the two history "
+         "events whose integrated-gradients attribution raises this item's p(purchase) "
+         "most beyond their mean over the ten items.</p>"
          + report.table(["rank", "item", "category", "brand", "price", "p(click)",
-                         "p(purchase)"], rec_rows)),
+                         "p(purchase)", "because of"], rec_rows)),
         ("Recent behaviour", report.table(["time (UTC)", "event", "session", "query", "item",
                                            "category", "price"], timeline, numbers="{:.2f}")),
     ]

@@ -194,7 +194,11 @@ def build(model, tables, label_config, price_edges, options: ProfileOptions,
 
 def user_recommendations(model, tables, label_config, user_id: str, k: int = 10) -> dict:
     """The user's top `k` items of the whole catalogue by p(purchase), for a new session at
-    the end of the log (the ranker scores every item with the user's whole past)."""
+    the end of the log (the ranker scores every item with the user's whole past), each with
+    the two history events that raise its p(purchase) most beyond what they raise the other
+    recommendations' (integrated gradients, `zoo.explain`, minus each event's mean over the
+    k items: without the contrast every item names the same events, those that make the
+    user a buyer at all; none for a model without an embedding sequence)."""
     import tensorflow as tf
     from zoo.data import requests as requests_lib
     from zoo.models.features import RAW_FEATURES
@@ -213,7 +217,18 @@ def user_recommendations(model, tables, label_config, user_id: str, k: int = 10)
     purchase, click = out["purchase"].numpy(), out["click"].numpy()
     top = np.argsort(-purchase, kind="stable")[:k]
     items = tables.items
+    because = [[] for _ in top]
+    try:
+        from zoo.models.explain import explain, top_history_events
+
+        rows = {k2: v[top] for k2, v in raw.items()}
+        exp = explain(model, {k2: rows[k2] for k2 in RAW_FEATURES})
+        exp["history"] = exp["history"] - exp["history"].mean(axis=0, keepdims=True)
+        because = top_history_events(exp, rows, k=2)
+    except ValueError:  # not a bert_mtl model: no attributions
+        pass
     return {"item_id": [str(items["item_id"][i]) for i in top],
+            "because": because,
             "category": [str(items["category"][i]) for i in top],
             "brand": [str(items["brand"][i]) for i in top],
             "price": [float(items["price"][i]) for i in top],
