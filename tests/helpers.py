@@ -61,3 +61,15 @@ def train_tiny(shop, tmp_path_factory):
         steps_per_loop=50, checkpoint_every=100, verbose=False, calibration_fraction=0.1,
         calibrated_outputs="click,purchase,price_range")
     return config, multitask.run(config)
+
+
+def tiny_model(family: str = "bert_mtl", vocabulary_seed: int = 0, **overrides):
+    """(vocabulary, an untrained tiny model) of `family` with a vocabulary fitted on a
+    random batch: the starting point of the tests that need a real network."""
+    import zoo
+    from zoo.models.testing import random_raw_batch, split_labels
+
+    train, _ = split_labels(random_raw_batch(batch_size=128, history_length=50,
+                                             seed=vocabulary_seed))
+    vocabulary = zoo.fit_vocabulary(family, train, "tiny")
+    return vocabulary, zoo.get(family, "tiny", vocabulary=vocabulary, **overrides)

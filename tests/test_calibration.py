@@ -5,11 +5,10 @@ refuse what cannot be calibrated."""
 import numpy as np
 import pytest
 
-import zoo
 from trainers.core import calibration, config as config_lib, metrics, train_lib
 from trainers.core.multitask_task import MultitaskTask
-from zoo.models.bert_mtl import fit_vocabulary
 from zoo.models.ranker.task import check_calibration
+from helpers import tiny_model
 from zoo.models.testing import random_raw_batch, split_labels
 
 
@@ -51,9 +50,7 @@ def test_temperature_recovers_a_planted_temperature():
 
 @pytest.fixture(scope="module")
 def tiny():
-    train, _ = split_labels(random_raw_batch(batch_size=128, history_length=50, seed=0))
-    vocab = fit_vocabulary(train, "tiny")
-    model = zoo.get("bert_mtl", "tiny", vocabulary=vocab)
+    _, model = tiny_model()
     features, _ = split_labels(random_raw_batch(batch_size=32, history_length=50, seed=3))
     return model, model.preprocessor(features)
 

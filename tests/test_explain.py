@@ -4,16 +4,14 @@ import numpy as np
 import pytest
 
 import zoo
-from zoo.models.bert_mtl import fit_vocabulary
 from zoo.models.explain import top_history_events
+from helpers import tiny_model
 from zoo.models.testing import random_raw_batch, split_labels
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    train, _ = split_labels(random_raw_batch(batch_size=128, history_length=50, seed=0))
-    vocab = fit_vocabulary(train, "tiny")
-    model = zoo.get("bert_mtl", "tiny", vocabulary=vocab)
+    vocab, model = tiny_model()
     features, _ = split_labels(random_raw_batch(batch_size=12, history_length=50, seed=5))
     return vocab, model, features
 

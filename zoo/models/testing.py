@@ -98,3 +98,4 @@ def random_raw_batch(batch_size: int = 8, history_length: int = 50, seed: int = 
             "demand_mask": (rng.random(B) < 0.8).astype(np.float32),
         })
     return batch
+
