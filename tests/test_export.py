@@ -486,9 +486,9 @@ def test_promote_writes_a_models_config_the_server_honours(client, base, example
         except grpc.RpcError:
             return None
 
-    # The server re-reads the config, loads version 1 again and routes the labels.
-    _wait_for(lambda: version_of("stable") == 1, timeout=120)
-    assert version_of("canary") == 2
+    # The server re-reads the config, loads version 1 again and routes the labels (each label
+    # once its version is available: under load "stable" can route a moment before "canary").
+    _wait_for(lambda: version_of("stable") == 1 and version_of("canary") == 2, timeout=120)
     _assert_close(client.predict(NAME, one, label="stable"), expected_v1, 1)
     # Moving the label is honoured too.
     registry.promote(base, NAME, 2, "stable")

@@ -53,6 +53,10 @@ def analyze(model_dir: str, output_dir: str, data_dir: str | None = None,
     from zoo.data import contract, prepare as prepare_lib
 
     model, label_config = rundir.load_trained(model_dir)
+    if getattr(model, "backbone", None) is None:
+        raise ValueError(f"{model_dir}: a {type(model).__name__} has no encoder to profile "
+                         "users with; the analysis needs a neural multi-task model "
+                         "(bert_mtl and its structures, dnn_mtl)")
     builder = prepare_lib.prepare(data_dir, tfds_dir, label_config)
     if "eval" not in builder.info.splits:
         raise ValueError(f"{data_dir or 'the default shop'}: no eval split to analyse "
