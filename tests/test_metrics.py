@@ -104,3 +104,17 @@ def test_demand_and_price_range_extras_by_hand():
     assert metrics.price_range_confusion(labels, preds) == [[0, 1], [0, 1]]
     assert "demand/baseline_wape" not in metrics.multitask_metrics(
         labels, preds, np.array(["u", "u", "v"]))
+
+
+def test_unknown_probabilities_fall_in_no_calibration_bin():
+    # A shop simulated with --oracle_replays 0 has NaN price-range oracle columns: the
+    # oracle's metrics are NaN there, not a crash of the whole evaluation.
+    labels = {"click": np.array([1, 0]), "purchase": np.array([0, 1]),
+              "price_range": np.array([1, 0]), "price_range_mask": np.array([1., 1.]),
+              "demand": np.array([1.0, 0.0])}
+    preds = {"click": np.array([0.6, 0.2]), "purchase": np.array([0.1, 0.3]),
+             "price_range": np.full((2, 3), np.nan), "demand": np.array([1.0, 1.0])}
+    m = metrics.multitask_metrics(labels, preds, np.array(["u", "v"]))
+    assert np.isnan(m["price_range/ece"]) and m["click/ece"] == pytest.approx((0.4 + 0.2) / 2)
+    count, _, _ = metrics.calibration_bins([1, 0, 1], [0.95, np.nan, 0.05], bins=2)
+    assert count.tolist() == [1.0, 1.0]

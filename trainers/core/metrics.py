@@ -91,9 +91,12 @@ def logloss(labels, probs) -> float:
 def calibration_bins(correct, confidence, bins: int = CALIBRATION_BINS):
     """Per equal-width bin of `confidence` in [0, 1]: (count, mean confidence, observed
     rate of `correct`); empty bins have count 0 and NaN means. The reliability diagram's
-    points and the ECE's terms."""
-    p = np.clip(np.asarray(confidence, np.float64), 0.0, 1.0)
+    points and the ECE's terms. A NaN confidence (an oracle column the simulator did not
+    compute) falls in no bin."""
+    p = np.asarray(confidence, np.float64)
     y = np.asarray(correct, np.float64)
+    known = np.isfinite(p)
+    p, y = np.clip(p[known], 0.0, 1.0), y[known]
     idx = np.minimum((p * bins).astype(np.int64), bins - 1)  # p = 1 falls in the last bin
     count = np.bincount(idx, minlength=bins).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
