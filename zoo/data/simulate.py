@@ -3,7 +3,7 @@ r"""A behaviour simulator for a small web shop, with the true label probabilitie
     python -m zoo.data.simulate --output_dir DIR [--num_users 1400 --num_items 3000 --days 28
         --seed 0 --format parquet|csv --eval_fraction 0.2 --num_price_ranges 5
         --price_horizon_days 7 --demand_horizon_days 7 --oracle_replays 6 --demand_replays 2
-        --[no]repeat_purchase]
+        --[no]repeat_purchase --brand_echo 0]
 
 writes a contract folder (see `zoo/data/contract.py`) plus the oracle:
 
@@ -36,6 +36,14 @@ the cycle), which raises the category's chance to be the session's intent and th
 the shop puts the staple into the retrieved pool and ranks it up ("buy it again"), and the
 staple's click, cart and buy probabilities rise with the need. Off, the world is the one of the
 first simulator version (the regime draws from its own random stream).
+
+A planted signal (`brand_echo`, 0 by default, so the default shop is unchanged): the click
+utility of an item gains `brand_echo` while the user bought an item of the same brand within
+the last 3 days (BRAND_ECHO_SECONDS, measured at the impression). One kind of past event -
+a recent purchase of the candidate's brand - then drives clicks on its own, which is what an
+explanation of the model should find (`tests/test_explain.py`). The oracle stays exact: the
+term is part of the utility the simulator draws from. No random draw depends on it, so with
+the same seed the log differs only through the responses it changes.
 
 Sessions arrive per user as a Poisson process with a time-of-day (zero between 23:30 and 06:00,
 so no session crosses midnight) and day-of-week profile; the next one can only start after the
@@ -107,7 +115,9 @@ DEFAULTS = dict(num_users=1400, num_items=3000, num_brands=80, days=28, seed=0,
                 price_horizon_days=contract.DEFAULT_PRICE_HORIZON_DAYS,
                 demand_horizon_days=contract.DEFAULT_DEMAND_HORIZON_DAYS,
                 oracle_replays=6, demand_replays=2, sessions_per_day=0.25,
-                repeat_purchase=True)
+                repeat_purchase=True, brand_echo=0.0)
+# The planted signal's window (`brand_echo`): a purchase of the brand this recent counts.
+BRAND_ECHO_SECONDS = 3 * DAY
 
 # name, [noun, synonyms...], 8 attribute words, median price
 CATEGORIES = [
@@ -185,8 +195,9 @@ class World:
     """Static catalogue, users and the exogenous time profiles."""
 
     def __init__(self, num_users, num_items, num_brands, days, extra_days, seed,
-                 sessions_per_day, repeat_purchase=False):
+                 sessions_per_day, repeat_purchase=False, brand_echo=0.0):
         rng = np.random.default_rng([seed, 1])
+        self.brand_echo = float(brand_echo)
         C, A = NUM_CATS, NUM_ATTRS
         self.days = days
         self.t0 = START_TIME
@@ -357,7 +368,10 @@ class World:
 class State:
     """Dynamic per-agent state (an agent is a user, or a copy of one in a replay)."""
 
-    FIELDS = ("uid", "theta", "rec", "sat", "baff", "last_t", "day", "staple", "last_buy")
+    # brand_buy [U, B]: when the agent last bought each brand (-NEVER: never), for the
+    # planted `brand_echo` signal.
+    FIELDS = ("uid", "theta", "rec", "sat", "baff", "last_t", "day", "staple", "last_buy",
+              "brand_buy")
 
     def __init__(self, **kw):
         for k in self.FIELDS:
@@ -369,7 +383,8 @@ class State:
         return cls(uid=np.arange(U), theta=world.theta0.copy(), rec=np.zeros((U, NUM_CATS)),
                    sat=np.zeros((U, NUM_CATS)), baff=world.baff0.copy(),
                    last_t=np.full(U, world.t0, np.int64), day=np.zeros(U, np.int64),
-                   staple=world.staple0.copy(), last_buy=world.last_buy0.copy())
+                   staple=world.staple0.copy(), last_buy=world.last_buy0.copy(),
+                   brand_buy=np.full((U, world.num_brands), -NEVER, np.int64))
 
     def take(self, idx):
         return State(**{k: getattr(self, k)[idx].copy() for k in self.FIELDS})
@@ -518,9 +533,13 @@ def _gen_page(world, st, S, rng):
     # The staple, and how due it is (0 for everything else).
     is_staple = ok & (it == np.take_along_axis(st.staple[a], ic, 1))
     due = np.take_along_axis(need, ic, 1) * is_staple
+    # The planted signal: a purchase of the item's brand within the window before the page.
+    echo = ok & ((S["T"][:, None] - np.take_along_axis(st.brand_buy[a], ib, 1))
+                 <= BRAND_ECHO_SECONDS)
     util = (-2.6 + 1.6 * intent_hit + 0.45 * theta + 0.5 * baff + 0.8 * pref_hit + 0.7 * q_brand
             + 0.6 * q_attr + 1.0 * fit + 0.5 * att + 0.35 * qual - 0.12 * S["p"][:, None]
-            + 0.3 * world.engage[uid][:, None] + 1.2 * is_staple + 2.0 * due)
+            + 0.3 * world.engage[uid][:, None] + 1.2 * is_staple + 2.0 * due
+            + world.brand_echo * echo)
     c = EXAM[None, :] * _sigmoid(util)
     cart = _sigmoid(-0.4 + 0.9 * intent_hit + 1.2 * fit + 0.4 * qual + 0.3 * baff - 1.0 * sat
                     + 1.0 * is_staple + 1.0 * due)
@@ -584,6 +603,8 @@ def _respond(world, st, S, G, rng, recorder):
     np.add.at(st.sat, (rows, ic), bought * 1.0)
     np.add.at(st.baff, (rows, ib), click * 0.1 + bought * 0.5)
     np.minimum(st.baff, 3.0, out=st.baff)
+    r, c = np.nonzero(bought)
+    np.maximum.at(st.brand_buy, (a[r], ib[r, c]), base[r, c] + 2)
     # A consumable bought becomes the staple of its category; its cycle starts again.
     refill = bought & world.consumable[ic]
     if refill.any():
@@ -930,12 +951,15 @@ def simulate(output_dir, num_users=DEFAULTS["num_users"], num_items=DEFAULTS["nu
              demand_horizon_days=DEFAULTS["demand_horizon_days"],
              oracle_replays=DEFAULTS["oracle_replays"], demand_replays=DEFAULTS["demand_replays"],
              sessions_per_day=DEFAULTS["sessions_per_day"],
-             repeat_purchase=DEFAULTS["repeat_purchase"], overwrite=True, verbose=False):
+             repeat_purchase=DEFAULTS["repeat_purchase"], brand_echo=DEFAULTS["brand_echo"],
+             overwrite=True, verbose=False):
     """Simulates the shop and writes the contract folder + oracle; returns a summary dict."""
     if format not in ("parquet", "csv"):
         raise ValueError(f"format must be parquet or csv, got {format!r}")
     if num_items < NUM_CATS or num_users < 1 or days < 1 or num_brands < 3:
         raise ValueError("need num_items >= 20, num_users >= 1, days >= 1, num_brands >= 3")
+    if not np.isfinite(brand_echo):
+        raise ValueError(f"brand_echo must be a finite number, got {brand_echo!r}")
     t_start = time.time()
     output_dir = os.path.abspath(output_dir)
     parent = os.path.dirname(output_dir)
@@ -946,7 +970,7 @@ def simulate(output_dir, num_users=DEFAULTS["num_users"], num_items=DEFAULTS["nu
         summary = _simulate_into(tmp, num_users, num_items, num_brands, days, seed, format,
                                  eval_fraction, num_price_ranges, price_horizon_days,
                                  demand_horizon_days, oracle_replays, demand_replays,
-                                 sessions_per_day, repeat_purchase, verbose)
+                                 sessions_per_day, repeat_purchase, brand_echo, verbose)
         if os.path.exists(output_dir):
             if not overwrite:
                 shutil.rmtree(tmp)
@@ -966,10 +990,11 @@ def simulate(output_dir, num_users=DEFAULTS["num_users"], num_items=DEFAULTS["nu
 
 
 def _simulate_into(out, num_users, num_items, num_brands, days, seed, fmt, eval_fraction, K, H, D,
-                   oracle_replays, demand_replays, sessions_per_day, repeat_purchase, verbose):
+                   oracle_replays, demand_replays, sessions_per_day, repeat_purchase, brand_echo,
+                   verbose):
     extra = int(np.ceil(max(H, D))) + 2
     world = World(num_users, num_items, num_brands, days, extra, seed, sessions_per_day,
-                  repeat_purchase)
+                  repeat_purchase, brand_echo)
     rng = np.random.default_rng([seed, 0])
     use_oracle = oracle_replays > 0
     st = State.initial(world)
@@ -1099,7 +1124,7 @@ def _simulate_into(out, num_users, num_items, num_brands, days, seed, fmt, eval_
                 oracle_replays=oracle_replays, demand_replays=demand_replays, seed=seed,
                 num_users=num_users, num_items=num_items, num_brands=num_brands, days=days,
                 start_time=START_TIME, sessions_per_day=sessions_per_day,
-                repeat_purchase=bool(repeat_purchase),
+                repeat_purchase=bool(repeat_purchase), brand_echo=float(brand_echo),
                 notes="p_click/p_purchase exact; p_price_range_* and demand: Rao-Blackwellised "
                       "Monte Carlo (see zoo/data/simulate.py docstring); NaN when replays are 0.")
     with open(os.path.join(out, "oracle_meta.json"), "w") as f:
@@ -1138,7 +1163,8 @@ def main(argv):
                        demand_horizon_days=F.demand_horizon_days,
                        oracle_replays=F.oracle_replays, demand_replays=F.demand_replays,
                        sessions_per_day=F.sessions_per_day,
-                       repeat_purchase=F.repeat_purchase, verbose=F.verbose)
+                       repeat_purchase=F.repeat_purchase, brand_echo=F.brand_echo,
+                       verbose=F.verbose)
     print(json.dumps(summary, indent=1))
 
 
@@ -1163,6 +1189,9 @@ def _define_flags():
     flags.DEFINE_float("sessions_per_day", DEFAULTS["sessions_per_day"], "Mean sessions per user-day.")
     flags.DEFINE_bool("repeat_purchase", DEFAULTS["repeat_purchase"],
                       "Consumables bought again on per-user cycles (see the docstring).")
+    flags.DEFINE_float("brand_echo", DEFAULTS["brand_echo"],
+                       "Planted signal: click utility added while the user bought the item's "
+                       "brand within 3 days (0: off; see the docstring).")
     flags.DEFINE_bool("verbose", False, "Progress per day.")
     flags.mark_flag_as_required("output_dir")
 

@@ -89,6 +89,11 @@ RELATIVE_PRICE_FEATURES = (
     "relative_price", "history_relative_price", "history_relative_price_sd",
     "relative_price_gap", "relative_price_over", "relative_price_under",
     "category_relative_price_gap")
+# The in-graph features that are functions of the history window (the rest read the query,
+# title and candidate alone): `history_features` computes them with a weight per event.
+HISTORY_FEATURES = tuple(n for n in IN_GRAPH_FEATURES + RELATIVE_PRICE_FEATURES
+                         if n not in ("has_query", "title_coverage", "query_words",
+                                      "word_coverage", "relative_price"))
 RECENT_SECONDS = 3 * 86400.0
 HISTORY_OUTPUTS = ("hist_item_index", "hist_category_index", "hist_brand_index",
                    "hist_event_index", "hist_price_bucket", "hist_gap_bucket", "hist_mask")
@@ -253,11 +258,10 @@ class RankerPreprocessor(BehaviourPreprocessor):
             out["hist_title_tokens"] = tf.gather(self._item_title_tokens,
                                                  out["hist_item_index"])
         if self.context_features:
-            out["dense_features"] = self._dense_features(f, out, hist_item, hist_price,
-                                                         hist_gap, mask)
+            out["dense_features"] = self._dense_features(f, out, mask)
         return keras.utils.pack_x_y_sample_weight(out, y, sample_weight)
 
-    def _dense_features(self, f, out, hist_item, hist_price, hist_gap, mask):
+    def _dense_features(self, f, out, mask):
         stats = self.vocabulary.get("context") or {}
         mean = tf.constant(stats.get("mean", [0.0] * len(CONTEXT_FEATURES)), tf.float32)
         std = tf.constant(stats.get("std", [1.0] * len(CONTEXT_FEATURES)), tf.float32)
@@ -279,6 +283,13 @@ class RankerPreprocessor(BehaviourPreprocessor):
             encoded = tf.clip_by_value(inside, 0.0, 1.0) * (1.0 - missing[:, :, None])
             parts.append(tf.reshape(encoded, [-1, len(CONTEXT_FEATURES) * (edges.shape[1] - 1)]))
 
+        named = {**self._candidate_features(f, out),
+                 **self.history_features(f, out, tf.cast(mask, tf.float32))}
+        in_graph = [named[name] for name in self.in_graph_features]
+        return tf.concat(parts + [tf.stack(in_graph, axis=1)], axis=1)
+
+    def _candidate_features(self, f, out) -> dict:
+        """The in-graph features of the query, title and candidate alone, each [B]."""
         q = out["query_tokens"]
         q_real = tf.cast(tf.not_equal(q, 0), tf.float32)
         q_count = tf.reduce_sum(q_real, axis=1)
@@ -290,64 +301,87 @@ class RankerPreprocessor(BehaviourPreprocessor):
                 tf.maximum(q_count, 1.0))
         else:
             coverage = tf.zeros_like(q_count)
-        real = tf.cast(mask, tf.float32)  # [B, H]
-        n_hist = tf.reduce_sum(real, axis=1)
-        mean_price = tf.reduce_sum(hist_price * real, axis=1) / tf.maximum(n_hist, 1.0)
-        price = tf.reshape(tf.cast(f["item_price"], tf.float32), [-1])
-        has_hist = n_hist > 0
-        price_vs = tf.where(has_hist & (mean_price > 0) & (price > 0),
-                            tf.math.log(tf.maximum(price, 1e-6))
-                            - tf.math.log(tf.maximum(mean_price, 1e-6)), 0.0)
         words, word_coverage = self._word_coverage(f["query"], f["item_title"])
-        in_graph = [tf.cast(q_count > 0, tf.float32), coverage, tf.math.log1p(words),
-                    word_coverage, price_vs, 1.0 - tf.cast(has_hist, tf.float32)]
+        named = {"has_query": tf.cast(q_count > 0, tf.float32), "title_coverage": coverage,
+                 "query_words": tf.math.log1p(words), "word_coverage": word_coverage}
+        if self.relative_price:
+            price = tf.reshape(tf.cast(f["item_price"], tf.float32), [-1])
+            named["relative_price"] = self._relative(price, tf.reshape(out["category_index"],
+                                                                       [-1]))
+        return named
+
+    def history_features(self, f, out, weight) -> dict:
+        """The in-graph features computed from the history window (`HISTORY_FEATURES`),
+        each [B], with every event counted by its `weight` [B, H] (1 = present, 0 =
+        absent). At the padding mask they are the features the model reads; in between
+        they move continuously from "no history" to the input's, so an explanation can
+        credit each event with what it adds through them (`zoo.models.explain`)."""
+        w = tf.cast(weight, tf.float32)
+        hist_item = self._history(f["hist_item_id"], "")
+        hist_price = self._history(tf.cast(f["hist_price"], tf.float32), 0.0)
+        hist_gap = self._history(tf.cast(f["hist_gap"], tf.float32), 0.0)
+        n_hist = tf.reduce_sum(w, axis=1)
+        # 1 with any history, 0 without; in between the largest weight, not min(n, 1):
+        # along an explanation's path (all weights alpha) it is then alpha, without a kink.
+        present = tf.reduce_max(w, axis=1)
+        price = tf.reshape(tf.cast(f["item_price"], tf.float32), [-1])
+        mean_price = tf.reduce_sum(hist_price * w, axis=1) / tf.maximum(n_hist, 1e-6)
+        price_vs = present * tf.where(
+            (mean_price > 0) & (price > 0),
+            tf.math.log(tf.maximum(price, 1e-6)) - tf.math.log(tf.maximum(mean_price, 1e-6)),
+            0.0)
+        named = {"price_vs_history": price_vs, "history_empty": 1.0 - present}
         events = self._history(f["hist_event"], "")
         fields = {"item": (hist_item, f["item_id"]),
                   "category": (self._history(f["hist_category"], ""), f["item_category"]),
                   "brand": (self._history(f["hist_brand"], ""), f["item_brand"])}
-        freshness, recent, last_hour = [], [], []
+        # Freshness of each event (most recent first: the latest match is the largest).
+        fresh = tf.clip_by_value(1.0 - tf.math.log1p(tf.maximum(hist_gap, 0.0))
+                                 / np.log1p(MAX_GAP_SECONDS), 0.0, 1.0)
+        fading = tf.exp(-tf.maximum(hist_gap, 0.0) / RECENT_SECONDS)
+        last_hour = tf.cast(hist_gap < 3600.0, tf.float32)
         for field in MATCH_FIELDS:
             hist, candidate = fields[field]
             same = tf.equal(hist, tf.reshape(candidate, [-1, 1])) & tf.not_equal(hist, "")
+            same_w = tf.cast(same, tf.float32) * w
             for event in HISTORY_EVENT_TYPES:
-                count = tf.reduce_sum(tf.cast(same & tf.equal(events, event), tf.float32), 1)
-                in_graph.append(tf.math.log1p(count))
-            # Most recent first: the smallest gap among the matches is the latest one.
-            gap = tf.reduce_min(tf.where(same, hist_gap, MAX_GAP_SECONDS), axis=1)
-            freshness.append(tf.where(tf.reduce_any(same, axis=1), 1.0 - tf.math.log1p(
-                tf.maximum(gap, 0.0)) / np.log1p(MAX_GAP_SECONDS), 0.0))
-            same_f = tf.cast(same, tf.float32)
-            recent.append(tf.math.log1p(tf.reduce_sum(
-                same_f * tf.exp(-tf.maximum(hist_gap, 0.0) / RECENT_SECONDS), axis=1)))
-            last_hour.append(tf.math.log1p(tf.reduce_sum(
-                same_f * tf.cast(hist_gap < 3600.0, tf.float32), axis=1)))
-        in_graph += freshness + recent + last_hour
+                named[f"{field}_{event}s"] = tf.math.log1p(tf.reduce_sum(
+                    same_w * tf.cast(tf.equal(events, event), tf.float32), 1))
+            named[f"{field}_freshness"] = tf.reduce_max(same_w * fresh, axis=1)
+            named[f"{field}_recent"] = tf.math.log1p(tf.reduce_sum(same_w * fading, axis=1))
+            named[f"{field}_last_hour"] = tf.math.log1p(tf.reduce_sum(same_w * last_hour,
+                                                                      axis=1))
         if self.relative_price:
-            in_graph += self._relative_prices(out, price, hist_price, real)
-        return tf.concat(parts + [tf.stack(in_graph, axis=1)], axis=1)
+            named.update(self._relative_prices(out, price, hist_price, w))
+        return named
 
-    def _relative_prices(self, out, price, hist_price, real):
-        """RELATIVE_PRICE_FEATURES (see there), each [B]."""
-        def relative(p, category_index):
-            level = tf.gather(self._category_log_price, category_index)
-            return tf.where(p > 0, tf.math.log(tf.maximum(p, 1e-6)) - level, 0.0)
+    def _relative(self, p, category_index):
+        level = tf.gather(self._category_log_price, category_index)
+        return tf.where(p > 0, tf.math.log(tf.maximum(p, 1e-6)) - level, 0.0)
 
-        r = relative(price, tf.reshape(out["category_index"], [-1]))
-        priced = real * tf.cast(hist_price > 0, tf.float32)  # [B, H]
-        r_hist = relative(hist_price, out["hist_category_index"]) * priced
+    def _relative_prices(self, out, price, hist_price, w) -> dict:
+        """RELATIVE_PRICE_FEATURES of the history (see there), each [B]; events weighted
+        by w as in `history_features`."""
+        r = self._relative(price, tf.reshape(out["category_index"], [-1]))
+        priced = w * tf.cast(hist_price > 0, tf.float32)  # [B, H]
+        r_hist = self._relative(hist_price, out["hist_category_index"])
         n = tf.reduce_sum(priced, axis=1)
-        has = n > 0
-        mean = tf.reduce_sum(r_hist, axis=1) / tf.maximum(n, 1.0)
-        var = tf.reduce_sum(tf.square(r_hist), axis=1) / tf.maximum(n, 1.0) - tf.square(mean)
-        sd = tf.where(has, tf.sqrt(tf.maximum(var, 0.0)), 0.0)
-        gap = tf.where(has, r - mean, 0.0)
+        has = tf.reduce_max(priced, axis=1)  # as `present` in `history_features`
+        mean = tf.reduce_sum(r_hist * priced, axis=1) / tf.maximum(n, 1e-6)
+        var = tf.maximum(tf.reduce_sum(tf.square(r_hist) * priced, axis=1)
+                         / tf.maximum(n, 1e-6) - tf.square(mean), 0.0)
+        # A safe square root: its gradient at a zero variance is 0, not NaN.
+        sd = tf.where(var > 1e-12, tf.sqrt(tf.maximum(var, 1e-12)), 0.0)
+        gap = has * (r - mean)
         same = priced * tf.cast(tf.equal(out["hist_category_index"],
                                          tf.reshape(out["category_index"], [-1, 1])),
                                 tf.float32)
         n_same = tf.reduce_sum(same, axis=1)
-        mean_same = tf.reduce_sum(r_hist * same, axis=1) / tf.maximum(n_same, 1.0)
-        gap_same = tf.where(n_same > 0, r - mean_same, 0.0)
-        return [r, mean, sd, gap, tf.maximum(gap, 0.0), tf.maximum(-gap, 0.0), gap_same]
+        mean_same = tf.reduce_sum(r_hist * same, axis=1) / tf.maximum(n_same, 1e-6)
+        return {"history_relative_price": has * mean, "history_relative_price_sd": has * sd,
+                "relative_price_gap": gap, "relative_price_over": tf.maximum(gap, 0.0),
+                "relative_price_under": tf.maximum(-gap, 0.0),
+                "category_relative_price_gap": tf.reduce_max(same, axis=1) * (r - mean_same)}
 
     @staticmethod
     def _word_coverage(query, title):
