@@ -12,6 +12,12 @@ out, retrieval and ranking in one graph, so stock TF Serving answers it alone.
          computed from the history (`zoo.data.serving_features`)
       -> the ranker's objective (click, purchase or gmv = p(purchase) x price), blended with
          the retrieval logit as the offline cascade blends (`recommend_lib.blend`) -> top K
+      -> (exports with `Options.explain_steps`) each of the K items' reasons: the two
+         history events that raise its objective most beyond the other K - 1 items'
+         (integrated gradients in the graph, `zoo.models.explain.reason_tensors`; what
+         `trainers.recommend --explain_steps` writes offline) -> because_item_id,
+         because_event, because_seconds_ago, because_weight [B, K, 2] ("", "", -1, 0 where
+         an item has fewer reasons)
 
 The catalogue (item fields, embeddings) and the statistics are those of the export: a new
 catalogue is a new version. K, C, the objective and the blend weight are fixed per export
@@ -34,6 +40,8 @@ SIGNATURE = "recommend"
 HISTORY_INPUTS = sf.HISTORY_INPUTS
 OUTPUTS = ("item_id", "title", "category", "brand", "price", "score", "click", "purchase",
            "retrieval_score")
+# With Options.explain_steps > 0.
+REASON_OUTPUTS = ("because_item_id", "because_event", "because_seconds_ago", "because_weight")
 # A floor under the ranker's probabilities before the log of the blend (as offline).
 MIN_PROBABILITY = 1e-12
 
@@ -193,6 +201,10 @@ def build(ranker, retriever, cat: Catalogue, history_length: int, retrieval_hist
     from zoo.models.two_tower.model import complete_features
 
     options.check()
+    if options.explain_steps:
+        from zoo.models.explain import check
+
+        check(ranker, options.explain_output(), options.explain_steps)
     num_candidates = min(options.candidates, cat.size)
     k = min(options.k, num_candidates)
     L, R = int(history_length), int(retrieval_history)
@@ -270,7 +282,10 @@ def build(ranker, retriever, cat: Catalogue, history_length: int, retrieval_hist
         best = tf.math.top_k(score, k)
         pick = best.indices
         rows_out = tf.gather(rows, pick, batch_dims=1)
-        return {"item_id": tf.gather(cand["item_id"], pick, batch_dims=1),
+        reasons = {}
+        if options.explain_steps:
+            reasons = _reasons(ranker, raw, recent, pick, num_candidates, options)
+        return {**reasons, "item_id": tf.gather(cand["item_id"], pick, batch_dims=1),
                 "title": tf.gather(cat.title, rows_out),
                 "category": tf.gather(cat.category, rows_out),
                 "brand": tf.gather(cat.brand, rows_out),
@@ -281,6 +296,32 @@ def build(ranker, retriever, cat: Catalogue, history_length: int, retrieval_hist
                 "retrieval_score": tf.gather(retrieval, pick, batch_dims=1)}
 
     return recommend
+
+
+def _reasons(ranker, raw: dict, recent: dict, pick, num_candidates: int, options) -> dict:
+    """The REASON_OUTPUTS of the picked candidates [B, K]: their raw rows (request major)
+    explained together, each position mapped back to the request's history columns."""
+    from zoo.models.explain import REASONS, reason_tensors
+
+    batch, k = tf.shape(pick)[0], pick.shape[1]
+    flat = tf.reshape(pick + num_candidates * tf.range(batch)[:, None], [-1])
+    picked = {name: tf.gather(v, flat) for name, v in raw.items()}
+    found = reason_tensors(ranker, picked, k, options.explain_output(),
+                           options.explain_steps, REASONS)
+    position = found["position"]                                    # [B, K, R]
+    where = tf.reshape(tf.maximum(position, 0), [batch, -1])        # [B, K * R]
+    none = position < 0
+
+    def take(values, empty):
+        # One empty column more: a request without history still has a column 0 to take.
+        values = tf.pad(values, [[0, 0], [0, 1]], constant_values=empty)
+        got = tf.reshape(tf.gather(values, where, batch_dims=1), tf.shape(position))
+        return tf.where(none, tf.cast(empty, got.dtype), got)
+
+    return {"because_item_id": take(recent["hist_item_id"], ""),
+            "because_event": take(recent["hist_event"], ""),
+            "because_seconds_ago": take(tf.cast(recent["hist_gap"], tf.float32), -1.0),
+            "because_weight": found["weight"]}
 
 
 class Recommender:
@@ -314,7 +355,8 @@ class Recommender:
                 "objective": o.objective, "retrieval_weight": o.retrieval_weight,
                 "catalogue_size": self.catalogue.size, "snapshot_time": self.snapshot.time,
                 "history_length": self.history_length,
-                "ranker_history": self.ranker_history,
+                "ranker_history": self.ranker_history, "explain_steps": o.explain_steps,
+                "outputs": list(OUTPUTS + (REASON_OUTPUTS if o.explain_steps else ())),
                 "request_features": list(sf.REQUEST_FEATURES)}
 
 

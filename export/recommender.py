@@ -12,7 +12,11 @@ users' recent events and a model server's `recommend` signature.
                             request's inputs (`zoo.data.serving_features.request_inputs`,
                             the examples' own code) -> gRPC Predict of `recommend` -> JSON:
                             items (item_id, title, category, brand, price, score, click,
-                            purchase), best first. A user never seen is not an error: the
+                            purchase), best first; with an export that explains
+                            (--recommend_explain_steps), each item's "because": up to two
+                            of the user's events (event, item_id, title, category,
+                            seconds_ago, weight) that raise it most beyond the other items
+                            of the answer. A user never seen is not an error: the
                             model answers from the query and the items' statistics alone
                             (`"cold_start": true`).
     GET  /healthz           200 when the store and the model server answer
@@ -140,12 +144,31 @@ class RecommenderService:
                   "category": text(out["category"][0, j]), "brand": text(out["brand"][0, j]),
                   "price": round(float(out["price"][0, j]), 4),
                   "score": float(out["score"][0, j]), "click": float(out["click"][0, j]),
-                  "purchase": float(out["purchase"][0, j])} for j in range(k)
+                  "purchase": float(out["purchase"][0, j]),
+                  **({"because": self._because(out, j, text)} if "because_item_id" in out
+                     else {})}
+                 for j in range(k)
                  if np.isfinite(out["score"][0, j])]  # -inf: excluded, too few items left
         return {"user_id": user_id, "query": query, "session_id": session, "at": at,
                 "cold_start": cold, "items": items,
                 "timing_ms": {"features": round(1000 * (built - started), 2),
                               "model": round(1000 * (answered - built), 2)}}
+
+    def _because(self, out: dict, j: int, text) -> list:
+        """Item j's reasons in the answer, with the catalogue's title and category."""
+        reasons = []
+        for r in range(out["because_item_id"].shape[2]):
+            item = text(out["because_item_id"][0, j, r])
+            if not item:
+                continue
+            row = self._row.get(item)
+            reasons.append({
+                "event": text(out["because_event"][0, j, r]), "item_id": item,
+                "title": None if row is None else str(self.items["title"][row]),
+                "category": None if row is None else str(self.items["category"][row]),
+                "seconds_ago": round(float(out["because_seconds_ago"][0, j, r]), 1),
+                "weight": float(out["because_weight"][0, j, r])})
+        return reasons
 
     def healthy(self) -> bool:
         try:

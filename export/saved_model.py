@@ -435,6 +435,10 @@ def define_flags():
     flags.DEFINE_integer("recommend_ranker_history", Options.ranker_history, "With "
                          "--retrieval_dir: history events the ranker reads per candidate "
                          "(0: as many as its preprocessor reads, max_history).")
+    flags.DEFINE_integer("recommend_explain_steps", Options.explain_steps, "With "
+                         "--retrieval_dir and a bert_mtl ranker: each answered item carries "
+                         "its two reasons (because_* outputs), integrated gradients with this "
+                         "many steps in the graph (0: none; an answer costs more with it).")
 
 
 def main(argv):
@@ -450,7 +454,8 @@ def main(argv):
         options = Options(k=FLAGS.recommend_k, candidates=FLAGS.recommend_candidates,
                           objective=FLAGS.recommend_objective,
                           retrieval_weight=FLAGS.retrieval_weight,
-                          ranker_history=FLAGS.recommend_ranker_history)
+                          ranker_history=FLAGS.recommend_ranker_history,
+                          explain_steps=FLAGS.recommend_explain_steps)
     try:
         path = export(FLAGS.model_dir, FLAGS.export_base, name, FLAGS.version,
                       retrieval_dir=FLAGS.retrieval_dir, recommend_options=options,

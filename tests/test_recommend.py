@@ -231,6 +231,43 @@ def test_recommend_boost_keeps_recent_purchases_among_ranked_candidates(
     assert (np.diff(scores, axis=1) <= 0).all()
 
 
+def test_recommend_reasons_name_the_users_own_earlier_events(retriever_dir, trained, shop,
+                                                            tmp_path):
+    """--explain_steps: every item carries up to two reasons, each an event of this user
+    before the request, as the ranker read it."""
+    import re
+    from trainers import recommend
+    from trainers.core import recommend_lib
+
+    out = str(tmp_path / "recs.csv")
+    options = recommend_lib.Options(k=5, candidates=15, explain_steps=8)
+    result = recommend.run(retriever_dir, trained[0].model_dir, shop[0], output=out,
+                           options=options, max_requests=30, verbose=False)
+    assert result["explain_steps"] == 8 and result["explain_seconds"] > 0
+    tables = contract.read_contract(shop[0])
+    ev = tables.events
+    times = {}
+    for u, i, e, t in zip(*(np.asarray(ev[c]) for c in ("user_id", "item_id", "event",
+                                                        "timestamp"))):
+        times.setdefault((u, i, e), []).append(int(t))
+    cut = contract.split_time(ev["timestamp"], helpers.LABEL_CFG.eval_fraction)
+    reqs = requests.session_requests(tables, cut)
+    at = {(u, s): int(t) for u, s, t in zip(reqs.user_id[:30], reqs.session_id[:30],
+                                            reqs.timestamp[:30])}
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[-1] == "because" and len(rows) == 30 * 5
+    named = 0
+    for r in rows:
+        t = at[(r["user_id"], r["session_id"])]
+        found = re.findall(r"(click|cart|purchase) of (\S+) \(", r["because"])
+        assert len(found) <= 2
+        for event, item in found:
+            assert any(x < t for x in times[(r["user_id"], item, event)]), (r, event, item)
+        named += bool(found)
+    assert named > 0.5 * len(rows), named
+
+
 def test_recommend_rejects_bad_flags_before_work(retriever_dir, tmp_path):
     from trainers import recommend
     from trainers.core import recommend_lib
@@ -238,7 +275,9 @@ def test_recommend_rejects_bad_flags_before_work(retriever_dir, tmp_path):
     for options, match in ((recommend_lib.Options(k=0), "--k"),
                            (recommend_lib.Options(k=10, candidates=5), "--candidates"),
                            (recommend_lib.Options(objective="revenue"), "--objective"),
-                           (recommend_lib.Options(ranker_history=-1), "--ranker_history")):
+                           (recommend_lib.Options(ranker_history=-1), "--ranker_history"),
+                           (recommend_lib.Options(explain_steps=-1), "--explain_steps"),
+                           (recommend_lib.Options(explain_steps=8), "needs --model_dir")):
         with pytest.raises(ValueError, match=match):
             recommend.run(retriever_dir, output=str(tmp_path / "r.csv"), options=options)
     proc = helpers.subprocess.run(
@@ -387,7 +426,7 @@ def test_serving_features_in_the_graph_equal_the_offline_ones(retriever_dir, sho
 # ranker_history 8 of the tiny ranker's 16: the graph and the offline cascade must cut the
 # history the same way.
 RECOMMEND_OPTIONS = dict(k=10, candidates=40, objective="purchase", retrieval_weight=1.0,
-                         ranker_history=8)
+                         ranker_history=8, explain_steps=8)
 
 
 @pytest.fixture(scope="module")
@@ -443,6 +482,27 @@ def test_recommend_signature_equals_the_offline_cascade(recommend_export, retrie
     np.testing.assert_allclose(out["score"].numpy(), want_scores, rtol=1e-4, atol=1e-4)
     assert (got_items == want_items.astype(str)).mean() > 0.95  # ties may swap neighbours
     assert [set(g) for g in got_items] == [set(w) for w in want_items.astype(str)]
+    # Each item's reasons, in the graph, are the offline ones (`trainers.recommend
+    # --explain_steps`) for the same list.
+    offline = recommend_lib.explain_lists(ranker, tables, reqs, np.take_along_axis(cand, idx, 1),
+                                          ranker_labels, options)
+    compared = reasons = 0
+    for r in range(len(reqs)):
+        for j in range(options.k):
+            if got_items[r, j] != want_items[r, j]:
+                continue
+            want = offline[r][j]
+            ids = [x.decode() for x in out["because_item_id"].numpy()[r, j] if x]
+            events = [x.decode() for x in out["because_event"].numpy()[r, j] if x]
+            assert ids == [w["item_id"] for w in want] and events == [
+                w["event"] for w in want], (r, j, ids, want)
+            np.testing.assert_allclose(out["because_weight"].numpy()[r, j, :len(want)],
+                                       [w["attribution"] for w in want], rtol=2e-3, atol=1e-6)
+            np.testing.assert_allclose(out["because_seconds_ago"].numpy()[r, j, :len(want)],
+                                       [w["seconds_ago"] for w in want])
+            compared += 1
+            reasons += len(want)
+    assert compared > 0.9 * len(reqs) * options.k and reasons > compared, (compared, reasons)
 
     # Excluded items never come back; the rest of the list moves up.
     exclude = np.full((len(reqs), 2), "", object)
@@ -513,6 +573,11 @@ def test_recommender_service_ingests_events_and_answers_over_http(recommend_expo
         assert {"item_id", "title", "category", "price", "score"} <= set(first["items"][0])
         scores = [i["score"] for i in first["items"]]
         assert scores == sorted(scores, reverse=True)
+        # The export explains (explain_steps): each item's reasons are the user's own events.
+        mine = {(e["item_id"], e["event"]) for e in events[:200]}
+        because = [b for i in first["items"] for b in i["because"]]
+        assert because and all((b["item_id"], b["event"]) in mine and b["weight"] > 0
+                               and b["seconds_ago"] > 0 and b["title"] for b in because)
 
         # A new click (in a new session, on an item of another category) changes the answer.
         top_category = first["items"][0]["category"]

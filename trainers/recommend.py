@@ -3,14 +3,17 @@ they were.
 
     python -m trainers.recommend --retrieval_dir RETRIEVER [--model_dir RANKER] \
         [--data_dir D] [--split eval] [--k 20] [--candidates 50] \
-        [--objective purchase] [--repeat_purchases keep] --output recs.csv
+        [--objective purchase] [--repeat_purchases keep] [--explain_steps 32] \
+        --output recs.csv
 
 One request per (user_id, session_id) of the split, at the session's first event, with
 that session's first query when it opens with a search; features from the events strictly
 before it (`zoo.data.requests`). The retriever (`--model two_tower`) takes the top
 --candidates of the whole catalogue, the ranker (any multi-task model_dir) re-ranks them by
 --objective, and the top --k are written to --output (user_id, session_id, rank, item_id,
-score). Beside it, `<output stem>_metrics.json`: recall / NDCG / hit-rate at 5, 10, 20 and
+score; with --explain_steps, `because`: the two history events that raise the item's
+objective most beyond the list's other items, by integrated gradients, e.g. "purchase of
+i12 (coffee makers) 2.1 days before"). Beside it, `<output stem>_metrics.json`: recall / NDCG / hit-rate at 5, 10, 20 and
 MRR with the session's clicked items as relevant, then its purchased items, for the
 cascade, the retriever alone and the baselines of `trainers.core.recommend_lib`, all on
 the same requests.
@@ -54,6 +57,9 @@ def define_flags():
                          "max_history); its cost grows with them.")
     flags.DEFINE_float("retrieval_weight", Options.retrieval_weight, "Cascade score = log(ranker's objective) + "
                        "this x the retriever's logit (0: the ranker's order alone).")
+    flags.DEFINE_integer("explain_steps", Options.explain_steps, "With --model_dir (a bert_mtl "
+                         "ranker): each item's two reasons, integrated gradients with this "
+                         "many steps (0: none; the cost grows with it).")
     flags.DEFINE_integer("max_requests", 0, "Use the first N requests of the split (0: all).")
     flags.DEFINE_integer("batch_size", 8192, "(request, candidate) pairs scored per batch.")
     flags.DEFINE_string("output", "recs.csv", "CSV of the recommendations.")
@@ -73,12 +79,26 @@ def _check_output(path: str) -> None:
         raise ValueError(f"--output {path}: {folder} is not a folder")
 
 
-def write_recs(path: str, reqs, items, scores, item_ids) -> int:
+def describe(reasons: list) -> str:
+    """A list's reasons for one item, for a person: "purchase of i12 (coffee makers) 2.1
+    days before; ..."."""
+    def ago(seconds):
+        return (f"{seconds / 86400:.1f} days" if seconds >= 86400
+                else f"{seconds / 3600:.1f} hours" if seconds >= 3600
+                else f"{seconds / 60:.0f} minutes")
+
+    return "; ".join(f"{r['event']} of {r['item_id']} ({r['category']}) "
+                     f"{ago(r['seconds_ago'])} before" for r in reasons)
+
+
+def write_recs(path: str, reqs, items, scores, item_ids, because=None) -> int:
     from trainers.core import rundir
 
-    return rundir.write_csv(path, ["user_id", "session_id", "rank", "item_id", "score"], (
+    columns = ["user_id", "session_id", "rank", "item_id", "score"]
+    return rundir.write_csv(path, columns + (["because"] if because is not None else []), (
         [reqs.user_id[r], reqs.session_id[r], j + 1, item_ids[items[r, j]],
-         repr(float(scores[r, j]))]
+         repr(float(scores[r, j]))] + ([describe(because[r][j])] if because is not None
+                                       else [])
         for r in range(len(reqs)) for j in range(items.shape[1])))
 
 
@@ -107,6 +127,16 @@ def run(retrieval_dir, model_dir=None, data_dir=None, split="eval", output="recs
         ranker, ranker_labels = rundir.load_trained(model_dir)
         if hasattr(ranker, "query_embeddings") or not hasattr(ranker, "preprocessor"):
             raise ValueError(f"--model_dir {model_dir}: not a multi-task ranker")
+    if options.explain_steps:
+        if ranker is None:
+            raise ValueError("--explain_steps explains the ranker's order: it needs "
+                             "--model_dir")
+        from zoo.models.explain import check
+
+        try:
+            check(ranker, options.explain_output(), options.explain_steps)
+        except ValueError as e:
+            raise ValueError(f"--explain_steps with --model_dir {model_dir}: {e}") from None
     if data_dir is None:
         data_dir = rundir.train_config_of(retrieval_dir).get("data_dir")
     contract_dir = prepare_lib.resolve_contract_dir(data_dir)
@@ -141,12 +171,19 @@ def run(retrieval_dir, model_dir=None, data_dir=None, split="eval", output="recs
         final_items = np.take_along_axis(cand, idx, 1)
         lists["cascade"] = final_items
         timing["ranking_seconds"] = time.time() - t1
+    because = None
+    if options.explain_steps:
+        t2 = time.time()
+        because = recommend_lib.explain_lists(ranker, tables, reqs, final_items,
+                                              ranker_labels, options,
+                                              _bar(len(reqs), "reasons", verbose))
+        timing["explain_seconds"] = time.time() - t2
     base = recommend_lib.baselines(history, reqs, options.k)
     if options.repeat == "filter":
         base = {name: _without(items, recent, history, reqs, options.k)
                 for name, items in base.items()}
     lists.update(base)
-    write_recs(output, reqs, final_items, final_scores, item_ids)
+    write_recs(output, reqs, final_items, final_scores, item_ids, because)
 
     result = {"requests": len(reqs), "split": split, "contract_dir": contract_dir,
               "retrieval_dir": retrieval_dir, "model_dir": model_dir,
@@ -154,7 +191,7 @@ def run(retrieval_dir, model_dir=None, data_dir=None, split="eval", output="recs
               "objective": options.objective if ranker is not None else "retrieval",
               "repeat_purchases": options.repeat, "repeat_days": options.repeat_days,
               "retrieval_weight": options.retrieval_weight,
-              **timing, "metrics": {}}
+              "explain_steps": options.explain_steps, **timing, "metrics": {}}
     for name, items in lists.items():
         result["metrics"][name] = {
             relevance: ranking_metrics.ranking_metrics(
@@ -223,7 +260,7 @@ def main(argv):
                           repeat=FLAGS.repeat_purchases, repeat_days=FLAGS.repeat_days,
                           retrieval_weight=FLAGS.retrieval_weight,
                           ranker_history=FLAGS.ranker_history,
-                          batch_size=FLAGS.batch_size)
+                          batch_size=FLAGS.batch_size, explain_steps=FLAGS.explain_steps)
         run(FLAGS.retrieval_dir, FLAGS.model_dir, FLAGS.data_dir, FLAGS.split, FLAGS.output,
             options, FLAGS.max_requests, FLAGS.verbose)
     except (contract.ContractError, ValueError, FileNotFoundError) as e:

@@ -219,12 +219,11 @@ def user_recommendations(model, tables, label_config, user_id: str, k: int = 10)
     items = tables.items
     because = [[] for _ in top]
     try:
-        from zoo.models.explain import explain, top_history_events
+        from zoo.models.explain import reasons
 
         rows = {k2: v[top] for k2, v in raw.items()}
-        exp = explain(model, {k2: rows[k2] for k2 in RAW_FEATURES})
-        exp["history"] = exp["history"] - exp["history"].mean(axis=0, keepdims=True)
-        because = top_history_events(exp, rows, k=2)
+        because = reasons(model, {k2: rows[k2] for k2 in RAW_FEATURES},
+                          np.zeros(len(top)), "purchase", steps=64)
     except ValueError:  # not a bert_mtl model: no attributions
         pass
     return {"item_id": [str(items["item_id"][i]) for i in top],

@@ -52,6 +52,15 @@ class Options:
     # their string lookups once per candidate). The context features still count the whole
     # history.
     ranker_history: int = 0
+    # Integrated-gradients steps of the reasons each recommended item carries (the history
+    # events that raise its objective most beyond the list's other items: `zoo.explain`);
+    # 0: none. A served answer then costs about this many times the ranking of K items
+    # more (BUILD_NOTES.md, "Reasons in the answers").
+    explain_steps: int = 0
+
+    def explain_output(self) -> str:
+        """The ranker output the reasons explain: gmv is p(purchase) x a constant price."""
+        return "click" if self.objective == "click" else "purchase"
 
     def ranker_events(self, ranker, history_length: int) -> int:
         """The history columns the ranker is given: what it reads, at most what it has."""
@@ -78,6 +87,8 @@ class Options:
             raise ValueError(f"--ranker_history must be >= 0, got {self.ranker_history}")
         if self.batch_size < 1:
             raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}")
+        if self.explain_steps < 0:
+            raise ValueError(f"--explain_steps must be >= 0, got {self.explain_steps}")
 
 
 def blend(objective_scores: np.ndarray, retrieval_scores: np.ndarray, weight: float):
@@ -270,6 +281,32 @@ def rank(ranker, tables: contract.Tables, reqs, candidates: np.ndarray, label_co
         if options.objective == "gmv":
             p = p * prices[candidates[sel]]
         out[sel] = p
+        if progress:
+            progress(len(sel))
+    return out
+
+
+def explain_lists(ranker, tables: contract.Tables, reqs, items: np.ndarray, label_config,
+                  options: Options, progress=None) -> list:
+    """Per request, per item of its list `items` [R, K]: the ranker's reasons
+    (`zoo.models.explain.reasons`, contrasted within the list), with the features the
+    ranking saw."""
+    from zoo.models.explain import reasons
+    from zoo.models.features import RAW_FEATURES
+
+    k = items.shape[1]
+    keep = options.ranker_events(ranker, label_config.history_length)
+    per_chunk = max(1, options.batch_size // (k * max(options.explain_steps, 1)))
+    out = []
+    for start in range(0, len(reqs), per_chunk):
+        sel = np.arange(start, min(start + per_chunk, len(reqs)))
+        raw = requests_lib.candidate_features(tables, reqs.take(sel), items[sel], label_config)
+        raw = {name: v[:, :keep] if name.startswith("hist_") and v.ndim == 2 else v
+               for name, v in raw.items()}
+        found = reasons(ranker, {name: raw[name] for name in RAW_FEATURES},
+                        np.repeat(np.arange(len(sel)), k), options.explain_output(),
+                        options.explain_steps)
+        out += [found[i * k:(i + 1) * k] for i in range(len(sel))]
         if progress:
             progress(len(sel))
     return out

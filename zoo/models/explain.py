@@ -47,6 +47,8 @@ from zoo.models.features import CONTEXT_FEATURES
 from zoo.models.ranker.preprocessor import HISTORY_FEATURES
 
 OUTPUTS = ("click", "purchase")
+# History events a recommended item names as its reasons ("because you bought ...").
+REASONS = 2
 # Candidate inputs the padding baseline zeroes (the history and query ones likewise). The
 # rank (`position_bucket`) stays the input's own: with PAL it reaches the click output
 # through the position tower, outside the embedding sequence, and a neutral rank is what a
@@ -200,7 +202,7 @@ def attribution_tensors(model, raw: dict, output: str = "purchase", steps: int =
 
     result = {"output": y, "baseline_output": y0,
               "sequence": tf.reduce_sum(mean_over_path(grads[0]) * (x - x0), axis=-1),
-              "history_via_features": tf.zeros_like(mask)}
+              "history_via_features": tf.zeros_like(mask), "hist_mask": mask}
     if dense:
         result["dense"] = mean_over_path(grads[1]) * (d - d0)
         if grads[2] is not None:
@@ -255,9 +257,53 @@ def top_history_events(explanation: dict, features: dict, k: int = 2) -> list[li
         items = _text(np.asarray(features["hist_item_id"][i])[:h.shape[1]])
         categories = _text(np.asarray(features["hist_category"][i])[:h.shape[1]])
         events = _text(np.asarray(features["hist_event"][i])[:h.shape[1]])
+        gaps = np.asarray(features["hist_gap"][i], np.float64)[:h.shape[1]]
         real = np.array([j for j, item in enumerate(items) if item], np.int64)
         order = real[np.argsort(-h[i, real], kind="stable")] if len(real) else real
         out.append([{"position": int(j), "item_id": items[j], "category": categories[j],
-                     "event": events[j], "attribution": float(h[i, j])}
+                     "event": events[j], "seconds_ago": float(gaps[j]),
+                     "attribution": float(h[i, j])}
                     for j in order[:k] if h[i, j] > 0])
     return out
+
+
+def contrast(history: np.ndarray, groups) -> np.ndarray:
+    """Each row's history attributions minus their mean over its group (the items of one
+    answer): without it every item of a list names the same events, those that make the
+    user score high at all."""
+    out = np.array(history, np.float64, copy=True)
+    groups = np.asarray(groups)
+    for g in np.unique(groups):
+        rows = groups == g
+        out[rows] -= out[rows].mean(axis=0, keepdims=True)
+    return out
+
+
+def reasons(model, features: dict, groups, output: str = "purchase", steps: int = 32,
+            k: int = REASONS) -> list[list[dict]]:
+    """Per row (an item of a recommendation list; `groups` says which list), the `k`
+    history events that raise `output` most beyond what they raise the list's other items
+    (`contrast`), most first (`top_history_events`' dicts)."""
+    exp = explain(model, features, output, steps)
+    return top_history_events({**exp, "history": contrast(exp["history"], groups)},
+                              features, k)
+
+
+def reason_tensors(model, raw: dict, per_request: int, output: str = "purchase",
+                   steps: int = 32, k: int = REASONS) -> dict:
+    """`reasons` in the graph, for rows that come `per_request` to a request (request
+    major): position [B, per_request, k] int32, the history column of each reason (column 0
+    = the latest event; -1: none), and weight [B, per_request, k] (0 where none)."""
+    import tensorflow as tf
+
+    t = attribution_tensors(model, raw, output, steps)
+    backbone = model.backbone
+    Q, H = backbone.max_query_tokens, backbone.max_history
+    h = t["sequence"][:, Q + 2:Q + 2 + H] + t["history_via_features"][:, :H]
+    h = tf.reshape(h, [-1, per_request, H])
+    h = h - tf.reduce_mean(h, axis=1, keepdims=True)
+    real = tf.reshape(t["hist_mask"][:, :H], [-1, per_request, H]) > 0
+    best = tf.math.top_k(tf.where(real & (h > 0), h, -np.inf), min(int(k), H))
+    found = tf.math.is_finite(best.values)
+    return {"position": tf.where(found, best.indices, -1),
+            "weight": tf.where(found, best.values, 0.0)}
