@@ -144,6 +144,25 @@ def test_a_user_page_and_an_unknown_user(analyzed, tmp_path):
     assert not os.path.exists(tmp_path / "r")
 
 
+def test_a_failure_half_way_leaves_the_output_folder_as_it_was(trained, shop, tmp_path,
+                                                                monkeypatch):
+    from trainers.core import analysis, report
+
+    config, _ = trained
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(report, "page", broken)  # after the CSV and the parquet are written
+    with pytest.raises(OSError, match="disk full"):
+        analysis.analyze(config.model_dir, str(out), data_dir=shop[0], tfds_dir=shop[1],
+                         verbose=False)
+    assert sorted(os.listdir(out)) == ["notes.txt"]
+
+
 def test_analyze_refuses_bad_flags_clearly(trained, tmp_path):
     config, _ = trained
     proc = subprocess.run(
@@ -199,3 +218,13 @@ def test_the_report_renders_in_headless_chromium(analyzed, tmp_path):
         assert f"{record['metrics'][m]:.4f}" in text, m
     assert f"{record['item_outlook']['model']['wape']:.4f}" in text
     assert os.path.getsize(tmp_path / "report.png") > 50_000
+
+
+def test_compare_dirs_name_what_is_wrong(tmp_path):
+    from trainers import analyze
+
+    (tmp_path / "metrics.json").write_text("{")
+    with pytest.raises(ValueError, match="metrics.json is not JSON"):
+        analyze._read_metrics(str(tmp_path))
+    with pytest.raises(ValueError, match="no metrics.json"):
+        analyze._read_metrics(str(tmp_path / "elsewhere"))

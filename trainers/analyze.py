@@ -60,14 +60,16 @@ def define_flags():
 
 
 def _read_metrics(model_dir: str) -> dict:
-    import json
+    from trainers.core import rundir
 
-    path = os.path.join(model_dir, "metrics.json")
-    if not os.path.exists(path):
+    try:
+        record = rundir.read_json(os.path.join(model_dir, "metrics.json"))
+    except ValueError as e:  # json.JSONDecodeError
+        raise ValueError(f"--compare_dirs {model_dir}: metrics.json is not JSON ({e})") from None
+    if not isinstance(record, dict):
         raise ValueError(f"--compare_dirs {model_dir}: no metrics.json; expected a finished "
                          "trainers.multitask model_dir")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return record
 
 
 def check_flags() -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 
 import numpy as np
 
@@ -16,16 +18,13 @@ HEADLINE = ("click/auc", "purchase/auc", "price_range/accuracy", "demand/poisson
 
 
 def _predict(model, builder, config, verbose: bool):
-    import keras
     from trainers.core import evaluation, loop
 
     ds = evaluation.eval_dataset(builder, "eval", model.preprocessor, config)
-    bar = (keras.utils.Progbar(builder.info.splits["eval"].num_examples, unit_name="impression")
-           if verbose else None)
-    progress = None if bar is None else (lambda n: bar.add(n))
     if verbose:
         print("predicting the eval split")
-    return loop.predict_dataset(model, ds, progress=progress)
+    return loop.predict_dataset(model, ds, progress=_progress(
+        builder.info.splits["eval"].num_examples, "impression", verbose))
 
 
 def _metric_rows(columns: dict) -> list[list]:
@@ -82,7 +81,7 @@ def analyze(model_dir: str, output_dir: str, data_dir: str | None = None,
     rows, outlook_summary = outlook.item_outlook(model, builder, label_config,
                                                  horizon_days=horizon_days,
                                                  recent_days=recent_days,
-                                                 batch_size=batch_size)
+                                                 batch_size=batch_size, tables=tables)
     if verbose:
         print("user profiles and segments")
     n_users = len(known) if not 0 < profile_options.max_users < len(known) else \
@@ -90,45 +89,55 @@ def analyze(model_dir: str, output_dir: str, data_dir: str | None = None,
     user_profiles, segments = profiles.build(
         model, tables, label_config, meta["price_edges"], profile_options,
         progress=_progress(n_users, "user", verbose))
+    # Everything is written into a staging folder inside output_dir and moved into place
+    # at the end: a failure half-way leaves output_dir as it was.
     os.makedirs(output_dir, exist_ok=True)
-    outlook_path = os.path.join(output_dir, "item_outlook.csv")
-    outlook.write_csv(rows, outlook_path)
-    profiles_path = os.path.join(output_dir, "profiles.parquet")
-    profiles.write_parquet(user_profiles, profiles_path)
-    user_pages = [_user_page(model, tables, label_config, meta, u, output_dir, report,
-                             profiles) for u in user_ids]
+    stage = tempfile.mkdtemp(prefix=".analysis-", dir=output_dir)
+    try:
+        outlook_path = os.path.join(stage, "item_outlook.csv")
+        outlook.write_csv(rows, outlook_path)
+        profiles_path = os.path.join(stage, "profiles.parquet")
+        profiles.write_parquet(user_profiles, profiles_path)
+        user_pages = [_user_page(model, tables, label_config, meta, u, stage, report,
+                                 profiles, user_profiles) for u in user_ids]
 
-    compare = dict(compare or {})
-    columns = {"model": model_metrics}
-    if oracle_metrics:
-        columns["oracle"] = oracle_metrics
-    for name, record in compare.items():
-        columns[name] = record.get("metrics", {})
-    record = {
-        "model_dir": os.path.abspath(model_dir), "contract_dir": meta["contract_dir"],
-        "eval_impressions": int(len(extras["click"])), "metrics": model_metrics,
-        "oracle": oracle_metrics, "compare": {k: v.get("metrics", {}) for k, v in compare.items()},
-        "calibration": run_record.get("calibration"), "item_outlook": outlook_summary,
-        "segments": segments,
-    }
-    rundir.write_json(os.path.join(output_dir, "metrics.json"), record)
+        compare = dict(compare or {})
+        columns = {"model": model_metrics}
+        if oracle_metrics:
+            columns["oracle"] = oracle_metrics
+        for name, record in compare.items():
+            columns[name] = record.get("metrics", {})
+        record = {
+            "model_dir": os.path.abspath(model_dir), "contract_dir": meta["contract_dir"],
+            "eval_impressions": int(len(extras["click"])), "metrics": model_metrics,
+            "oracle": oracle_metrics,
+            "compare": {k: v.get("metrics", {}) for k, v in compare.items()},
+            "calibration": run_record.get("calibration"), "item_outlook": outlook_summary,
+            "segments": segments,
+        }
+        rundir.write_json(os.path.join(stage, "metrics.json"), record)
 
-    sections = _sections(model_metrics, columns, preds, extras, oracle_preds, meta,
-                         run_record.get("calibration"), rows, outlook_summary, report)
-    sections.append(_segments_section(user_profiles, segments, report))
-    if user_pages:
-        sections.append(("Users", "<ul>" + "".join(
-            f'<li><a href="{report.html.escape(os.path.basename(p))}">'
-            f'{report.html.escape(u)}</a></li>' for u, p in zip(user_ids, user_pages))
-            + "</ul>"))
-    intro = (f"model_dir {os.path.abspath(model_dir)} · data {meta['contract_dir']} · "
-             f"{len(extras['click']):,} eval impressions (all of the eval split)")
+        sections = _sections(model_metrics, columns, preds, extras, oracle_preds, meta,
+                             run_record.get("calibration"), rows, outlook_summary, report)
+        sections.append(_segments_section(user_profiles, segments, report))
+        if user_pages:
+            sections.append(("Users", "<ul>" + "".join(
+                f'<li><a href="{report.html.escape(os.path.basename(p))}">'
+                f'{report.html.escape(u)}</a></li>' for u, p in zip(user_ids, user_pages))
+                + "</ul>"))
+        intro = (f"model_dir {os.path.abspath(model_dir)} · data {meta['contract_dir']} · "
+                 f"{len(extras['click']):,} eval impressions (all of the eval split)")
+        with open(os.path.join(stage, "index.html"), "w", encoding="utf-8") as f:
+            f.write(report.page("ecom-zoo analysis: " + os.path.basename(
+                os.path.normpath(model_dir)), sections, intro))
+        for name in sorted(os.listdir(stage)):
+            os.replace(os.path.join(stage, name), os.path.join(output_dir, name))
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     index = os.path.join(output_dir, "index.html")
-    tmp = index + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(report.page("ecom-zoo analysis: " + os.path.basename(
-            os.path.normpath(model_dir)), sections, intro))
-    os.replace(tmp, index)
+    outlook_path = os.path.join(output_dir, "item_outlook.csv")
+    profiles_path = os.path.join(output_dir, "profiles.parquet")
+    user_pages = [os.path.join(output_dir, os.path.basename(p)) for p in user_pages]
     if verbose:
         head = "  ".join(f"{m} {model_metrics[m]:.4f}" for m in HEADLINE)
         print(f"{head}\nitem outlook ({outlook_summary['horizon_days']:g} days): WAPE model "
@@ -138,13 +147,6 @@ def analyze(model_dir: str, output_dir: str, data_dir: str | None = None,
     return {"index": index, "metrics": os.path.join(output_dir, "metrics.json"),
             "item_outlook": outlook_path, "profiles": profiles_path,
             "user_pages": user_pages, **record}
-
-
-def _price_names(edges, k: int) -> list[str]:
-    if edges is None or len(edges) != k - 1:
-        return [str(i) for i in range(k)]
-    bounds = ["0"] + [f"{e:g}" for e in edges] + ["+"]
-    return [f"{bounds[i]}-{bounds[i + 1]}" for i in range(k)]
 
 
 def _segments_section(user_profiles: dict, segments: dict, report) -> tuple[str, str]:
@@ -170,17 +172,22 @@ def _segments_section(user_profiles: dict, segments: dict, report) -> tuple[str,
 
 
 def _user_page(model, tables, label_config, meta, user_id, output_dir, report,
-               profiles) -> str:
-    """user_<id>.html: the user's recent behaviour, profile and top recommendations."""
+               profiles, built: dict) -> str:
+    """user_<id>.html: the user's recent behaviour, profile (their row of the `built`
+    profiles; profiled alone when the sample left them out) and top recommendations."""
     import re
 
     events = profiles.recent_events(tables, user_id)
-    one = profiles.build(model, tables, label_config, meta["price_edges"],
-                         profiles.ProfileOptions(max_users=0, num_segments=1),
-                         users=np.array([user_id]))[0]
+    row = np.flatnonzero(np.asarray(built["user_id"]) == user_id)
+    if len(row):
+        one = {k: np.asarray(v)[row] for k, v in built.items()}
+    else:
+        one = profiles.build(model, tables, label_config, meta["price_edges"],
+                             profiles.ProfileOptions(max_users=0, num_segments=1),
+                             users=np.array([user_id]))[0]
     k = sum(1 for c in one if c.startswith("price_range_model_"))
     probs = [float(one[f"price_range_model_{i}"][0]) for i in range(k)]
-    names = _price_names(meta.get("price_edges"), k)
+    names = report.price_range_names(meta.get("price_edges"), k)
     recs = profiles.user_recommendations(model, tables, label_config, user_id)
     fields = [("events", "events"), ("sessions", "sessions"), ("active days", "active_days"),
               ("clicks", "clicks"), ("carts", "carts"), ("purchases", "purchases"),

@@ -103,14 +103,18 @@ def raw_features(batch: dict) -> dict:
     return split_labels(batch)[0]
 
 
-def eval_dataset(builder, split, preprocessor, config):
+def eval_dataset(builder, split, preprocessor, config, keep_fraction=1.0, time_range=None):
+    """(preprocessed features, extras) batches of a split's files: the extras are what the
+    metrics read beside the predictions (ids, labels, the item's 7-day purchases).
+    `builder` may also be a list of files."""
     import tensorflow as tf
     from zoo.data import pipeline
     from zoo.models.features import LABELS
 
-    ds = pipeline.make_dataset(pipeline.split_files(builder, split),
-                               batch_size=config.eval_batch_size,
-                               history_length=config.label_config.history_length)
+    files = builder if isinstance(builder, list) else pipeline.split_files(builder, split)
+    ds = pipeline.make_dataset(files, batch_size=config.eval_batch_size,
+                               history_length=config.label_config.history_length,
+                               keep_fraction=keep_fraction, time_range=time_range)
     keep = ("event_id", "user_id", "item_purchases_7d", *LABELS)
     def with_extras(batch):
         return preprocessor(raw_features(batch)), {k: batch[k] for k in keep}

@@ -325,15 +325,6 @@ def calibration_table(record: dict) -> str:
 def pipeline_eval_slice(run, cut: int, preprocessor):
     """The held-out calibration slice of the training split as an evaluation dataset
     (the same fraction of labels as training sees)."""
-    import tensorflow as tf
-    from zoo.data import pipeline
-    from zoo.models.features import LABELS
-
-    ds = pipeline.make_dataset(run.train_files, batch_size=run.config.eval_batch_size,
-                               history_length=run.config.label_config.history_length,
-                               keep_fraction=run.config.labels_fraction,
-                               time_range=(cut, None))
-    keep = ("event_id", "user_id", *LABELS)
-    return ds.map(lambda b: (preprocessor(evaluation.raw_features(b)),
-                             {k: b[k] for k in keep}),
-                  num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return evaluation.eval_dataset(list(run.train_files), "train", preprocessor, run.config,
+                                   keep_fraction=run.config.labels_fraction,
+                                   time_range=(cut, None))

@@ -78,9 +78,10 @@ def score(actual, forecast, low=None, high=None, deviance_forecast=None) -> dict
 
 def item_outlook(model, builder, label_config, horizon_days: float = 7.0,
                  recent_days: float = 1.0, num_ranked: int = 20,
-                 batch_size: int = 1024) -> tuple[list[dict], dict]:
+                 batch_size: int = 1024, tables=None) -> tuple[list[dict], dict]:
     """(one row per item of the catalogue, ranked by forecast; the summary) at the origin
-    of the eval split of `builder`'s examples. `model` is a trained multi-task ranker."""
+    of the eval split of `builder`'s examples. `model` is a trained multi-task ranker;
+    `tables`, the contract the examples were made from, when the caller has read it."""
     import tensorflow as tf
     from trainers.core import metrics as metrics_lib
     from zoo.data import contract, pipeline
@@ -90,7 +91,8 @@ def item_outlook(model, builder, label_config, horizon_days: float = 7.0,
         raise ValueError(f"the outlook's horizon ({horizon_days}) and recent window "
                          f"({recent_days}) must be > 0 days")
     meta = builder.info.metadata
-    tables = contract.read_contract(meta["contract_dir"])
+    if tables is None:
+        tables = contract.read_contract(meta["contract_dir"])
     ts = tables.events["timestamp"]
     origin = contract.split_time(ts, label_config.eval_fraction)
     end = int(ts.max()) + 1

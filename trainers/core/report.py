@@ -82,6 +82,14 @@ def roc_pr(task: str, labels, curves: dict) -> bytes:
     return _png(fig)
 
 
+def price_range_names(edges, k: int) -> list[str]:
+    """"lo-hi" per price range from the K - 1 inner edges; the index where they do not fit."""
+    if edges is None or len(edges) != k - 1:
+        return [str(i) for i in range(k)]
+    bounds = ["0"] + [f"{e:g}" for e in edges] + ["+"]
+    return [f"{bounds[i]}-{bounds[i + 1]}" for i in range(k)]
+
+
 def confusion(matrix, edges=None) -> bytes:
     """The price-range confusion matrix, each row normalised (true range -> predicted)."""
     m = np.asarray(matrix, np.float64)
@@ -93,10 +101,7 @@ def confusion(matrix, edges=None) -> bytes:
         for j in range(k):
             ax.text(j, i, f"{share[i, j]:.2f}\n({int(m[i, j])})", ha="center", va="center",
                     fontsize=7, color="white" if share[i, j] > 0.5 else "black")
-    names = [f"{i}" for i in range(k)]
-    if edges is not None and len(edges) == k - 1:
-        bounds = ["0"] + [f"{e:g}" for e in edges] + ["+"]
-        names = [f"{bounds[i]}-{bounds[i + 1]}" for i in range(k)]
+    names = price_range_names(edges, k)
     ax.set_xticks(range(k), names, rotation=30, fontsize=8)
     ax.set_yticks(range(k), names, fontsize=8)
     ax.set_xlabel("predicted price range")
