@@ -93,6 +93,30 @@ def test_the_report_holds_the_runs_numbers_and_a_checked_outlook(analyzed):
     assert s["model"]["items"] == s["trailing"]["items"] == len(model_rows)
     assert all(float(r["low"]) <= float(r["forecast"]) + 1 <= float(r["high"]) + 1 for r in rows)
     assert sum(r["outlook"] == "hot" for r in rows) == min(20, len(rows))
+    # The item-level forecaster, scored on the same items as the head.
+    assert s["item_level"]["items"] == len(model_rows)
+    assert s["item_level"]["actual_units"] == s["model"]["actual_units"]
+    assert s["item_level_fit"]["origins"] >= 1 and s["item_level_fit"]["rows"] > 0
+    assert all(float(r["item_level_forecast"]) >= 0 for r in rows)
+
+
+def test_the_item_level_forecaster_sees_nothing_after_its_origin(shop):
+    """Events at and after the origin changed (here: dropped) -> the same forecast."""
+    import dataclasses
+    import pyarrow as pa
+    from zoo.data import contract
+
+    tables = contract.read_contract(shop[0])
+    origin = contract.split_time(tables.events["timestamp"], LABEL_CFG.eval_fraction)
+    horizon = 3 * DAY
+    full = outlook.item_level_forecast(tables, origin, horizon)["forecast"]
+    keep = np.asarray(tables.events["timestamp"]) < origin
+    cut = dataclasses.replace(tables, events={
+        k: (v.filter(pa.array(keep)) if isinstance(v, pa.Array) else np.asarray(v)[keep])
+        for k, v in tables.events.items()})
+    np.testing.assert_array_equal(outlook.item_level_forecast(cut, origin, horizon)["forecast"],
+                                  full)
+    assert full.sum() > 0
 
 
 def test_profiles_count_the_log_and_segments_are_deterministic(analyzed):

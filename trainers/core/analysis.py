@@ -290,7 +290,7 @@ def _sections(model_metrics, columns, preds, extras, oracle_preds, meta, calibra
     rows = [[name, s[name]["items"], int(s[name]["actual_units"]),
              int(round(s[name]["forecast_units"])), s[name]["wape"], s[name]["poisson_deviance"],
              s[name].get("interval_coverage", float("nan"))]
-            for name in ("model", "trailing", "all_items")]
+            for name in ("model", "trailing", "item_level", "all_items")]
     top = [[r["rank"], r["item_id"], r["category"], r["brand"], r["price"], r["forecast"],
             f"{r['low']:g}-{r['high']:g}", r["actual_units"], r["source"]]
            for r in outlook_rows[:20]]
@@ -304,7 +304,9 @@ def _sections(model_metrics, columns, preds, extras, oracle_preds, meta, calibra
         f"head averaged over each item's impressions in the last {s['recent_days']:g} "
         f"day(s) before it; {s['items_with_model_forecast']:,} of {s['items']:,} items have "
         f"such impressions ({s['share_of_units_on_those_items']:.1%} of the units sold), the "
-        f"others get the trailing forecast.</p>"
+        f"others get the trailing forecast. item_level: a LightGBM Poisson forecaster of "
+        f"the items' own series (trailing units, carts, clicks, impressions), fitted on "
+        f"{s['item_level_fit']['origins']} earlier origins, scored on the same items.</p>"
         + report.table(["forecast", "items", "units sold", "units forecast", "WAPE",
                         "Poisson deviance", "90 % interval coverage"], rows)
         + report.img(report.outlook(outlook_rows, s), "item outlook")
