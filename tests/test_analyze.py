@@ -88,10 +88,16 @@ def test_the_report_holds_the_runs_numbers_and_a_checked_outlook(analyzed):
     bought = ((ev["event_type"] == EVENT_INDEX["purchase"]) & (ev["timestamp"] >= origin)
               & (ev["timestamp"] < origin + s["horizon_days"] * DAY))
     assert sum(float(r["actual_units"]) for r in rows) == float(ev["quantity"][bought].sum())
-    model_rows = [r for r in rows if r["source"] == "model"]
+    assert {r["source"] for r in rows} == {"item_level"}  # the default forecaster
+    model_rows = [r for r in rows if int(r["recent_impressions"]) > 0]
     assert len(model_rows) == s["items_with_model_forecast"] > 0
     assert s["model"]["items"] == s["trailing"]["items"] == len(model_rows)
-    assert all(float(r["low"]) <= float(r["forecast"]) + 1 <= float(r["high"]) + 1 for r in rows)
+    # The central 90 % of a Poisson count around each forecast (for a forecast under 0.05
+    # both ends are 0: the forecast itself need not lie inside).
+    low, high = outlook.poisson_interval(forecast)
+    np.testing.assert_array_equal([float(r["low"]) for r in rows], low)
+    np.testing.assert_array_equal([float(r["high"]) for r in rows], high)
+    assert (low <= high).all() and (high[forecast > 0.06] >= 1).all()
     assert sum(r["outlook"] == "hot" for r in rows) == min(20, len(rows))
     # The item-level forecaster, scored on the same items as the head.
     assert s["item_level"]["items"] == len(model_rows)

@@ -49,6 +49,9 @@ def define_flags():
                        "the log has).")
     flags.DEFINE_float("recent_days", 1.0, "The outlook averages the demand head over each "
                        "item's impressions in these last days before the eval split.")
+    flags.DEFINE_enum("outlook_forecaster", "item_level", ["item_level", "demand_head"],
+                      "What ranks the item outlook: the item-level forecaster of the items' "
+                      "own series (measured better on the default shop) or the demand head.")
     flags.DEFINE_integer("batch_size", 1024, "Prediction batch size.")
     flags.DEFINE_multi_string("user_id", [], "A user to give a page (repeatable).")
     flags.DEFINE_integer("max_users", 2000, "Profiles and segments of at most this many "
@@ -95,14 +98,15 @@ def check_flags() -> None:
 def run(model_dir: str, output_dir: str, data_dir: str | None = None,
         tfds_dir: str | None = None, compare_dirs=(), horizon_days: float = 7.0,
         recent_days: float = 1.0, batch_size: int = 1024, user_ids=(), max_users: int = 2000,
-        num_segments: int = 6, seed: int = 0, verbose: bool = True) -> dict:
+        num_segments: int = 6, seed: int = 0, verbose: bool = True,
+        outlook_forecaster: str = "item_level") -> dict:
     from trainers.core import analysis, profiles
 
     return analysis.analyze(
         model_dir, output_dir, data_dir=data_dir, tfds_dir=tfds_dir,
         compare={os.path.basename(os.path.normpath(d)): _read_metrics(d) for d in compare_dirs},
         horizon_days=horizon_days, recent_days=recent_days, batch_size=batch_size,
-        user_ids=tuple(user_ids), verbose=verbose,
+        user_ids=tuple(user_ids), verbose=verbose, outlook_forecaster=outlook_forecaster,
         profile_options=profiles.ProfileOptions(max_users=max_users,
                                                 num_segments=num_segments, seed=seed))
 
@@ -116,7 +120,7 @@ def main(argv):
         summary = run(FLAGS.model_dir, FLAGS.output_dir, FLAGS.data_dir, FLAGS.tfds_dir,
                       FLAGS.compare_dirs, FLAGS.horizon_days, FLAGS.recent_days,
                       FLAGS.batch_size, FLAGS.user_id, FLAGS.max_users, FLAGS.num_segments,
-                      FLAGS.seed, FLAGS.verbose)
+                      FLAGS.seed, FLAGS.verbose, FLAGS.outlook_forecaster)
     except (contract.ContractError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -44,7 +44,8 @@ def _progress(total: int, unit: str, verbose: bool):
 def analyze(model_dir: str, output_dir: str, data_dir: str | None = None,
             tfds_dir: str | None = None, compare: dict | None = None,
             horizon_days: float = 7.0, recent_days: float = 1.0, batch_size: int = 1024,
-            user_ids=(), profile_options=None, verbose: bool = True) -> dict:
+            user_ids=(), profile_options=None, verbose: bool = True,
+            outlook_forecaster: str = "item_level") -> dict:
     """Writes output_dir/index.html (and user_<id>.html per requested user), metrics.json,
     item_outlook.csv and profiles.parquet; returns the summary (the paths and the numbers).
     A user id the log does not hold is an error before any work."""
@@ -81,7 +82,8 @@ def analyze(model_dir: str, output_dir: str, data_dir: str | None = None,
     rows, outlook_summary = outlook.item_outlook(model, builder, label_config,
                                                  horizon_days=horizon_days,
                                                  recent_days=recent_days,
-                                                 batch_size=batch_size, tables=tables)
+                                                 batch_size=batch_size, tables=tables,
+                                                 forecaster=outlook_forecaster)
     if verbose:
         print("user profiles and segments")
     n_users = len(known) if not 0 < profile_options.max_users < len(known) else \
@@ -140,10 +142,11 @@ def analyze(model_dir: str, output_dir: str, data_dir: str | None = None,
     user_pages = [os.path.join(output_dir, os.path.basename(p)) for p in user_pages]
     if verbose:
         head = "  ".join(f"{m} {model_metrics[m]:.4f}" for m in HEADLINE)
-        print(f"{head}\nitem outlook ({outlook_summary['horizon_days']:g} days): WAPE model "
-              f"{outlook_summary['model']['wape']:.3f} vs trailing "
-              f"{outlook_summary['trailing']['wape']:.3f} on "
-              f"{outlook_summary['items_with_model_forecast']:,} items")
+        o = outlook_summary
+        print(f"{head}\nitem outlook ({o['horizon_days']:g} days), WAPE on the "
+              f"{o['items_with_model_forecast']:,} items the demand head covers: item level "
+              f"{o['item_level']['wape']:.3f}, demand head {o['model']['wape']:.3f}, "
+              f"trailing {o['trailing']['wape']:.3f}")
     return {"index": index, "metrics": os.path.join(output_dir, "metrics.json"),
             "item_outlook": outlook_path, "profiles": profiles_path,
             "user_pages": user_pages, **record}
@@ -300,13 +303,15 @@ def _sections(model_metrics, columns, preds, extras, oracle_preds, meta, calibra
                   r["actual_units"]] for r in slow]
     sections.append(("Item outlook", (
         f"<p>Forecast units over the {s['horizon_days']:g} days after "
-        f"the eval split starts (requested {s['requested_horizon_days']:g}), from the demand "
-        f"head averaged over each item's impressions in the last {s['recent_days']:g} "
-        f"day(s) before it; {s['items_with_model_forecast']:,} of {s['items']:,} items have "
-        f"such impressions ({s['share_of_units_on_those_items']:.1%} of the units sold), the "
-        f"others get the trailing forecast. item_level: a LightGBM Poisson forecaster of "
-        f"the items' own series (trailing units, carts, clicks, impressions), fitted on "
-        f"{s['item_level_fit']['origins']} earlier origins, scored on the same items.</p>"
+        f"the eval split starts (requested {s['requested_horizon_days']:g}). Ranked by "
+        f"the <b>{s['forecaster']}</b> forecast. item_level: a LightGBM Poisson forecaster "
+        f"of the items' own series (trailing units, carts, clicks, impressions), fitted on "
+        f"{s['item_level_fit']['origins']} earlier origins; model: the demand head averaged "
+        f"over each item's impressions in the last {s['recent_days']:g} day(s) before the "
+        f"origin, which {s['items_with_model_forecast']:,} of {s['items']:,} items have "
+        f"({s['share_of_units_on_those_items']:.1%} of the units sold); the first three "
+        f"rows are scored on those items, all_items on the whole catalogue with the ranked "
+        f"forecast.</p>"
         + report.table(["forecast", "items", "units sold", "units forecast", "WAPE",
                         "Poisson deviance", "90 % interval coverage"], rows)
         + report.img(report.outlook(outlook_rows, s), "item outlook")

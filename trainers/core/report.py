@@ -112,17 +112,21 @@ def confusion(matrix, edges=None) -> bytes:
 
 
 def outlook(rows: list[dict], summary: dict, top: int = 15) -> bytes:
-    """Forecast against what sold (items with a model forecast), and the hot sellers."""
+    """Each forecast against what sold (the items the demand head has a forecast for:
+    the same rows for all three), and the hot sellers."""
     fig, (ax, bar) = _figure(11.0, 4.4, ncols=2, width_ratios=[1, 1.2])
-    model = [r for r in rows if r["source"] == "model"]
-    f = np.array([r["forecast"] for r in model])
+    model = [r for r in rows if r["recent_impressions"] > 0]
     a = np.array([r["actual_units"] for r in model])
-    t = np.array([r["trailing_forecast"] for r in model])
     jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(a))
-    ax.scatter(f, a + jitter, s=6, alpha=0.4, label=f"model (WAPE {summary['model']['wape']:.3f})")
-    ax.scatter(t, a + jitter, s=6, alpha=0.25, marker="x",
-               label=f"trailing 7 days (WAPE {summary['trailing']['wape']:.3f})")
-    hi = max(1.0, float(np.max(a, initial=1)), float(np.max(f, initial=1)))
+    hi = max(1.0, float(np.max(a, initial=1)))
+    for column, name, key, marker in (
+            ("item_level_forecast", "item level", "item_level", "o"),
+            ("demand_head_forecast", "demand head", "model", "^"),
+            ("trailing_forecast", "trailing 7 days", "trailing", "x")):
+        f = np.array([r[column] for r in model])
+        ax.scatter(f, a + jitter, s=6, alpha=0.35, marker=marker,
+                   label=f"{name} (WAPE {summary[key]['wape']:.3f})")
+        hi = max(hi, float(np.max(f, initial=1)))
     ax.plot([0, hi], [0, hi], color="grey", lw=1, ls="--")
     ax.set_xlabel(f"forecast units, next {summary['horizon_days']:g} days")
     ax.set_ylabel("units sold")
