@@ -76,6 +76,9 @@ def main():
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--ranker_history", type=int, default=0, help="history events the ranker "
                    "is given per candidate (0: what its preprocessor reads)")
+    p.add_argument("--explain_steps", default="0", help="reasons per answered item "
+                   "(integrated-gradients steps in the graph; 0: none); a comma list "
+                   "measures each")
     p.add_argument("--output", default=None, help="write the results as JSON here")
     args = p.parse_args()
 
@@ -98,11 +101,12 @@ def main():
     events = event_store.log_rows(base_tables, chosen)
     at = int(ev["timestamp"].max()) + 1
     results = []
-    runs = [(int(s), int(c)) for s in args.sizes.split(",")
-            for c in args.candidates.split(",")]
-    for size, candidates in runs:
+    runs = [(int(s), int(c), int(e)) for s in args.sizes.split(",")
+            for c in args.candidates.split(",") for e in args.explain_steps.split(",")]
+    for size, candidates, explain_steps in runs:
         options = recommend_lib.Options(k=args.k, candidates=candidates,
-                                        ranker_history=args.ranker_history)
+                                        ranker_history=args.ranker_history,
+                                        explain_steps=explain_steps)
         tmp = tempfile.mkdtemp(prefix="recommend_latency-")
         try:
             tables = grown_catalogue(base_tables, size)
@@ -164,7 +168,7 @@ def main():
                 client.close()
                 serve.terminate(proc)
                 store.close()
-            row = {"catalogue": size, "candidates": candidates,
+            row = {"catalogue": size, "candidates": candidates, "explain_steps": explain_steps,
                    "ranker_history": args.ranker_history, "export_seconds": round(export_s, 1),
                    "export_mb": round(on_disk / 2**20, 1),
                    "signature_ms": percentiles(signature_ms),
@@ -175,12 +179,13 @@ def main():
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"\n{'catalogue':>10} {'cands':>5} {'export':>8} {'size MB':>8} {'signature p50/p99':>18} "
+    print(f"\n{'catalogue':>10} {'cands':>5} {'expl':>4} {'export':>8} {'size MB':>8} {'signature p50/p99':>18} "
           f"{'end-to-end p50/p99':>19} {'features p50/p99':>17} {'gRPC p50/p99':>14}")
     for r in results:
         def pair(v):
             return f"{v[0]:.0f}/{v[1]:.0f} ms"
-        print(f"{r['catalogue']:>10,} {r['candidates']:>5} {r['export_seconds']:>7.0f}s {r['export_mb']:>8.0f} "
+        print(f"{r['catalogue']:>10,} {r['candidates']:>5} {r['explain_steps']:>4} "
+              f"{r['export_seconds']:>7.0f}s {r['export_mb']:>8.0f} "
               f"{pair(r['signature_ms']):>18} {pair(r['end_to_end_ms']):>19} "
               f"{pair(r['features_ms']):>17} {pair(r['grpc_ms']):>14}")
     if args.output:
