@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pyarrow as pa
 import pytest
 
 import fixtures
@@ -153,3 +154,89 @@ def test_prepare_command_rejects_a_label_flag_out_of_range(tmp_path):
     assert "--price_labels_per_purchase must be an integer >= 0" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not out.exists()
+
+
+def _partitioned(tmp_path):
+    """The hand-written log as a folder of Parquet parts per day (hive `dt=`), with the
+    files Spark leaves beside them, and the items as a one-part folder."""
+    import numpy as np
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    single = fixtures.write_parquet(str(tmp_path / "single"))
+    table = pq.read_table(os.path.join(single, "events.parquet"))
+    folder = tmp_path / "parts"
+    day = (np.asarray(table["timestamp"]) - fixtures.T0) // fixtures.DAY
+    for d in np.unique(day):
+        part = folder / "events" / f"dt=2026-01-{5 + int(d):02d}"
+        part.mkdir(parents=True)
+        rows = table.filter(pc.equal(pa.array(day), d))
+        half = rows.num_rows // 2
+        pq.write_table(rows.slice(0, half), part / "part-00000.parquet")
+        pq.write_table(rows.slice(half), part / "part-00001.parquet")
+        (part / ".part-00000.parquet.crc").write_bytes(b"not data")
+    (folder / "events" / "_SUCCESS").write_text("")
+    (folder / "items").mkdir()
+    pq.write_table(pq.read_table(os.path.join(single, "items.parquet")),
+                   folder / "items" / "part-0.parquet")
+    return single, folder
+
+
+def _by_id(tables):
+    import numpy as np
+
+    ids = np.asarray(tables.events["event_id"].to_pylist())
+    order = np.argsort(ids)
+    return {k: np.asarray(v if not isinstance(v, pa.Array) else v.to_pylist())[order]
+            for k, v in tables.events.items()}
+
+
+def test_a_folder_of_partitioned_parts_reads_as_the_single_file(tmp_path):
+    import numpy as np
+
+    single, folder = _partitioned(tmp_path)
+    want = _by_id(contract.read_contract(single))
+    for location in (str(folder), "file://" + str(folder)):
+        tables = contract.read_contract(location)
+        got = _by_id(tables)
+        assert set(got) == set(want)
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+        assert tables.events_path.endswith("events/")
+    assert contract.is_folder("file://" + str(folder)) and not contract.is_folder(
+        str(folder / "nothing"))
+
+
+def test_a_folder_tables_errors_name_the_part_and_its_row(tmp_path):
+    import pyarrow.parquet as pq
+
+    _, folder = _partitioned(tmp_path)
+    part = folder / "events" / "dt=2026-01-06" / "part-00001.parquet"
+    t = pq.read_table(part)
+    events = t["event"].to_pylist()
+    events[0] = "like"
+    pq.write_table(t.set_column(t.column_names.index("event"), "event", pa.array(events)),
+                   part)
+    with pytest.raises(contract.ContractError,
+                       match=r"part .*dt=2026-01-06/part-00001.parquet, row 0, column 'event'"):
+        contract.read_contract(str(folder))
+    # Parts of two kinds, and a table given twice, are named.
+    (folder / "events" / "dt=2026-01-06" / "extra.csv").write_text("event_id\n")
+    with pytest.raises(contract.ContractError, match="all of one kind"):
+        contract.read_contract(str(folder))
+    (folder / "events" / "dt=2026-01-06" / "extra.csv").unlink()
+    (folder / "events.csv").write_text("event_id\n")
+    with pytest.raises(contract.ContractError, match="keep one"):
+        contract.read_contract(str(folder))
+
+
+def test_a_new_part_changes_the_prepared_examples_key(tmp_path):
+    import shutil
+    from zoo.data import ecom_events, labels
+
+    _, folder = _partitioned(tmp_path)
+    config = labels.LabelConfig()
+    before = ecom_events._fingerprint(str(folder), config)
+    day = folder / "events" / "dt=2026-01-06"
+    shutil.copy(day / "part-00000.parquet", day / "part-00002.parquet")
+    assert ecom_events._fingerprint(str(folder), config) != before

@@ -80,7 +80,7 @@ def check_flags() -> None:
         raise ValueError("--model_dir and --output_dir are required")
     if not os.path.isdir(FLAGS.model_dir):
         raise ValueError(f"--model_dir {FLAGS.model_dir}: not a directory")
-    if FLAGS.data_dir is not None and not os.path.isdir(FLAGS.data_dir):
+    if FLAGS.data_dir is not None and not contract.is_folder(FLAGS.data_dir):
         raise ValueError(f"--data_dir {FLAGS.data_dir}: not a directory; expected a contract "
                          "folder")
     if os.path.exists(FLAGS.output_dir) and not os.path.isdir(FLAGS.output_dir):

@@ -19,7 +19,7 @@ import typing
 
 from absl import flags
 
-from zoo.data import labels as labels_lib
+from zoo.data import contract, labels as labels_lib
 
 DEFAULT_TASK_WEIGHTS = "click=1,purchase=1,price_range=0.5,demand=0.5"
 FLAGFILE = "flags.txt"
@@ -320,7 +320,7 @@ def validate(config: TrainConfig) -> None:
                          "click, purchase, price_range")
     if config.model_dir:
         check_writable_dir(config.model_dir, "--model_dir")
-    if config.data_dir is not None and not os.path.isdir(config.data_dir):
+    if config.data_dir is not None and not contract.is_folder(config.data_dir):
         raise ValueError(f"--data_dir {config.data_dir}: not a directory; expected a contract "
                          "folder with events.(csv|parquet) and items.(csv|parquet)")
     for name, field in TrainConfig.__dataclass_fields__.items():

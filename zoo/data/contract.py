@@ -1,5 +1,13 @@
 """The event-log contract: one folder, two tables (`events`, `items`), CSV or Parquet.
 
+A table is one file (`events.parquet`, `events.csv`) or a folder of them (`events/`, as
+Spark or BigQuery write a log: many Parquet parts, optionally hive-partitioned
+`dt=YYYY-MM-DD/`; files whose names start with `_` or `.`, such as `_SUCCESS` and CRC
+files, are not data). The parts are read in path order; errors name the part and its row.
+The folder may be a local path or a URI that `pyarrow.fs` opens: `file://` works as it is,
+`gs://` and `s3://` through the same code with pyarrow's GCS / S3 filesystems (built into
+the pyarrow wheels; credentials from the environment, as pyarrow reads them).
+
 Everything downstream (labels, examples, the simulator's oracle) reads logs through
 `read_contract`, so a malformed log fails here once, with the file, the line and the
 column named, instead of deep inside TensorFlow.
@@ -14,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 EVENT_TYPES = ("search", "impression", "click", "cart", "purchase")
@@ -59,34 +68,109 @@ class Tables:
         return len(self.events["event_id"])
 
 
-def _find_table(folder: str, name: str) -> str:
-    found = [os.path.join(folder, name + ext) for ext in (".parquet", ".csv")
-             if os.path.exists(os.path.join(folder, name + ext))]
-    if not found:
+def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path) of a local path or a URI (`file://`, `gs://`, `s3://`, ...)."""
+    if "://" not in location:
+        return pafs.LocalFileSystem(), os.path.abspath(location)
+    try:
+        fs, path = pafs.FileSystem.from_uri(location)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError, OSError) as e:
+        raise ContractError(f"{location}: cannot open this URI ({e}); expected a local "
+                            "path or a URI pyarrow.fs opens (file://, gs://, s3://)") from None
+    return fs, path
+
+
+def is_folder(location: str) -> bool:
+    """Whether a local path or a URI names a folder (False for a URI that cannot open)."""
+    try:
+        fs, path = filesystem(location)
+        return fs.get_file_info(path).type == pafs.FileType.Directory
+    except (ContractError, OSError):
+        return False
+
+
+def local_path(location: str) -> str:
+    """A local path for a local path or a file:// URI (other URIs are returned as they are)."""
+    if location.startswith("file://"):
+        return filesystem(location)[1]
+    return location
+
+
+# Folder tables: display path -> (their part files, the first row of each part).
+_PARTS: dict[str, tuple[list, np.ndarray]] = {}
+
+
+def _is_data(path: str) -> bool:
+    return not any(part.startswith(("_", ".")) for part in path.split("/"))
+
+
+def table_files(folder: str, name: str) -> list[pafs.FileInfo]:
+    """The files of table `name` in `folder` (one, or a folder table's parts in path order)."""
+    fs, root = filesystem(folder)
+    base = f"{root.rstrip('/')}/{name}"
+    found = [base + ext for ext in (".parquet", ".csv")
+             if fs.get_file_info(base + ext).type == pafs.FileType.File]
+    is_dir = fs.get_file_info(base).type == pafs.FileType.Directory
+    if len(found) + is_dir > 1:
+        what = found + ([base + "/"] if is_dir else [])
+        raise ContractError(f"{folder}: both {what[0]} and {what[1]} exist; keep one")
+    if found:
+        return [fs.get_file_info(found[0])]
+    if not is_dir:
+        raise ContractError(f"{folder}: missing table '{name}': expected {name}.parquet, "
+                            f"{name}.csv or a folder {name}/ of Parquet or CSV parts")
+    parts = [f for f in fs.get_file_info(pafs.FileSelector(base, recursive=True))
+             if f.type == pafs.FileType.File and _is_data(f.path[len(base) + 1:])]
+    kinds = {os.path.splitext(f.path)[1] for f in parts}
+    if not parts or not kinds <= {".parquet", ".csv"} or len(kinds) > 1:
         raise ContractError(
-            f"{folder}: missing table '{name}': expected {name}.parquet or {name}.csv")
-    if len(found) > 1:
-        raise ContractError(f"{folder}: both {found[0]} and {found[1]} exist; keep one")
-    return found[0]
+            f"{base}/: expected Parquet parts (*.parquet) or CSV parts (*.csv), all of one "
+            f"kind; found {sorted(kinds) or 'no data files'}")
+    return sorted(parts, key=lambda f: f.path)
 
 
-def _read_table(path: str, required, optional) -> pa.Table:
-    wanted = list(required) + list(optional)
+def _find_table(folder: str, name: str) -> str:
+    """The table's display path: its file, or its folder with a trailing "/"."""
+    files = table_files(folder, name)
+    fs, root = filesystem(folder)
+    base = f"{root.rstrip('/')}/{name}"
+    if len(files) == 1 and files[0].path != base and not files[0].path.startswith(base + "/"):
+        return _display(folder, files[0].path)
+    return _display(folder, base) + "/"
+
+
+def _display(folder: str, path: str) -> str:
+    """`path` as the user named its folder (a URI keeps its scheme)."""
+    if "://" in folder:
+        scheme = folder.split("://", 1)[0]
+        return f"{scheme}://{path}" if scheme != "file" else path
+    return path
+
+
+def _partition_values(relative: str) -> dict:
+    """hive partition keys of a part's path: "dt=2026-01-05/part-0.parquet" -> {dt: ...}."""
+    return dict(seg.split("=", 1) for seg in relative.split("/")[:-1] if "=" in seg)
+
+
+def _read_one(fs, path: str, shown: str, wanted, required, extra: dict) -> pa.Table:
     if path.endswith(".parquet"):
-        schema_names = pq.read_schema(path).names
-        columns = [c for c in wanted if c in schema_names]
-        _check_columns(path, schema_names, required)
-        table = pq.read_table(path, columns=columns)
+        with fs.open_input_file(path) as f:
+            schema_names = pq.read_schema(f).names
+        present = list(schema_names) + list(extra)
+        _check_columns(shown, present, required)
+        with fs.open_input_file(path) as f:
+            table = pq.read_table(f, columns=[c for c in wanted if c in schema_names])
     else:
-        with open(path, "rb") as f:
-            header = f.readline().decode("utf-8-sig", "replace").rstrip("\r\n").split(",")
-        header = [h.strip().strip('"') for h in header]
-        _check_columns(path, header, required)
+        with fs.open_input_stream(path) as f:
+            data = f.read()
+        header = data.split(b"\n", 1)[0].decode("utf-8-sig", "replace").rstrip("\r")
+        header = [h.strip().strip('"') for h in header.split(",")]
+        _check_columns(shown, header + list(extra), required)
         columns = [c for c in wanted if c in header]
         # Read everything as text and type it ourselves: the errors then name the line.
         try:
             table = pacsv.read_csv(
-                path,
+                pa.BufferReader(data),
                 convert_options=pacsv.ConvertOptions(
                     include_columns=columns,
                     column_types={c: pa.string() for c in columns},
@@ -94,7 +178,34 @@ def _read_table(path: str, required, optional) -> pa.Table:
                 ),
             )
         except pa.ArrowInvalid as e:  # ragged rows, bad UTF-8, unbalanced quotes
-            raise ContractError(f"{path}: not a readable CSV table: {e}") from None
+            raise ContractError(f"{shown}: not a readable CSV table: {e}") from None
+    for key, value in extra.items():  # hive partition columns the part does not carry
+        if key in wanted and key not in table.column_names:
+            table = table.append_column(key, pa.array([value] * table.num_rows, pa.string()))
+    return table
+
+
+def _read_table(path: str, required, optional) -> pa.Table:
+    """A table by its display path (`_find_table`): one file, or a folder's parts."""
+    wanted = list(required) + list(optional)
+    if not path.endswith("/"):
+        fs, local = filesystem(path)
+        table = _read_one(fs, local, path, wanted, required, {})
+    else:
+        folder, name = os.path.split(path.rstrip("/"))
+        fs, base = filesystem(path.rstrip("/"))
+        files = [f.path for f in table_files(folder, name)]
+        tables = []
+        for f in files:
+            relative = f[len(base) + 1:]
+            tables.append(_read_one(fs, f, _display(path, f), wanted, required,
+                                    _partition_values(relative)))
+        starts = np.cumsum([0] + [t.num_rows for t in tables])
+        _PARTS[path] = ([_display(path, f) for f in files], starts)
+        try:
+            table = pa.concat_tables(tables, promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise ContractError(f"{path}: the parts' columns do not agree ({e})") from None
     if table.num_rows == 0:
         raise ContractError(f"{path}: the table is empty; expected at least one data row")
     return table
@@ -108,7 +219,12 @@ def _check_columns(path, present, required):
 
 
 def _line(path: str, row: int) -> str:
-    # CSV line numbers count the header as line 1; Parquet has rows, not lines.
+    # CSV line numbers count the header as line 1; Parquet has rows, not lines. A folder
+    # table's row is its part's (named) and the row in that part.
+    if path in _PARTS:
+        files, starts = _PARTS[path]
+        i = int(np.searchsorted(starts, row, side="right")) - 1
+        return f"part {files[i]}, {_line(files[i], row - int(starts[i]))}"
     return f"line {row + 2}" if path.endswith(".csv") else f"row {row}"
 
 
@@ -231,9 +347,11 @@ def _check_timestamps(path, ts: np.ndarray, raw):
 
 def read_contract(folder: str) -> Tables:
     """Reads and validates a contract folder; raises ContractError naming file, line, column."""
-    if not os.path.isdir(folder):
+    fs, root = filesystem(folder)
+    if fs.get_file_info(root).type != pafs.FileType.Directory:
         raise ContractError(f"{folder}: not a directory; expected a contract folder with "
-                            "events.(csv|parquet) and items.(csv|parquet)")
+                            "events.(csv|parquet) and items.(csv|parquet), or folders of "
+                            "their parts")
     events_path = _find_table(folder, "events")
     items_path = _find_table(folder, "items")
     ev = _read_table(events_path, EVENTS_REQUIRED, EVENTS_OPTIONAL)
@@ -245,9 +363,11 @@ def read_contract(folder: str) -> Tables:
 def read_items(items_path: str) -> dict:
     """The items table's columns, typed and checked (item_id, title, category, brand as
     Arrow strings, price as float64)."""
-    if not os.path.isfile(items_path):
+    fs, local = filesystem(items_path.rstrip("/"))
+    want = pafs.FileType.Directory if items_path.endswith("/") else pafs.FileType.File
+    if fs.get_file_info(local).type != want:
         raise ContractError(f"{items_path}: no such file; expected an items table "
-                            "(items.csv or items.parquet)")
+                            "(items.csv, items.parquet or a folder items/ of parts)")
     it = _read_table(items_path, ITEMS_REQUIRED, ())
     items = {c: _strings(items_path, it, c) for c in ("item_id", "title", "category", "brand")}
     price = _numbers(items_path, it, "price", np.float64, "a price > 0")

@@ -32,13 +32,18 @@ from zoo.data import contract, examples as examples_lib, labels as labels_lib, s
 EXAMPLES_VERSION = "6"
 
 
+def _absolute(location: str) -> str:
+    return location if "://" in location else os.path.abspath(location)
+
+
 def _fingerprint(contract_dir: str, config: labels_lib.LabelConfig) -> str:
     h = hashlib.sha256(EXAMPLES_VERSION.encode())
-    for name in sorted(os.listdir(contract_dir)):
-        if name.split(".")[0] in ("events", "items"):
-            st = os.stat(os.path.join(contract_dir, name))
-            h.update(f"{name}:{st.st_size}:{st.st_mtime_ns};".encode())
-    h.update(os.path.abspath(contract_dir).encode())
+    # Every file of both tables (a folder table's parts too: a new day's part is new data).
+    for name in ("events", "items"):
+        for f in contract.table_files(contract_dir, name):
+            mtime = f.mtime_ns if f.mtime_ns is not None else 0
+            h.update(f"{f.path}:{f.size}:{mtime};".encode())
+    h.update(_absolute(contract_dir).encode())
     h.update(json.dumps(dataclasses.asdict(config), sort_keys=True).encode())
     return h.hexdigest()[:16]
 
@@ -46,7 +51,7 @@ def _fingerprint(contract_dir: str, config: labels_lib.LabelConfig) -> str:
 class EcomEventsConfig(tfds.core.BuilderConfig):
     def __init__(self, *, contract_dir: str, label_config: labels_lib.LabelConfig,
                  chunk_size: int = 100_000):
-        contract_dir = os.path.abspath(contract_dir)
+        contract_dir = _absolute(contract.local_path(contract_dir))
         super().__init__(
             name="c" + _fingerprint(contract_dir, label_config),
             description=f"Impressions of {contract_dir}",

@@ -28,7 +28,7 @@ def default_tfds_dir() -> str:
 def resolve_contract_dir(data_dir: str | None) -> str:
     """The user's contract folder, or the simulator's default data set (built on first use)."""
     if data_dir:
-        return data_dir
+        return contract.local_path(data_dir)
     from zoo.data import simulate  # imported lazily: only the default needs the simulator
     return simulate.ensure_default_dataset()
 
