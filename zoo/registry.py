@@ -77,6 +77,10 @@ class ModelSpec:
     # (or its "module:function" name), for families that learn vocabularies from training
     # data; None = nothing to fit.
     fit_vocabulary: Callable[..., Any] | str | None = None
+    # `grow_vocabulary(previous, new) -> dict`: a warm-started run's vocabulary (every id
+    # of `previous` keeps its index; `new`'s new ids are appended); None = the family
+    # cannot be warm-started.
+    grow_vocabulary: Callable[..., Any] | str | None = None
     # Module whose import registers the family's Keras classes (for safe-mode loading).
     keras_module: str | None = None
     # `wants_xla(config) -> bool`: whether XLA compilation speeds this model's training
@@ -102,6 +106,12 @@ class ModelSpec:
     def fit(self, features: dict, config: dict):
         return None if self.fit_vocabulary is None else resolve(self.fit_vocabulary)(
             features, config)
+
+    def grow(self, previous: dict, new: dict) -> dict:
+        if self.grow_vocabulary is None:
+            raise ValueError(f"model {self.name!r} cannot be warm-started (its vocabulary "
+                             "cannot grow); train it from scratch")
+        return resolve(self.grow_vocabulary)(previous, new)
 
     def jit_compile(self, config: dict) -> bool:
         return bool(self.wants_xla(config)) if self.wants_xla else False

@@ -81,8 +81,9 @@ class Task:
         """What must match for a model_dir to be resumed."""
         raise NotImplementedError
 
-    def initial_vocabulary(self, config) -> dict | None:
-        """A vocabulary that a new run must take over (None: fit one on the train split)."""
+    def initial_vocabulary(self, config, fit=None) -> dict | None:
+        """A vocabulary that a new run must take over (None: fit one on the train split);
+        `fit()` fits one, for a task that grows it from another."""
         return None
 
     def build_network(self, run: Run):

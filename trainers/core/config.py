@@ -104,6 +104,11 @@ class TrainConfig:
     init_checkpoint: str | None = _field(None, "A trainers.pretrain model_dir: the encoder "
                                          "starts from its weights (and vocabulary); the "
                                          "heads start fresh.")
+    warm_start_from: str | None = _field(
+        None, "A finished trainers.multitask model_dir of the same model and preset (e.g. "
+        "yesterday's): this run starts from its weights; the vocabularies grow (new ids get "
+        "fresh rows, known ids keep theirs), the optimizer starts fresh, and the run spec "
+        "records the parent.")
     lora_rank: int = _field(0, "> 0: LoRA adapters of this rank on the encoder's attention; "
                             "the rest of the encoder is frozen.")
     freeze_encoder: bool = _field(False, "Train the heads only.")

@@ -19,6 +19,71 @@ PRETRAIN_KEY_PREFIX = "pretrain_"
 # TrainConfig fields recorded in the run spec when they differ from their defaults.
 FINE_TUNING_FIELDS = ("init_checkpoint", "lora_rank", "freeze_encoder",
                       "lora_train_embeddings", "labels_fraction", "calibration_fraction")
+# What a warm start's parent must share with the run (its weights must fit).
+WARM_START_SAME = ("model", "preset", "model_overrides")
+
+
+def check_warm_start(config, spec) -> dict:
+    """The parent run of --warm_start_from, checked before anything is written; returns
+    what the run spec records of it."""
+    import os
+
+    parent = config.warm_start_from
+    if config.init_checkpoint:
+        raise ValueError("--warm_start_from and --init_checkpoint exclude each other (the "
+                         "parent already holds an encoder)")
+    if spec.grow_vocabulary is None:
+        raise ValueError(f"--warm_start_from: model {config.model!r} cannot be warm-started "
+                         "(its vocabulary cannot grow)")
+    if config.strategy == "parameter_server":
+        raise ValueError("--warm_start_from under --strategy parameter_server is not "
+                         "supported yet (its sharded tables would have to grow)")
+    for name in (rundir.MODEL, rundir.TRAIN_CONFIG, "vocabulary.json"):
+        if not os.path.exists(os.path.join(parent, name)):
+            raise ValueError(f"--warm_start_from {parent}: no {name}; expected a finished "
+                             "python -m trainers.multitask model_dir")
+    theirs = rundir.train_config_of(parent)
+    ours = {"model": config.model, "preset": config.preset,
+            "model_overrides": dict(config.model_overrides)}
+    differ = [k for k in WARM_START_SAME if (theirs.get(k) or {} if k == "model_overrides"
+                                              else theirs.get(k)) != ours[k]]
+    if differ:
+        raise ValueError(f"--warm_start_from {parent}: its " + ", ".join(
+            f"{k} {theirs.get(k)!r}" for k in differ) + " differ from this run's (" + ", ".join(
+            f"{ours[k]!r}" for k in differ) + "); its weights would not fit")
+    record = rundir.read_json(os.path.join(parent, "metrics.json")) or {}
+    return {"model_dir": os.path.abspath(parent), "data_dir": theirs.get("data_dir"),
+            "step": record.get("step")}
+
+
+def warm_start(model, parent_dir: str) -> None:
+    """Copies the parent's weights into `model` (built with the grown vocabulary): equal
+    shapes whole, grown tables row for row (the rows of new ids keep their fresh values)."""
+    import numpy as np
+
+    parent, _ = rundir.load_trained(parent_dir)
+    ours, theirs = model.weights, parent.weights
+    if len(ours) != len(theirs):
+        raise ValueError(f"--warm_start_from {parent_dir}: {len(theirs)} weights, this model "
+                         f"has {len(ours)}")
+    for mine, old in zip(ours, theirs):
+        value = np.asarray(old.numpy())
+        if tuple(mine.shape) == value.shape:
+            mine.assign(value)
+        elif (len(value.shape) >= 1 and tuple(mine.shape[1:]) == value.shape[1:]
+              and mine.shape[0] >= value.shape[0]):
+            grown = np.array(mine.numpy())
+            grown[:value.shape[0]] = value
+            mine.assign(grown)
+        else:
+            raise ValueError(f"--warm_start_from {parent_dir}: weight {old.path} is "
+                             f"{value.shape}, this model's {mine.path} {tuple(mine.shape)}")
+
+
+def zoo_spec(config):
+    import zoo
+
+    return zoo.spec(config.model)
 
 
 def check_fine_tuning(config) -> None:
@@ -80,6 +145,8 @@ def build_model(config, vocabulary: dict, sample: dict):
     model(model.preprocessor(evaluation.raw_features(sample)))
     if config.init_checkpoint:
         init_encoder(model, config.init_checkpoint)
+    if config.warm_start_from:
+        warm_start(model, config.warm_start_from)
     adapt_for_fine_tuning(model, config)
     return model
 
@@ -121,6 +188,8 @@ class MultitaskTask(base_task.Task):
 
     def check(self, config, model_config, spec) -> None:
         check_fine_tuning(config)
+        if config.warm_start_from:
+            check_warm_start(config, spec)
         if config.init_checkpoint and not spec.pretrainable:
             raise ValueError(f"--init_checkpoint: model {config.model!r} has no pre-trained "
                              "encoder to start from (python -m zoo list)")
@@ -133,9 +202,14 @@ class MultitaskTask(base_task.Task):
                 "label_config": dataclasses.asdict(config.label_config),
                 "examples_version": EXAMPLES_VERSION,
                 **{k: getattr(config, k) for k in FINE_TUNING_FIELDS
-                   if getattr(config, k) != getattr(defaults, k)}}
+                   if getattr(config, k) != getattr(defaults, k)},
+                **({"parent": check_warm_start(config, zoo_spec(config))}
+                   if config.warm_start_from else {})}
 
-    def initial_vocabulary(self, config):
+    def initial_vocabulary(self, config, fit=None):
+        if config.warm_start_from:
+            previous = rundir.read_vocabulary(config.warm_start_from)
+            return zoo_spec(config).grow(previous, fit())
         if not config.init_checkpoint:
             return None
         vocabulary = rundir.read_vocabulary(config.init_checkpoint)

@@ -96,8 +96,11 @@ def run_experiment(task: base_task.Task, config,
     # Vocabulary: fitted once per model_dir, then reused so checkpoints stay compatible.
     new_spec = rundir.check_same_run(run.model_dir, task.run_spec(config, model_config),
                                      ignore=task.spec_ignore)
-    run.vocabulary = (rundir.read_vocabulary(run.model_dir) or task.initial_vocabulary(config)
-                      or rundir.fit_vocabulary(config, model_config, run.train_files))
+    def fit():
+        return rundir.fit_vocabulary(config, model_config, run.train_files)
+
+    run.vocabulary = (rundir.read_vocabulary(run.model_dir)
+                      or task.initial_vocabulary(config, fit) or fit())
     run.sample = next(iter(pipeline.make_dataset(
         run.train_files, batch_size=2, history_length=config.label_config.history_length)))
     run.jit_compile = use_jit(config.jit_compile, config.model, model_config)

@@ -54,6 +54,7 @@ SPECS = tuple(
     dict(name=name, presets=presets, description=description,
          builder="zoo.models.bert_mtl.model:build", build_args=("vocabulary",),
          fit_vocabulary="zoo.models.ranker.vocabulary:fit_vocabulary",
+         grow_vocabulary="zoo.models.ranker.vocabulary:grow_vocabulary",
          keras_module="zoo.models.bert_mtl.model", wants_xla=wants_xla, pretrainable=True,
          calibratable=True)
     for name, presets, description in (

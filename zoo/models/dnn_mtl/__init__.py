@@ -26,4 +26,5 @@ __getattr__ = module_getattr(__name__, {
 SPECS = (dict(name=NAME, presets=PRESETS, description=DESCRIPTION,
               builder="zoo.models.dnn_mtl.model:build", build_args=("vocabulary",),
               fit_vocabulary="zoo.models.ranker.vocabulary:fit_vocabulary",
+              grow_vocabulary="zoo.models.ranker.vocabulary:grow_vocabulary",
               keras_module="zoo.models.dnn_mtl.model", calibratable=True),)

@@ -315,3 +315,33 @@ def item_titles(item_ids: list, features: dict) -> list[str]:
     _, first = np.unique(ids, return_index=True)
     known = dict(zip(ids[first].tolist(), titles[first].tolist()))
     return [known.get(i, "") for i in item_ids]
+
+
+def grow_vocabulary(previous: dict, new: dict) -> dict:
+    """The vocabulary of a warm-started run: every id of `previous` keeps its index (its
+    row of each table, so its trained values), the ids `new` (fitted on the new window)
+    adds come after them, in `new`'s order. What the weights were trained against stays
+    the previous one's: price edges, the context features' statistics and bins, the
+    overall price level; a new category's price level is the new window's."""
+    previous, new = validate(previous), validate(new)
+    out = dict(previous)
+    if previous["wordpiece"] != new["wordpiece"] and new["wordpiece"][0] == PAD:
+        known = set(previous["wordpiece"])
+        out["wordpiece"] = previous["wordpiece"] + [t for t in new["wordpiece"]
+                                                    if t not in known]
+    for key in ("item_id", "category", "brand", "user_id"):
+        if key not in previous:
+            continue
+        known = set(previous[key])
+        out[key] = previous[key] + [v for v in new.get(key, []) if v not in known]
+    if "item_titles" in previous:
+        titles = dict(zip(new["item_id"], new.get("item_titles", [""] * len(new["item_id"]))))
+        old = dict(zip(previous["item_id"], previous["item_titles"]))
+        # A known item keeps its title unless it had none; a new one takes the new window's.
+        out["item_titles"] = [old.get(i) or titles.get(i, "") for i in out["item_id"]]
+    if "category_log_price" in previous:
+        levels = dict(zip(new["category"], new.get("category_log_price", [])))
+        grown = out["category"][len(previous["category"]):]
+        out["category_log_price"] = previous["category_log_price"] + [
+            levels.get(c, previous.get("log_price_mean", 0.0)) for c in grown]
+    return validate(out)
