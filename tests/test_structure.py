@@ -158,7 +158,8 @@ def test_flagfile_round_trips_every_field(tmp_path):
     # Every field is in the file, None ones excepted.
     text = open(path).read()
     for name in _field_names():
-        if name not in ("data_dir", "tfds_dir", "model_dir", "export_base", "init_checkpoint"):
+        if name not in ("data_dir", "tfds_dir", "model_dir", "export_base", "init_checkpoint",
+                        "warm_start_from"):
             assert f"--{name}=" in text, name
 
 

@@ -83,3 +83,35 @@ def test_warm_start_refuses_what_cannot_work(trained, tmp_path):
         with pytest.raises(ValueError, match=match):
             multitask.run(config_lib.TrainConfig(model_dir=model_dir, **kw))
         assert not os.path.exists(model_dir)
+
+
+def test_known_rows_are_bit_equal_before_the_first_step(trained):
+    """The model a warm start builds, before any step: the parent's values exactly, in
+    every weight and in every known row of a grown table; the new rows are there."""
+    import dataclasses
+    from trainers.core import multitask_task
+    from zoo.data import pipeline
+
+    parent_config, _ = trained
+    previous = rundir.read_vocabulary(parent_config.model_dir)
+    new = dict(previous, item_id=previous["item_id"] + ["brand-new-item"],
+               item_titles=previous.get("item_titles", [""] * len(previous["item_id"]))
+               + ["a brand new item"],
+               brand=previous["brand"] + ["NewBrand"])
+    grown = vocab_lib.grow_vocabulary(previous, new)
+    config = dataclasses.replace(parent_config, warm_start_from=parent_config.model_dir,
+                                 model_dir=None)
+    builder = prepare.prepare(parent_config.data_dir, parent_config.tfds_dir, LABEL_CFG)
+    sample = next(iter(pipeline.make_dataset(pipeline.split_files(builder, "train"),
+                                             batch_size=2,
+                                             history_length=LABEL_CFG.history_length)))
+    child = multitask_task.build_model(config, grown, sample)
+    parent, _ = rundir.load_trained(parent_config.model_dir)
+    grew = []
+    for old, new_w in zip(parent.weights, child.weights):
+        old, new_w = np.asarray(old.numpy()), np.asarray(new_w.numpy())
+        if old.shape != new_w.shape:
+            grew.append(new_w.shape[0] - old.shape[0])
+            new_w = new_w[:old.shape[0]]
+        assert np.array_equal(new_w, old)
+    assert sorted(grew) == [1, 1]  # the item and the brand table, one new row each
