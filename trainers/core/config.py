@@ -327,7 +327,8 @@ def validate(config: TrainConfig) -> None:
         check_writable_dir(config.model_dir, "--model_dir")
     if config.data_dir is not None and not contract.is_folder(config.data_dir):
         raise ValueError(f"--data_dir {config.data_dir}: not a directory; expected a contract "
-                         "folder with events.(csv|parquet) and items.(csv|parquet)")
+                         "folder (a path or a URI such as file:///...) with events and items "
+                         "tables (NAME.csv, NAME.parquet or a folder NAME/ of parts)")
     for name, field in TrainConfig.__dataclass_fields__.items():
         choices = field.metadata.get("choices")
         if choices and getattr(config, name) not in choices:

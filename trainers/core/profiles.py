@@ -222,8 +222,8 @@ def user_recommendations(model, tables, label_config, user_id: str, k: int = 10)
         from zoo.models.explain import reasons
 
         rows = {k2: v[top] for k2, v in raw.items()}
-        because = reasons(model, {k2: rows[k2] for k2 in RAW_FEATURES},
-                          np.zeros(len(top)), "purchase", steps=64)
+        because = reasons(model, {k2: rows[k2] for k2 in RAW_FEATURES}, len(top),
+                          "purchase", steps=64)
     except ValueError:  # not a bert_mtl model: no attributions
         pass
     return {"item_id": [str(items["item_id"][i]) for i in top],

@@ -289,8 +289,8 @@ def rank(ranker, tables: contract.Tables, reqs, candidates: np.ndarray, label_co
 def explain_lists(ranker, tables: contract.Tables, reqs, items: np.ndarray, label_config,
                   options: Options, progress=None) -> list:
     """Per request, per item of its list `items` [R, K]: the ranker's reasons
-    (`zoo.models.explain.reasons`, contrasted within the list), with the features the
-    ranking saw."""
+    (`zoo.models.explain.reasons`, contrasted within the list: the code the served
+    signature runs), with the features the ranking saw."""
     from zoo.models.explain import reasons
     from zoo.models.features import RAW_FEATURES
 
@@ -303,9 +303,8 @@ def explain_lists(ranker, tables: contract.Tables, reqs, items: np.ndarray, labe
         raw = requests_lib.candidate_features(tables, reqs.take(sel), items[sel], label_config)
         raw = {name: v[:, :keep] if name.startswith("hist_") and v.ndim == 2 else v
                for name, v in raw.items()}
-        found = reasons(ranker, {name: raw[name] for name in RAW_FEATURES},
-                        np.repeat(np.arange(len(sel)), k), options.explain_output(),
-                        options.explain_steps)
+        found = reasons(ranker, {name: raw[name] for name in RAW_FEATURES}, k,
+                        options.explain_output(), options.explain_steps)
         out += [found[i * k:(i + 1) * k] for i in range(len(sel))]
         if progress:
             progress(len(sel))

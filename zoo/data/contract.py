@@ -131,12 +131,10 @@ def table_files(folder: str, name: str) -> list[pafs.FileInfo]:
 
 def _find_table(folder: str, name: str) -> str:
     """The table's display path: its file, or its folder with a trailing "/"."""
-    files = table_files(folder, name)
-    fs, root = filesystem(folder)
-    base = f"{root.rstrip('/')}/{name}"
-    if len(files) == 1 and files[0].path != base and not files[0].path.startswith(base + "/"):
-        return _display(folder, files[0].path)
-    return _display(folder, base) + "/"
+    first = table_files(folder, name)[0].path
+    base = f"{filesystem(folder)[1].rstrip('/')}/{name}"
+    return (_display(folder, base) + "/" if first.startswith(base + "/")
+            else _display(folder, first))
 
 
 def _display(folder: str, path: str) -> str:
@@ -155,11 +153,10 @@ def _partition_values(relative: str) -> dict:
 def _read_one(fs, path: str, shown: str, wanted, required, extra: dict) -> pa.Table:
     if path.endswith(".parquet"):
         with fs.open_input_file(path) as f:
-            schema_names = pq.read_schema(f).names
-        present = list(schema_names) + list(extra)
-        _check_columns(shown, present, required)
-        with fs.open_input_file(path) as f:
-            table = pq.read_table(f, columns=[c for c in wanted if c in schema_names])
+            part = pq.ParquetFile(f)
+            schema_names = part.schema_arrow.names
+            _check_columns(shown, list(schema_names) + list(extra), required)
+            table = part.read(columns=[c for c in wanted if c in schema_names])
     else:
         with fs.open_input_stream(path) as f:
             data = f.read()

@@ -210,12 +210,18 @@ def attribution_tensors(model, raw: dict, output: str = "purchase", steps: int =
     return result
 
 
+def _history_part(t: dict, backbone):
+    """[B, H] per history event of `attribution_tensors`' result (tensors or arrays): its
+    slot of the embedding sequence plus what it adds through the history features."""
+    Q, H = backbone.max_query_tokens, backbone.max_history
+    return t["sequence"][:, Q + 2:Q + 2 + H] + t["history_via_features"][:, :H]
+
+
 def explain(model, features: dict, output: str = "purchase", steps: int = 64) -> dict:
     """Integrated-gradients attributions of `output` for each row of `features` (a batch
     of raw features, `zoo.models.features.RAW_FEATURES`)."""
     import tensorflow as tf
 
-    check(model, output, steps)
     t = attribution_tensors(model, {k: tf.convert_to_tensor(np.asarray(v))
                                     for k, v in features.items()}, output, steps)
     t = {k: v.numpy().astype(np.float64) for k, v in t.items()}
@@ -226,7 +232,7 @@ def explain(model, features: dict, output: str = "purchase", steps: int = 64) ->
     result = {
         "output": t["output"], "baseline_output": t["baseline_output"],
         "query": per_position[:, 1:1 + Q],
-        "history": per_position[:, Q + 2:Q + 2 + H] + via,
+        "history": _history_part(t, backbone),
         "candidate": per_position[:, -1],
         "special": per_position[:, 0] + per_position[:, Q + 1] + per_position[:, Q + 2 + H],
         "context": {}, "steps": int(steps), "history_via_features": via,
@@ -267,26 +273,33 @@ def top_history_events(explanation: dict, features: dict, k: int = 2) -> list[li
     return out
 
 
-def contrast(history: np.ndarray, groups) -> np.ndarray:
-    """Each row's history attributions minus their mean over its group (the items of one
-    answer): without it every item of a list names the same events, those that make the
-    user score high at all."""
-    out = np.array(history, np.float64, copy=True)
-    groups = np.asarray(groups)
-    for g in np.unique(groups):
-        rows = groups == g
-        out[rows] -= out[rows].mean(axis=0, keepdims=True)
+def reasons(model, features: dict, per_request: int, output: str = "purchase",
+            steps: int = 32, k: int = REASONS) -> list[list[dict]]:
+    """Per row (an item of a recommendation list; rows come `per_request` to a list, list
+    by list), the `k` history events that raise `output` most beyond what they raise the
+    list's other items, most first: `reason_tensors` (what the served `recommend` signature
+    answers), each named by its item, category, event kind, age and weight."""
+    import tensorflow as tf
+
+    found = reason_tensors(model, {k2: tf.convert_to_tensor(np.asarray(v))
+                                   for k2, v in features.items()}, per_request, output,
+                           steps, k)
+    position = found["position"].numpy().reshape(-1, found["position"].shape[-1])
+    weight = found["weight"].numpy().reshape(position.shape).astype(np.float64)
+    out = []
+    for i in range(position.shape[0]):
+        row = []
+        for j, w in zip(position[i], weight[i]):
+            if j < 0:
+                continue
+            row.append({"position": int(j),
+                        "item_id": _text([features["hist_item_id"][i][j]])[0],
+                        "category": _text([features["hist_category"][i][j]])[0],
+                        "event": _text([features["hist_event"][i][j]])[0],
+                        "seconds_ago": float(features["hist_gap"][i][j]),
+                        "attribution": float(w)})
+        out.append(row)
     return out
-
-
-def reasons(model, features: dict, groups, output: str = "purchase", steps: int = 32,
-            k: int = REASONS) -> list[list[dict]]:
-    """Per row (an item of a recommendation list; `groups` says which list), the `k`
-    history events that raise `output` most beyond what they raise the list's other items
-    (`contrast`), most first (`top_history_events`' dicts)."""
-    exp = explain(model, features, output, steps)
-    return top_history_events({**exp, "history": contrast(exp["history"], groups)},
-                              features, k)
 
 
 def reason_tensors(model, raw: dict, per_request: int, output: str = "purchase",
@@ -297,10 +310,10 @@ def reason_tensors(model, raw: dict, per_request: int, output: str = "purchase",
     import tensorflow as tf
 
     t = attribution_tensors(model, raw, output, steps)
-    backbone = model.backbone
-    Q, H = backbone.max_query_tokens, backbone.max_history
-    h = t["sequence"][:, Q + 2:Q + 2 + H] + t["history_via_features"][:, :H]
-    h = tf.reshape(h, [-1, per_request, H])
+    H = model.backbone.max_history
+    h = tf.reshape(_history_part(t, model.backbone), [-1, per_request, H])
+    # Contrast: without it every item of a list names the same events, those that make
+    # the user score high at all.
     h = h - tf.reduce_mean(h, axis=1, keepdims=True)
     real = tf.reshape(t["hist_mask"][:, :H], [-1, per_request, H]) > 0
     best = tf.math.top_k(tf.where(real & (h > 0), h, -np.inf), min(int(k), H))

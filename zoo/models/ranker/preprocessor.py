@@ -89,11 +89,13 @@ RELATIVE_PRICE_FEATURES = (
     "relative_price", "history_relative_price", "history_relative_price_sd",
     "relative_price_gap", "relative_price_over", "relative_price_under",
     "category_relative_price_gap")
-# The in-graph features that are functions of the history window (the rest read the query,
-# title and candidate alone): `history_features` computes them with a weight per event.
+# The in-graph features of the query, title and candidate alone (`_candidate_features`),
+# and the rest, functions of the history window, which `history_features` computes with a
+# weight per event.
+CANDIDATE_FEATURES = ("has_query", "title_coverage", "query_words", "word_coverage",
+                      "relative_price")
 HISTORY_FEATURES = tuple(n for n in IN_GRAPH_FEATURES + RELATIVE_PRICE_FEATURES
-                         if n not in ("has_query", "title_coverage", "query_words",
-                                      "word_coverage", "relative_price"))
+                         if n not in CANDIDATE_FEATURES)
 RECENT_SECONDS = 3 * 86400.0
 HISTORY_OUTPUTS = ("hist_item_index", "hist_category_index", "hist_brand_index",
                    "hist_event_index", "hist_price_bucket", "hist_gap_bucket", "hist_mask")
