@@ -2,6 +2,7 @@
 shared tiny run, and the page rendered in headless Chromium."""
 
 import csv
+import html
 import json
 import os
 import shutil
@@ -48,13 +49,27 @@ USER = "u3"
 def analyzed(trained, shop, tmp_path_factory):
     from trainers.core import analysis, profiles
 
+    from trainers.core import drift, rundir
+    from zoo.data import contract
+
     config, result = trained
     data, tfds_dir = shop
     out = str(tmp_path_factory.mktemp("report"))
-    summary = analysis.analyze(config.model_dir, out, data_dir=data, tfds_dir=tfds_dir,
-                               compare={"other_run": {"metrics": {"click/auc": 0.6123}}},
-                               user_ids=(USER,), verbose=False,
-                               profile_options=profiles.ProfileOptions(num_segments=3))
+    # What the daily loop leaves beside a model: the drift of the day after its window.
+    tables = contract.read_contract(data)
+    cut = contract.split_time(tables.events["timestamp"], LABEL_CFG.eval_fraction)
+    drift_path = os.path.join(config.model_dir, "drift.json")
+    rundir.write_json(drift_path, drift.report(
+        drift.impression_features(tables, LABEL_CFG.history_length), cut,
+        rundir.read_vocabulary(config.model_dir)))
+    try:
+        summary = analysis.analyze(config.model_dir, out, data_dir=data, tfds_dir=tfds_dir,
+                                   compare={"other_run": {"metrics": {"click/auc": 0.6123}}},
+                                   user_ids=(USER,), verbose=False,
+                                   profile_options=profiles.ProfileOptions(num_segments=3))
+        summary["drift_written"] = rundir.read_json(drift_path)
+    finally:
+        os.unlink(drift_path)
     return config, result, summary, out
 
 
@@ -73,6 +88,16 @@ def test_the_report_holds_the_runs_numbers_and_a_checked_outlook(analyzed):
     assert record["oracle"]["click/auc"] > 0.5
     assert record["calibration"]["fitted"] == result["calibration"]["fitted"]
     assert record["compare"] == {"other_run": {"click/auc": 0.6123}}
+    # The drift report beside the model is in the record and on the page.
+    assert record["drift"] == summary["drift_written"]
+    assert set(record["drift"]["psi"]) == {"log_price", "category", "history_length",
+                                           "has_query"}
+    page = open(os.path.join(out, "index.html"), encoding="utf-8").read()
+    assert "<h2 id=\"drift\">Drift</h2>" in page
+    for flag in record["drift"]["flags"]:
+        assert html.escape(flag) in page
+    for name, value in record["drift"]["psi"].items():
+        assert f"<td>{name}</td><td class=num>{value:.3f}</td>" in page
     # The outlook: every catalogue item once, ranked by forecast, what sold counted again
     # here from the log.
     tables = contract.read_contract(data)

@@ -302,3 +302,65 @@ def test_brand_echo_plants_a_recent_brand_purchase_as_a_cause(tmp_path):
     assert json.load(open(tmp_path / "on" / "oracle_meta.json"))["brand_echo"] == 3.0
     with pytest.raises(ValueError, match="brand_echo must be a finite number"):
         simulate.simulate(str(tmp_path / "bad"), **kw, brand_echo=float("nan"))
+
+
+def _drift_world(kw):
+    extra = int(np.ceil(max(contract.DEFAULT_PRICE_HORIZON_DAYS,
+                            contract.DEFAULT_DEMAND_HORIZON_DAYS))) + 2
+    return simulate.World(kw["num_users"], kw["num_items"], kw["num_brands"], kw["days"],
+                          extra, kw["seed"], simulate.DEFAULTS["sessions_per_day"],
+                          simulate.DEFAULTS["repeat_purchase"], 0.0, kw.get("drift", 0.0))
+
+
+def _category_shares(tables, rows):
+    code = tables.events["item_code"][rows]
+    cats = _np(tables.items["category"])[code]
+    names = np.unique(_np(tables.items["category"]))
+    return np.array([(cats == c).mean() for c in names])
+
+
+def test_drift_changes_the_shop_over_time_and_the_oracle_stays_exact(tmp_path):
+    """drift > 0: items are only shown while on sale, new items take a growing share,
+    category demand moves between the first and last week (far more than without drift),
+    and the exact click / purchase oracle is still calibrated against the drawn labels."""
+    from trainers.core import drift as drift_lib
+
+    kw = dict(num_users=500, num_items=600, num_brands=20, days=28, seed=4, oracle_replays=0)
+    shares = {}
+    for d in (0.0, 1.0):
+        folder = str(tmp_path / f"drift{d}")
+        simulate.simulate(folder, **kw, drift=d)
+        tables = contract.read_contract(folder)
+        ev = tables.events
+        imp = np.flatnonzero(ev["event_type"] == contract.EVENT_INDEX["impression"])
+        day = (ev["timestamp"][imp] - simulate.START_TIME) // simulate.DAY
+        first, last = imp[day < 7], imp[day >= 21]
+        shares[d] = drift_lib.psi_shares(_category_shares(tables, first),
+                                         _category_shares(tables, last))
+        if d == 0.0:
+            continue
+        world = _drift_world(dict(kw, drift=d))
+        item = ev["item_code"][imp]
+        assert world.on_sale[item, day].all()  # never a retired or unlaunched item
+        launched_late = world.launch[item] >= 7
+        assert launched_late[day >= 21].mean() > 0.1, launched_late[day >= 21].mean()
+        retired = (world.retire < 21).sum()
+        assert retired > 20 and not np.isin(item[day >= 21], np.flatnonzero(
+            world.retire < 21)).any()
+        meta = json.load(open(os.path.join(folder, "oracle_meta.json")))
+        assert meta["drift"] == 1.0
+        config = labels.LabelConfig(eval_fraction=meta["eval_fraction"])
+        lab = labels.compute_labels(tables, config)
+        oracle = pq.read_table(os.path.join(folder, "oracle.parquet"))
+        index = {e: i for i, e in enumerate(oracle.column("event_id").to_pylist())}
+        rows = np.array([index[e] for e in _np(lab["event_id"])])
+        for name in ("click", "purchase"):
+            p = oracle.column(f"p_{name}").to_numpy()[rows]
+            y = lab[name].astype(np.float64)
+            se = np.sqrt((p * (1 - p)).sum()) / len(p)
+            assert abs(y.mean() - p.mean()) < 4 * se, (name, y.mean(), p.mean())
+            assert _auc(p, y) > 0.72
+    # Category mix, first week against the last (PSI): moved with drift, not without.
+    assert shares[1.0] > 0.1 and shares[1.0] > 4 * shares[0.0], shares
+    with pytest.raises(ValueError, match="drift must be a finite number >= 0"):
+        simulate.simulate(str(tmp_path / "bad"), **kw, drift=-1.0)

@@ -117,11 +117,17 @@ def analyze(model_dir: str, output_dir: str, data_dir: str | None = None,
             "calibration": run_record.get("calibration"), "item_outlook": outlook_summary,
             "segments": segments,
         }
+        # Written by the daily loop (trainers.continual) for the day after the window.
+        drift_report = rundir.read_json(os.path.join(model_dir, "drift.json"))
+        if drift_report:
+            record["drift"] = drift_report
         rundir.write_json(os.path.join(stage, "metrics.json"), record)
 
         sections = _sections(model_metrics, columns, preds, extras, oracle_preds, meta,
                              run_record.get("calibration"), rows, outlook_summary, report)
         sections.append(_segments_section(user_profiles, segments, report))
+        if drift_report:
+            sections.append(_drift_section(drift_report, report))
         if user_pages:
             sections.append(("Users", "<ul>" + "".join(
                 f'<li><a href="{report.html.escape(os.path.basename(p))}">'
@@ -150,6 +156,29 @@ def analyze(model_dir: str, output_dir: str, data_dir: str | None = None,
     return {"index": index, "metrics": os.path.join(output_dir, "metrics.json"),
             "item_outlook": outlook_path, "profiles": profiles_path,
             "user_pages": user_pages, **record}
+
+
+def _drift_section(drift_report: dict, report) -> tuple[str, str]:
+    """The drift the daily loop (`trainers.continual`) measured on the day after this
+    model's window: PSI per feature and the OOV shares, flags first."""
+    from trainers.core import drift
+
+    flags = drift_report.get("flags") or []
+    rows = [[name, float(value), "large" if value > drift.PSI_LARGE else
+             "moderate" if value > drift.PSI_MODERATE else "stable"]
+            for name, value in sorted(drift_report["psi"].items())]
+    oov = [[name, float(share)] for name, share in sorted(drift_report["oov_share"].items())]
+    n = drift_report.get("impressions", {})
+    body = (f"<p>{report.html.escape(str(drift_report.get('date', '')))}: "
+            f"{n.get('day', 0):,} impressions of the day against {n.get('window', 0):,} of "
+            f"the training window. PSI below {drift.PSI_MODERATE} is stable, above "
+            f"{drift.PSI_LARGE} large.</p>"
+            + ("<ul>" + "".join(f"<li><b>{report.html.escape(f)}</b></li>" for f in flags)
+               + "</ul>" if flags else "<p>No large drift.</p>")
+            + report.table(["feature", "PSI", "drift"], rows, numbers="{:.3f}")
+            + report.table(["id", "share of the day's impressions unseen by the model"], oov,
+                           numbers="{:.3f}"))
+    return ("Drift", body)
 
 
 def _segments_section(user_profiles: dict, segments: dict, report) -> tuple[str, str]:

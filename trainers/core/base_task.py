@@ -57,6 +57,8 @@ class Task:
     spec_ignore: tuple = ()
     # Whether the task fits `--calibration_fraction`'s post-hoc calibration.
     calibrates = False
+    # Whether the task trains from `--train_start` (the impressions before it as context).
+    trains_from_start = False
 
     def default_model_dir(self, config) -> str:
         return os.path.join("runs", f"{config.model}_{config.preset}")

@@ -117,6 +117,10 @@ class TrainConfig:
                                          "beside the adapters.")
     labels_fraction: float = _field(1.0, "Train on this fraction of the labelled impressions "
                                     "(chosen by event_id hash); evaluation uses all.")
+    train_start: str | None = _field(
+        None, "YYYY-MM-DD (UTC): impressions of the training split before this day are not "
+        "trained on; their events still form the later impressions' histories and features "
+        "(a look-back, as the daily loop gives each window).")
     calibration_fraction: float = _field(
         0.0, "> 0: hold this latest share of the training impressions (by time) out of "
         "training and fit a post-hoc calibration of the click, purchase and price-range "
@@ -294,6 +298,17 @@ def check_writable_dir(path: str, flag: str) -> None:
         raise ValueError(f"{flag} {path}: {parent} is not writable")
 
 
+def day_start(text: str, flag: str) -> int:
+    """'YYYY-MM-DD' -> the day's first second (UTC); a clear error naming `flag`."""
+    import datetime
+
+    try:
+        day = datetime.datetime.strptime(text, "%Y-%m-%d")
+    except (TypeError, ValueError):
+        raise ValueError(f"{flag}: {text!r} is not a date YYYY-MM-DD") from None
+    return int(day.replace(tzinfo=datetime.timezone.utc).timestamp())
+
+
 def calibrated_outputs(config: TrainConfig) -> tuple[str, ...]:
     return tuple(o.strip() for o in config.calibrated_outputs.split(",") if o.strip())
 
@@ -323,6 +338,8 @@ def validate(config: TrainConfig) -> None:
     if unknown:
         raise ValueError(f"--calibrated_outputs: unknown outputs {unknown}; expected some of "
                          "click, purchase, price_range")
+    if config.train_start is not None:
+        day_start(config.train_start, "--train_start")
     if config.model_dir:
         check_writable_dir(config.model_dir, "--model_dir")
     if config.data_dir is not None and not contract.is_folder(config.data_dir):

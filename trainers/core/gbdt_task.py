@@ -30,6 +30,9 @@ def check(config, model_config: dict) -> None:
     if config.calibration_fraction:
         raise ValueError(f"--model {config.model}: --calibration_fraction is fitted for the "
                          "multi-task rankers (bert_mtl, dnn_mtl) only")
+    if config.train_start:
+        raise ValueError(f"--model {config.model}: --train_start is honoured by the neural "
+                         "multi-task rankers only")
     if config.init_checkpoint or config.lora_rank or config.freeze_encoder:
         raise ValueError(f"--model {config.model} has no encoder: --init_checkpoint, "
                          "--lora_rank and --freeze_encoder do not apply")

@@ -173,11 +173,13 @@ class MultitaskTask(base_task.Task):
     name = "multitask"
     spec_ignore = (PRETRAIN_KEY_PREFIX,)
     calibrates = True
+    trains_from_start = True
 
     def __init__(self):
         self._local = None
         self._eval_ds = None
-        self._cut = None  # the calibration slice's first timestamp
+        self._range = None  # (first, end) timestamps trained on; see _training_range
+        self._count = None
         self._calibration = None  # the fitted calibration ({} = none fitted)
 
     @property
@@ -232,29 +234,45 @@ class MultitaskTask(base_task.Task):
             self._local = build_model(run.config, run.vocabulary, run.sample)
         return gathered_copy(run.model, self._local)
 
-    def _calibration_cut(self, run) -> int | None:
-        """The time from which the latest `calibration_fraction` of the training impressions
-        start (None without calibration): they are held out of training."""
+    def _training_range(self, run) -> tuple:
+        """(first, end) timestamps of the impressions trained on: from --train_start (None:
+        the split's start) to the calibration slice's first one (None: the split's end);
+        the slice, the latest `calibration_fraction` of the trained-on impressions, is
+        held out for the post-hoc calibration."""
         import numpy as np
         from zoo.data import pipeline
 
-        if not run.config.calibration_fraction:
-            return None
-        if self._cut is None:
-            ts = np.sort(pipeline.timestamps(run.train_files))
-            k = int(len(ts) * (1.0 - run.config.calibration_fraction))
-            if not 0 < k < len(ts):
-                raise ValueError(f"--calibration_fraction {run.config.calibration_fraction}: "
-                                 f"leaves no training or no held-out impressions of "
-                                 f"{len(ts)}")
-            self._cut = int(ts[k])
-            self._num_before = int(np.searchsorted(ts, self._cut))
-        return self._cut
+        if self._range is None:
+            config = run.config
+            start = (None if config.train_start is None
+                     else config_lib.day_start(config.train_start, "--train_start"))
+            cut, count = None, None
+            if start is not None or config.calibration_fraction:
+                ts = np.sort(pipeline.timestamps(run.train_files))
+                first = 0 if start is None else int(np.searchsorted(ts, start))
+                count = len(ts) - first
+                if start is not None and count == 0 and len(ts):
+                    raise ValueError(f"--train_start {config.train_start}: no training "
+                                     f"impression on or after it (the split ends at "
+                                     f"{np.datetime64(int(ts[-1]), 's')} UTC)")
+                if config.calibration_fraction:
+                    k = first + int(count * (1.0 - config.calibration_fraction))
+                    if not first < k < len(ts):
+                        raise ValueError(f"--calibration_fraction "
+                                         f"{config.calibration_fraction}: leaves no training "
+                                         f"or no held-out impressions of {count}")
+                    cut, count = int(ts[k]), int(np.searchsorted(ts, ts[k])) - first
+            self._range, self._count = (start, cut), count
+        return self._range
+
+    def _calibration_cut(self, run) -> int | None:
+        return self._training_range(run)[1]
 
     def num_training_examples(self, run) -> int:
-        if self._calibration_cut(run) is None:
+        self._training_range(run)
+        if self._count is None:
             return super().num_training_examples(run)
-        return self._num_before
+        return self._count
 
     def train_dataset(self, run, ctx):
         import tensorflow as tf
@@ -264,6 +282,7 @@ class MultitaskTask(base_task.Task):
         config = run.config
         preprocessor = run.model.preprocessor
         per_replica = ctx.get_per_replica_batch_size(config.batch_size)
+        time_range = self._training_range(run)
         # Each step takes one batch per replica fed by this pipeline.
         per_step = ctx.num_replicas_in_sync // ctx.num_input_pipelines
         # parameter_server: every worker runs this same (once traced) pipeline,
@@ -279,7 +298,7 @@ class MultitaskTask(base_task.Task):
             input_context=ctx,
             skip_batches=0 if run.parameter_server else run.start_step * per_step,
             keep_fraction=config.labels_fraction,
-            time_range=None if self._cut is None else (None, self._cut))
+            time_range=None if time_range == (None, None) else time_range)
 
         def features_and_labels(batch):
             return preprocessor(evaluation.raw_features(batch)), split_labels(batch)[1]
@@ -322,17 +341,17 @@ class MultitaskTask(base_task.Task):
         if self._calibration_cut(run) is None:
             return
         config = run.config
-        ds = pipeline_eval_slice(run, self._cut, self.local_model(run).preprocessor)
+        ds = pipeline_eval_slice(run, self._calibration_cut(run), self.local_model(run).preprocessor)
         preds, extras = loop.predict_dataset(self.local_model(run), ds,
                                              jit_compile=run.jit_compile)
         self._calibration = calibration.fit(extras, preds,
                                             config_lib.calibrated_outputs(config))
         result["calibration"] = {
-            "fraction": config.calibration_fraction, "from_timestamp": self._cut,
+            "fraction": config.calibration_fraction, "from_timestamp": self._calibration_cut(run),
             "held_out_impressions": int(len(extras["click"])), "fitted": self._calibration}
         if config.verbose:
             print(f"calibration fitted on {len(extras['click']):,} held-out impressions "
-                  f"(from t={self._cut}): {self._calibration}")
+                  f"(from t={self._calibration_cut(run)}): {self._calibration}")
 
     def final_model(self, run):
         """What is evaluated, saved and exported: the trained model, calibrated when a

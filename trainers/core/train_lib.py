@@ -50,6 +50,9 @@ def check(task: base_task.Task, config) -> dict:
     task.task_weights(config)
     spec = zoo.spec(config.model)
     task.check(config, model_config, spec)
+    if config.train_start and not task.trains_from_start:
+        raise ValueError(f"--train_start: {config.model} ({task.name}) trains on the whole "
+                         "training split; it is honoured by the multi-task rankers")
     if config.calibration_fraction and not (task.calibrates and spec.calibratable):
         raise ValueError(f"--calibration_fraction: {config.model} ({task.name}) has no "
                          "post-hoc calibration; it is fitted for the multi-task rankers "

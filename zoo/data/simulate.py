@@ -3,7 +3,7 @@ r"""A behaviour simulator for a small web shop, with the true label probabilitie
     python -m zoo.data.simulate --output_dir DIR [--num_users 1400 --num_items 3000 --days 28
         --seed 0 --format parquet|csv --eval_fraction 0.2 --num_price_ranges 5
         --price_horizon_days 7 --demand_horizon_days 7 --oracle_replays 6 --demand_replays 2
-        --[no]repeat_purchase --brand_echo 0]
+        --[no]repeat_purchase --brand_echo 0 --drift 0]
 
 writes a contract folder (see `zoo/data/contract.py`) plus the oracle:
 
@@ -44,6 +44,19 @@ a recent purchase of the candidate's brand - then drives clicks on its own, whic
 explanation of the model should find (`tests/test_explain.py`). The oracle stays exact: the
 term is part of the utility the simulator draws from. No random draw depends on it, so with
 the same seed the log differs only through the responses it changes.
+
+Drift (`drift`, 0 by default, so the default shop is unchanged; 1 is the drifting shop of
+the daily-training comparison): the world changes under a model trained once.
+* Items are launched and retired: with drift 1, 35 % of the items (not the first of each
+  category) go on sale on a day drawn uniformly over the log and 30 % are retired some weeks
+  after their launch (retrieval, and so the log, only ever holds items on sale that day); a
+  new item is attractive while it is new (+0.8 on its attractiveness, decaying over a week).
+* Category demand is seasonal: every category's taste term gains 1.2 sin(2 pi d / 56 +
+  phase), so over 8 weeks categories rise and fall in intent, feeds and clicks.
+* Tastes drift slowly: the user's base taste (the level the daily AR(1) drift reverts to)
+  moves linearly by N(0, 1) per category over the log.
+Everything scales with `drift`; it draws from its own random stream, and the oracle stays
+exact (the terms are part of the state the simulator draws from and replays).
 
 Sessions arrive per user as a Poisson process with a time-of-day (zero between 23:30 and 06:00,
 so no session crosses midnight) and day-of-week profile; the next one can only start after the
@@ -115,9 +128,16 @@ DEFAULTS = dict(num_users=1400, num_items=3000, num_brands=80, days=28, seed=0,
                 price_horizon_days=contract.DEFAULT_PRICE_HORIZON_DAYS,
                 demand_horizon_days=contract.DEFAULT_DEMAND_HORIZON_DAYS,
                 oracle_replays=6, demand_replays=2, sessions_per_day=0.25,
-                repeat_purchase=True, brand_echo=0.0)
+                repeat_purchase=True, brand_echo=0.0, drift=0.0)
 # The planted signal's window (`brand_echo`): a purchase of the brand this recent counts.
 BRAND_ECHO_SECONDS = 3 * DAY
+# Drift (`drift` = 1): shares of items launched during the log / retired, the novelty boost
+# of a new item and its decay, the seasonal amplitude and period of category demand, the
+# total move of the users' base tastes over the log.
+DRIFT_LAUNCHED, DRIFT_RETIRED = 0.35, 0.30
+DRIFT_NOVELTY, DRIFT_NOVELTY_DAYS = 0.8, 7.0
+DRIFT_SEASON, DRIFT_SEASON_DAYS = 1.2, 56.0
+DRIFT_TASTE = 1.0
 
 # name, [noun, synonyms...], 8 attribute words, median price
 CATEGORIES = [
@@ -195,9 +215,10 @@ class World:
     """Static catalogue, users and the exogenous time profiles."""
 
     def __init__(self, num_users, num_items, num_brands, days, extra_days, seed,
-                 sessions_per_day, repeat_purchase=False, brand_echo=0.0):
+                 sessions_per_day, repeat_purchase=False, brand_echo=0.0, drift=0.0):
         rng = np.random.default_rng([seed, 1])
         self.brand_echo = float(brand_echo)
+        self.drift = float(drift)
         C, A = NUM_CATS, NUM_ATTRS
         self.days = days
         self.t0 = START_TIME
@@ -293,6 +314,7 @@ class World:
         self.engage = rng.normal(0, 0.5, U)
         self.num_users, self.num_brands = U, B
         self._repeat_purchase(repeat_purchase, np.random.default_rng([seed, 4]))
+        self._drift(np.random.default_rng([seed, 5]))
 
         # Session intensity: 15-minute bins over all days, normalised to 1 session per day.
         binsec = 900
@@ -332,6 +354,43 @@ class World:
             self.staple0[buyers, c] = items[np.argmax(pick, 1)]
             ago = rng.uniform(0.0, 1.0, len(buyers)) * self.cycle[buyers, c]
             self.last_buy0[buyers, c] = self.t0 - ago.astype(np.int64)
+
+    def _drift(self, rng):
+        """Item launches and retirements, seasonal category demand and the drift of the
+        base tastes (own stream; all off at drift 0, so the default shop is unchanged)."""
+        I, C, U, T = self.num_items, NUM_CATS, self.num_users, self.num_days_total
+        self.launch = np.zeros(I, np.int64)
+        self.retire = np.full(I, T, np.int64)
+        self.season = np.zeros((C, T))
+        self.taste_shift = np.zeros((U, C))
+        if self.drift <= 0:
+            self.on_sale = np.ones((I, T), bool)
+            return
+        share = min(self.drift, 1.0)
+        first = np.zeros(I, bool)
+        first[np.unique(self.icat, return_index=True)[1]] = True  # one item per category
+        launched = (rng.random(I) < DRIFT_LAUNCHED * share) & ~first
+        self.launch = np.where(launched, rng.integers(1, max(self.days, 2), I), 0)
+        retired = (rng.random(I) < DRIFT_RETIRED * share) & ~first
+        life = 7 + rng.exponential(self.days / 2.0, I).astype(np.int64)
+        self.retire = np.where(retired, np.minimum(self.launch + life, T), T)
+        dd = np.arange(T)
+        self.on_sale = (dd[None, :] >= self.launch[:, None]) & (dd[None, :] < self.retire[:, None])
+        age = dd[None, :] - self.launch[:, None]
+        novelty = np.where(launched[:, None] & (age >= 0),
+                           DRIFT_NOVELTY * np.exp(-np.maximum(age, 0) / DRIFT_NOVELTY_DAYS), 0.0)
+        self.attract = self.attract + self.drift * novelty
+        phase = rng.uniform(0, 2 * np.pi, C)
+        self.season = self.drift * DRIFT_SEASON * np.sin(
+            2 * np.pi * dd[None, :] / DRIFT_SEASON_DAYS + phase[:, None])
+        self.taste_shift = self.drift * DRIFT_TASTE * rng.normal(0, 1, (U, C))
+
+    def base_taste(self, uid, day):
+        """[n, C]: the taste the users' daily drift reverts to on `day` (theta0 without drift)."""
+        if self.drift <= 0:
+            return self.theta0[uid]
+        frac = (np.asarray(day, np.float64) / max(self.days, 1))[:, None]
+        return self.theta0[uid] + frac * self.taste_shift[uid]
 
     def need(self, st, a, t):
         """[n, C] in [0, 1]: how due each consumable with a staple is for agents a at t."""
@@ -403,10 +462,10 @@ def _session_start(world, st, a, t, rng):
         am, km = a[moved], k[moved][:, None]
         phik = DRIFT_PHI ** km
         sd = DRIFT_SIGMA * np.sqrt((1 - phik ** 2) / (1 - DRIFT_PHI ** 2))
-        base = world.theta0[st.uid[am]]
+        base = world.base_taste(st.uid[am], day[moved])
         st.theta[am] = base + phik * (st.theta[am] - base) + sd * rng.normal(size=(len(am), NUM_CATS))
         st.day[am] = day[moved]
-    logits = (st.theta[a] + 1.0 * np.log1p(st.rec[a]) - 1.2 * st.sat[a]
+    logits = (st.theta[a] + world.season[:, day].T + 1.0 * np.log1p(st.rec[a]) - 1.2 * st.sat[a]
               + NEED_INTENT * world.need(st, a, np.broadcast_to(t, a.shape)))
     intent = np.argmax(logits + _gumbel(rng, logits.shape), axis=1)
     n = len(a)
@@ -466,7 +525,9 @@ def _gen_page(world, st, S, rng):
     _new_queries(world, st, S, np.flatnonzero(search & ~paginate), rng)
     # Page category: the query's (search) or the recommender's (feed).
     need = world.need(st, a, S["T"])
-    feed_logits = st.theta[a] + 0.8 * np.log1p(st.rec[a]) + NEED_INTENT * need
+    day = world.day_of(S["T"])
+    feed_logits = (st.theta[a] + world.season[:, day].T + 0.8 * np.log1p(st.rec[a])
+                   + NEED_INTENT * need)
     feed_cat = np.argmax(feed_logits + _gumbel(rng, feed_logits.shape), 1)
     pc = np.where(search, S["qc"], feed_cat)
     staple = st.staple[a, pc]  # the user's staple of the page's category (-1: none)
@@ -484,11 +545,11 @@ def _gen_page(world, st, S, rng):
     inject = (staple >= 0) & ~(valid & (items == staple[:, None])).any(1)
     items[inject, 0] = staple[inject]
     valid[inject, 0] = True
+    valid &= world.on_sale[items, day[:, None]]  # retired or not yet launched: not retrieved
     # Not shown before in the session.
     I = world.num_items
     shown_keys = (np.arange(n)[:, None] * I + S["shown"])[S["shown"] >= 0]
     valid &= ~np.isin(np.arange(n)[:, None] * I + items, shown_keys)
-    day = world.day_of(S["T"])
     att = world.attract[items, day[:, None]]
     qb = np.where(search, S["qbrand"], -2)[:, None]
     qa = np.where(search, S["qattr"], -2)[:, None]
@@ -521,7 +582,7 @@ def _gen_page(world, st, S, rng):
     under = np.maximum(z - lp - 0.4, 0.0)
     fit = -world.lam[uid][:, None] * over ** 2 - 0.4 * under ** 2
     intent_hit = ic == S["intent"][:, None]
-    theta = np.take_along_axis(st.theta[a], ic, 1)
+    theta = np.take_along_axis(st.theta[a], ic, 1) + world.season[ic, day[:, None]]
     baff = np.take_along_axis(st.baff[a], ib, 1)
     sat = np.take_along_axis(st.sat[a], ic, 1)
     pref = world.pref_attr[uid[:, None], ic]
@@ -952,7 +1013,7 @@ def simulate(output_dir, num_users=DEFAULTS["num_users"], num_items=DEFAULTS["nu
              oracle_replays=DEFAULTS["oracle_replays"], demand_replays=DEFAULTS["demand_replays"],
              sessions_per_day=DEFAULTS["sessions_per_day"],
              repeat_purchase=DEFAULTS["repeat_purchase"], brand_echo=DEFAULTS["brand_echo"],
-             overwrite=True, verbose=False):
+             drift=DEFAULTS["drift"], overwrite=True, verbose=False):
     """Simulates the shop and writes the contract folder + oracle; returns a summary dict."""
     if format not in ("parquet", "csv"):
         raise ValueError(f"format must be parquet or csv, got {format!r}")
@@ -960,6 +1021,8 @@ def simulate(output_dir, num_users=DEFAULTS["num_users"], num_items=DEFAULTS["nu
         raise ValueError("need num_items >= 20, num_users >= 1, days >= 1, num_brands >= 3")
     if not np.isfinite(brand_echo):
         raise ValueError(f"brand_echo must be a finite number, got {brand_echo!r}")
+    if not (np.isfinite(drift) and drift >= 0):
+        raise ValueError(f"drift must be a finite number >= 0 (0: no drift), got {drift!r}")
     t_start = time.time()
     output_dir = os.path.abspath(output_dir)
     parent = os.path.dirname(output_dir)
@@ -970,7 +1033,8 @@ def simulate(output_dir, num_users=DEFAULTS["num_users"], num_items=DEFAULTS["nu
         summary = _simulate_into(tmp, num_users, num_items, num_brands, days, seed, format,
                                  eval_fraction, num_price_ranges, price_horizon_days,
                                  demand_horizon_days, oracle_replays, demand_replays,
-                                 sessions_per_day, repeat_purchase, brand_echo, verbose)
+                                 sessions_per_day, repeat_purchase, brand_echo, drift,
+                                 verbose)
         if os.path.exists(output_dir):
             if not overwrite:
                 shutil.rmtree(tmp)
@@ -991,10 +1055,10 @@ def simulate(output_dir, num_users=DEFAULTS["num_users"], num_items=DEFAULTS["nu
 
 def _simulate_into(out, num_users, num_items, num_brands, days, seed, fmt, eval_fraction, K, H, D,
                    oracle_replays, demand_replays, sessions_per_day, repeat_purchase, brand_echo,
-                   verbose):
+                   drift, verbose):
     extra = int(np.ceil(max(H, D))) + 2
     world = World(num_users, num_items, num_brands, days, extra, seed, sessions_per_day,
-                  repeat_purchase, brand_echo)
+                  repeat_purchase, brand_echo, drift)
     rng = np.random.default_rng([seed, 0])
     use_oracle = oracle_replays > 0
     st = State.initial(world)
@@ -1125,6 +1189,7 @@ def _simulate_into(out, num_users, num_items, num_brands, days, seed, fmt, eval_
                 num_users=num_users, num_items=num_items, num_brands=num_brands, days=days,
                 start_time=START_TIME, sessions_per_day=sessions_per_day,
                 repeat_purchase=bool(repeat_purchase), brand_echo=float(brand_echo),
+                **({"drift": float(drift)} if drift else {}),
                 notes="p_click/p_purchase exact; p_price_range_* and demand: Rao-Blackwellised "
                       "Monte Carlo (see zoo/data/simulate.py docstring); NaN when replays are 0.")
     with open(os.path.join(out, "oracle_meta.json"), "w") as f:
@@ -1164,7 +1229,7 @@ def main(argv):
                        oracle_replays=F.oracle_replays, demand_replays=F.demand_replays,
                        sessions_per_day=F.sessions_per_day,
                        repeat_purchase=F.repeat_purchase, brand_echo=F.brand_echo,
-                       verbose=F.verbose)
+                       drift=F.drift, verbose=F.verbose)
     print(json.dumps(summary, indent=1))
 
 
@@ -1192,6 +1257,10 @@ def _define_flags():
     flags.DEFINE_float("brand_echo", DEFAULTS["brand_echo"],
                        "Planted signal: click utility added while the user bought the item's "
                        "brand within 3 days (0: off; see the docstring).")
+    flags.DEFINE_float("drift", DEFAULTS["drift"],
+                       "Drift of the shop over time: items launched and retired, seasonal "
+                       "category demand, drifting tastes (0: none; 1: the drifting shop of "
+                       "the daily-training comparison; see the docstring).")
     flags.DEFINE_bool("verbose", False, "Progress per day.")
     flags.mark_flag_as_required("output_dir")
 
