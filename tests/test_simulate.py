@@ -364,3 +364,19 @@ def test_drift_changes_the_shop_over_time_and_the_oracle_stays_exact(tmp_path):
     assert shares[1.0] > 0.1 and shares[1.0] > 4 * shares[0.0], shares
     with pytest.raises(ValueError, match="drift must be a finite number >= 0"):
         simulate.simulate(str(tmp_path / "bad"), **kw, drift=-1.0)
+
+
+def test_the_default_shop_is_unchanged_by_the_options_added_since(tmp_path):
+    """A digest of a small default shop's tables (events, items, oracle), recorded with the
+    code before `drift` existed (commit ae1e917): an option that is off must not move a
+    single draw of the default world."""
+    import hashlib
+
+    simulate.simulate(str(tmp_path / "shop"), num_users=120, num_items=200, num_brands=10,
+                      days=4, seed=11, oracle_replays=2, demand_replays=1)
+    digest = hashlib.sha256()
+    for name in ("events", "items", "oracle"):
+        table = pq.read_table(str(tmp_path / "shop" / f"{name}.parquet"))
+        digest.update(json.dumps(table.to_pydict(), sort_keys=True, default=str).encode())
+    assert digest.hexdigest() == (
+        "6367ef1ea013de38cc358534f22ab61b5f4d17ae109c10c0b0e183d6659e7abd")
