@@ -14,7 +14,8 @@ import pytest
 import fixtures
 from helpers import REPO, subprocess_env
 from export import registry
-from trainers.core import config as config_lib, continual_lib, drift as drift_lib
+from trainers import continual_lib
+from trainers.core import config as config_lib, drift as drift_lib
 from zoo.data import contract, labels, simulate
 
 DAYS = ("2026-01-12", "2026-01-13", "2026-01-14")
@@ -30,7 +31,7 @@ def _config(data, **kw):
 def _options(root, **kw):
     values = dict(start_day=DAYS[0], days=3, window_days=4, lookback_days=2,
                   export_base=str(root / "exports"), name="shop",
-                  output_dir=str(root / "out"), baselines=("scratch", "frozen"))
+                  output_dir=str(root / "out"), baselines=("frozen",))
     values.update(kw)
     return continual_lib.Options(**values)
 
@@ -97,7 +98,7 @@ def test_impression_features_count_the_users_earlier_behaviour(tmp_path):
 
 def test_daily_loop_gates_promotes_and_compares_on_the_same_rows(drifting, tmp_path,
                                                                  monkeypatch):
-    """Three days, warm-started, with from-scratch and frozen baselines. The served version
+    """Three days, warm-started, with the frozen baseline. The served version
     is made to look better on the second day: that day's version is exported but not
     promoted, the label stays, and the third day warm-starts from the served model."""
     real_evaluate = continual_lib.evaluate
@@ -118,7 +119,7 @@ def test_daily_loop_gates_promotes_and_compares_on_the_same_rows(drifting, tmp_p
     assert len(lines) == 3 and "NOT promoted: click/auc" in lines[1]
 
     by = {(r["date"], r["arm"]): r for r in rows}
-    assert len(by) == 9
+    assert len(by) == 6
     day1, day2, day3 = (by[(d, "warm")] for d in DAYS)
     assert day1["promoted"] and day1["reason"] == "no version served yet"
     assert not day2["blessed"] and not day2["promoted"]
@@ -130,19 +131,19 @@ def test_daily_loop_gates_promotes_and_compares_on_the_same_rows(drifting, tmp_p
     assert registry.lookup(base, "shop", "stable") == (3 if day3["promoted"] else 1)
 
     # The first day trains once for every arm; the frozen arm never trains again.
-    assert by[(DAYS[0], "scratch")]["same_as"] == by[(DAYS[0], "frozen")]["same_as"] == "warm"
-    assert "same_as" not in day1
+    assert by[(DAYS[0], "frozen")]["same_as"] == "warm" and "same_as" not in day1
     for d in DAYS[1:]:
         assert by[(d, "frozen")]["trained"] is False
-        assert by[(d, "scratch")]["trained"] and by[(d, "scratch")]["parent"] == ""
-    # Scratch trains on the window only (the look-back is context): its steps are the
-    # window's impressions over the batch; the warm day trains on its newest 2 days.
+        assert by[(d, "frozen")]["metrics"]["click/auc"] != day1["metrics"]["click/auc"]
+    # The first day trains on its window only (the look-back is context): its steps are
+    # the window's impressions over the batch; a warm day trains on its newest 2 days.
     tables = contract.read_contract(drifting)
     ts = tables.events["timestamp"]
     imp = tables.events["event_type"] == contract.EVENT_INDEX["impression"]
+    d1 = config_lib.day_start(DAYS[0], "day")
+    in_window = imp & (ts >= d1 - 4 * continual_lib.DAY) & (ts < d1)
+    assert day1["steps"] == math.ceil(in_window.sum() / 64)
     d2 = config_lib.day_start(DAYS[1], "day")
-    in_window = imp & (ts >= d2 - 4 * continual_lib.DAY) & (ts < d2)
-    assert by[(DAYS[1], "scratch")]["steps"] == math.ceil(in_window.sum() / 64)
     newest = imp & (ts >= d2 - 2 * continual_lib.DAY) & (ts < d2)
     assert day2["steps"] == math.ceil(newest.sum() / 64)
 

@@ -159,7 +159,7 @@ def test_flagfile_round_trips_every_field(tmp_path):
     text = open(path).read()
     for name in _field_names():
         if name not in ("data_dir", "tfds_dir", "model_dir", "export_base", "init_checkpoint",
-                        "warm_start_from"):
+                        "warm_start_from", "train_start"):
             assert f"--{name}=" in text, name
 
 

@@ -10,7 +10,7 @@ a new version to B/NAME, evaluate it and the served version on the day's impress
 promote it (the label the server follows in B/models.config) only if no main metric is worse
 than the served version's by more than the gate's tolerance. R/days.csv and R/days.png hold
 every day's figures (and the baselines' beside them), R/drift/DAY.json the day's drift
-against its window. The work is `trainers.core.continual_lib.run`.
+against its window. The work is `trainers.continual_lib.run`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ SET_BY_THE_LOOP = ("model_dir", "warm_start_from", "init_checkpoint", "export_na
 
 
 def define_flags():
-    from trainers.core import continual_lib
+    from trainers import continual_lib
 
     config_lib.define_flags()
     flags.DEFINE_string("start_day", None, "First day to train for and evaluate on "
@@ -60,7 +60,7 @@ def define_flags():
 
 
 def options_from_flags():
-    from trainers.core import continual_lib
+    from trainers import continual_lib
 
     F = flags.FLAGS
     named = [n for n in SET_BY_THE_LOOP if F[n].present]
@@ -84,7 +84,8 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from export.registry import RegistryError
     from export.saved_model import ExportError
-    from trainers.core import continual_lib, distribute
+    from trainers import continual_lib
+    from trainers.core import distribute
 
     if not flags.FLAGS["verbosity"].present:  # one line per day; the runs' own logs off
         from absl import logging as absl_logging

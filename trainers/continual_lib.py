@@ -1,5 +1,8 @@
 """The daily loop: a log replayed at the cadence of production.
 
+It trains, exports and promotes, so it sits above `export/` beside the entry points, not in
+the run library (`trainers/core` never imports `export`).
+
 For each day d: the last `window_days` days before d are the training window, day d is the
 holdout. The loop's model is trained on the window (warm-started from the model being served,
 or from scratch), exported as a new version, and evaluated beside the version being served on
