@@ -108,7 +108,12 @@ def check(options: Options, config: config_lib.TrainConfig) -> None:
     """Every check that needs no data, before anything is created."""
     from export.registry import _check_label, _check_name
 
-    config_lib.validate(config)
+    # --evict_after_days applies to the warm-started days only.
+    config_lib.check_evict_after_days(config.evict_after_days)
+    if config.evict_after_days and "warm" not in (options.mode, *options.baselines):
+        raise ValueError("--evict_after_days: no arm is warm-started (--mode scratch, no "
+                         "warm baseline)")
+    config_lib.validate(dataclasses.replace(config, evict_after_days=0.0))
     if options.days < 1:
         raise ValueError(f"--days must be >= 1, got {options.days}")
     if options.window_days < 1:
@@ -149,7 +154,8 @@ def check(options: Options, config: config_lib.TrainConfig) -> None:
     from trainers.core.multitask_task import MultitaskTask
 
     train_lib.check(MultitaskTask(), dataclasses.replace(config, train_start=options.start_day,
-                                                         export_base=None))
+                                                         export_base=None,
+                                                         evict_after_days=0.0))
     if zoo.spec(config.model).task == "retrieval" or zoo.spec(config.model).trainer != "keras":
         raise ValueError(f"--model {config.model}: the daily loop trains the multi-task "
                          "rankers (bert_mtl and its structures, dnn_mtl)")
@@ -263,6 +269,7 @@ def _train_and_judge(options, config, tables, day, start, window, arms, state,
             run_config = dataclasses.replace(
                 config, data_dir=window, model_dir=model_dir, train_start=day_name(first),
                 warm_start_from=parent if warm else None,
+                evict_after_days=config.evict_after_days if warm else 0.0,
                 epochs=options.warm_epochs if warm else config.epochs,
                 learning_rate=options.warm_learning_rate if warm else config.learning_rate,
                 export_base=None)

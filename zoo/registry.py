@@ -77,10 +77,14 @@ class ModelSpec:
     # (or its "module:function" name), for families that learn vocabularies from training
     # data; None = nothing to fit.
     fit_vocabulary: Callable[..., Any] | str | None = None
-    # `grow_vocabulary(previous, new) -> dict`: a warm-started run's vocabulary (every id
-    # of `previous` keeps its index; `new`'s new ids are appended); None = the family
-    # cannot be warm-started.
+    # `grow_vocabulary(previous, new, evict_after_days=0) -> dict`: a warm-started run's
+    # vocabulary (the ids of `previous` keep their order, less those evicted; `new`'s new
+    # ids are appended); None = the family cannot be warm-started.
     grow_vocabulary: Callable[..., Any] | str | None = None
+    # `table_rows(previous, vocabulary, weight_path, rows) -> np.ndarray | None`: for a warm
+    # start, the parent's row of each row of an id table (-1: fresh), None for any other
+    # weight (copied whole). Absent: tables are copied row for row as a prefix.
+    table_rows: Callable[..., Any] | str | None = None
     # Module whose import registers the family's Keras classes (for safe-mode loading).
     keras_module: str | None = None
     # `wants_xla(config) -> bool`: whether XLA compilation speeds this model's training
@@ -107,11 +111,15 @@ class ModelSpec:
         return None if self.fit_vocabulary is None else resolve(self.fit_vocabulary)(
             features, config)
 
-    def grow(self, previous: dict, new: dict) -> dict:
+    def grow(self, previous: dict, new: dict, **options) -> dict:
         if self.grow_vocabulary is None:
             raise ValueError(f"model {self.name!r} cannot be warm-started (its vocabulary "
                              "cannot grow); train it from scratch")
-        return resolve(self.grow_vocabulary)(previous, new)
+        return resolve(self.grow_vocabulary)(previous, new, **options)
+
+    def rows(self, previous: dict, vocabulary: dict, weight_path: str, rows: int):
+        return (None if self.table_rows is None else
+                resolve(self.table_rows)(previous, vocabulary, weight_path, rows))
 
     def jit_compile(self, config: dict) -> bool:
         return bool(self.wants_xla(config)) if self.wants_xla else False

@@ -109,6 +109,11 @@ class TrainConfig:
         "yesterday's): this run starts from its weights; the vocabularies grow (new ids get "
         "fresh rows, known ids keep theirs), the optimizer starts fresh, and the run spec "
         "records the parent.")
+    evict_after_days: float = _field(
+        0.0, "With --warm_start_from: ids (items, users, brands, categories) that no training "
+        "example of this run or of its parents held in this many days before the newest "
+        "one are dropped from the vocabulary (they go to the OOV buckets and their table rows "
+        "are freed, so the tables do not grow with every id ever seen); 0: never.")
     lora_rank: int = _field(0, "> 0: LoRA adapters of this rank on the encoder's attention; "
                             "the rest of the encoder is frozen.")
     freeze_encoder: bool = _field(False, "Train the heads only.")
@@ -313,6 +318,11 @@ def calibrated_outputs(config: TrainConfig) -> tuple[str, ...]:
     return tuple(o.strip() for o in config.calibrated_outputs.split(",") if o.strip())
 
 
+def check_evict_after_days(days: float) -> None:
+    if not (days >= 0 and math.isfinite(days)):
+        raise ValueError(f"--evict_after_days must be >= 0, got {days}")
+
+
 def validate(config: TrainConfig) -> None:
     """Checks that need no data and no model, run before anything is created."""
     positive = ("batch_size", "eval_batch_size", "steps_per_loop", "vocabulary_examples",
@@ -340,6 +350,10 @@ def validate(config: TrainConfig) -> None:
                          "click, purchase, price_range")
     if config.train_start is not None:
         day_start(config.train_start, "--train_start")
+    check_evict_after_days(config.evict_after_days)
+    if config.evict_after_days and not config.warm_start_from:
+        raise ValueError("--evict_after_days needs --warm_start_from (only a warm start has "
+                         "ids to evict)")
     if config.model_dir:
         check_writable_dir(config.model_dir, "--model_dir")
     if config.data_dir is not None and not contract.is_folder(config.data_dir):

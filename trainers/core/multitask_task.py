@@ -56,9 +56,11 @@ def check_warm_start(config, spec) -> dict:
             "step": record.get("step")}
 
 
-def warm_start(model, parent_dir: str) -> None:
+def warm_start(model, parent_dir: str, spec=None) -> None:
     """Copies the parent's weights into `model` (built with the grown vocabulary): equal
-    shapes whole, grown tables row for row (the rows of new ids keep their fresh values)."""
+    shapes whole; an id table by id (`spec.rows`: every id the two vocabularies share keeps
+    its trained row, a new id's row keeps its fresh values, an evicted id's row is gone);
+    without `spec.table_rows`, a grown table row for row as a prefix."""
     import numpy as np
 
     parent, _ = rundir.load_trained(parent_dir)
@@ -66,18 +68,44 @@ def warm_start(model, parent_dir: str) -> None:
     if len(ours) != len(theirs):
         raise ValueError(f"--warm_start_from {parent_dir}: {len(theirs)} weights, this model "
                          f"has {len(ours)}")
+    previous = getattr(parent, "vocabulary", None) or {}
+    current = getattr(model, "vocabulary", None) or {}
     for mine, old in zip(ours, theirs):
         value = np.asarray(old.numpy())
-        if tuple(mine.shape) == value.shape:
+        shape = tuple(mine.shape)
+        rows = (spec.rows(previous, current, mine.path, shape[0])
+                if spec is not None and shape else None)
+        if rows is not None and shape[1:] == value.shape[1:] and (
+                len(rows) == shape[0] and rows.max(initial=-1) < value.shape[0]):
+            table = np.array(mine.numpy())
+            known = rows >= 0
+            table[known] = value[rows[known]]
+            mine.assign(table)
+        elif shape == value.shape:
             mine.assign(value)
-        elif (len(value.shape) >= 1 and tuple(mine.shape[1:]) == value.shape[1:]
-              and mine.shape[0] >= value.shape[0]):
+        elif (rows is None and len(value.shape) >= 1 and shape[1:] == value.shape[1:]
+              and shape[0] >= value.shape[0]):
             grown = np.array(mine.numpy())
             grown[:value.shape[0]] = value
             mine.assign(grown)
         else:
             raise ValueError(f"--warm_start_from {parent_dir}: weight {old.path} is "
-                             f"{value.shape}, this model's {mine.path} {tuple(mine.shape)}")
+                             f"{value.shape}, this model's {mine.path} {shape}")
+
+
+def describe_growth(previous: dict, grown: dict, evict_after_days: float) -> str:
+    """One line per id list a warm start changed: how many ids it kept, added, evicted."""
+    lines = []
+    for key in ("item_id", "user_id", "brand", "category"):
+        if key not in previous or key not in grown:
+            continue
+        before, after = set(previous[key]), set(grown[key])
+        added, evicted = len(after - before), len(before - after)
+        if added or evicted:
+            lines.append(f"  {key:<9}: {len(before & after):,} kept, {added:,} new"
+                         + (f", {evicted:,} evicted (unseen for {evict_after_days:g} days)"
+                            if evicted else ""))
+    return "warm start: the vocabulary grows\n" + ("\n".join(lines) or "  nothing new")
 
 
 def zoo_spec(config):
@@ -146,7 +174,7 @@ def build_model(config, vocabulary: dict, sample: dict):
     if config.init_checkpoint:
         init_encoder(model, config.init_checkpoint)
     if config.warm_start_from:
-        warm_start(model, config.warm_start_from)
+        warm_start(model, config.warm_start_from, zoo.spec(config.model))
     adapt_for_fine_tuning(model, config)
     return model
 
@@ -211,7 +239,11 @@ class MultitaskTask(base_task.Task):
     def initial_vocabulary(self, config, fit=None):
         if config.warm_start_from:
             previous = rundir.read_vocabulary(config.warm_start_from)
-            return zoo_spec(config).grow(previous, fit())
+            grown = zoo_spec(config).grow(previous, fit(),
+                                          evict_after_days=config.evict_after_days)
+            if config.verbose:
+                print(describe_growth(previous, grown, config.evict_after_days))
+            return grown
         if not config.init_checkpoint:
             return None
         vocabulary = rundir.read_vocabulary(config.init_checkpoint)

@@ -55,6 +55,7 @@ SPECS = tuple(
          builder="zoo.models.bert_mtl.model:build", build_args=("vocabulary",),
          fit_vocabulary="zoo.models.ranker.vocabulary:fit_vocabulary",
          grow_vocabulary="zoo.models.ranker.vocabulary:grow_vocabulary",
+         table_rows="zoo.models.ranker.vocabulary:table_rows",
          keras_module="zoo.models.bert_mtl.model", wants_xla=wants_xla, pretrainable=True,
          calibratable=True)
     for name, presets, description in (

@@ -27,4 +27,5 @@ SPECS = (dict(name=NAME, presets=PRESETS, description=DESCRIPTION,
               builder="zoo.models.dnn_mtl.model:build", build_args=("vocabulary",),
               fit_vocabulary="zoo.models.ranker.vocabulary:fit_vocabulary",
               grow_vocabulary="zoo.models.ranker.vocabulary:grow_vocabulary",
+              table_rows="zoo.models.ranker.vocabulary:table_rows",
               keras_module="zoo.models.dnn_mtl.model", calibratable=True),)

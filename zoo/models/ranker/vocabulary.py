@@ -15,11 +15,16 @@ model also carries it inside its `.keras` file, in the preprocessor's config):
      "category_log_price": [...], # optional: mean log price of each category's distinct
      "log_price_mean": float,     # training items, and of all of them (unknown categories):
                                   # the level the in-graph relative prices are taken against
-     "context": {"names": [...], "mean": [...], "std": [...], "edges": [[...], ...]}}
+     "context": {"names": [...], "mean": [...], "std": [...], "edges": [[...], ...]},
                                   # optional (context_features): statistics of log1p of
                                   # each context feature over its defined training values;
                                   # edges: its quantiles (CONTEXT_BINS + 1 per feature), the
                                   # bins of the piecewise-linear encoding
+     "last_seen": {"item_id": [...], ...}}
+                                  # optional: per id of LAST_SEEN_KEYS, the timestamp of
+                                  # the newest training example that held it (candidate,
+                                  # history or user); what a warm start's eviction reads.
+                                  # Not part of the model: `validate` leaves it out.
 """
 
 from __future__ import annotations
@@ -32,6 +37,17 @@ FORMAT = "bert_mtl.vocabulary/1"
 RESERVED_TOKENS = ("[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]")
 PAD, CLS, SEP, UNK, MASK = RESERVED_TOKENS
 KEYS = ("wordpiece", "item_id", "category", "brand", "price_edges")
+# Id lists a warm start may evict from (wordpieces stay: text does not go out of stock),
+# and the example features that hold each one's ids.
+LAST_SEEN_KEYS = {"item_id": ("item_id", "hist_item_id"),
+                  "category": ("item_category", "hist_category"),
+                  "brand": ("item_brand", "hist_brand"), "user_id": ("user_id",)}
+# The models' id tables (embedding layer name -> vocabulary key): row i of such a table is
+# id i - TABLE_OFFSET[key] of the key's list (the rows before: padding and OOV buckets).
+ID_TABLES = {"word_embedding": "wordpiece", "item_embedding": "item_id",
+             "category_embedding": "category", "brand_embedding": "brand",
+             "user_embedding": "user_id"}
+SECONDS_PER_DAY = 86_400
 
 
 def _user_vocab_size(config) -> int:
@@ -145,7 +161,44 @@ def fit_vocabulary(features: dict, config) -> dict:
     if config.get("context_features"):
         out["context"] = context_statistics(features)
     out.update(category_price_levels(out["category"], features))
+    if "timestamp" in features:
+        out["last_seen"] = last_seen(out, features)
     return out
+
+
+def last_seen(vocabulary: dict, features: dict) -> dict:
+    """{key: per id of vocabulary[key], the timestamp of the newest example of `features`
+    that holds it} for the LAST_SEEN_KEYS the vocabulary has; -1 for an id none holds."""
+    from zoo.models.strings import lookup
+
+    times = np.asarray(features["timestamp"], np.int64).ravel()
+    out = {}
+    for key, columns in LAST_SEEN_KEYS.items():
+        if key not in vocabulary:
+            continue
+        newest = np.full(len(vocabulary[key]), -1, np.int64)
+        for column in columns:
+            if column not in features:
+                continue
+            values = np.asarray(features[column])
+            index = lookup(values, vocabulary[key])
+            at = np.broadcast_to(times.reshape((-1,) + (1,) * (values.ndim - 1)),
+                                 values.shape)
+            known = index >= 0
+            np.maximum.at(newest, index[known], at[known])
+        out[key] = [int(t) for t in newest]
+    return out
+
+
+def _last_seen_of(vocabulary: dict, key: str) -> dict:
+    """id -> last-seen timestamp of a raw vocabulary (ids without a record: absent)."""
+    seen = (vocabulary.get("last_seen") or {}).get(key)
+    if seen is None:
+        return {}
+    if len(seen) != len(vocabulary[key]):
+        raise ValueError(f"vocabulary['last_seen'][{key!r}] holds {len(seen)} values for "
+                         f"{len(vocabulary[key])} ids; expected one per id")
+    return dict(zip(vocabulary[key], (int(t) for t in seen)))
 
 
 def category_price_levels(categories: list, features: dict) -> dict:
@@ -317,23 +370,45 @@ def item_titles(item_ids: list, features: dict) -> list[str]:
     return [known.get(i, "") for i in item_ids]
 
 
-def grow_vocabulary(previous: dict, new: dict) -> dict:
-    """The vocabulary of a warm-started run: every id of `previous` keeps its index (its
-    row of each table, so its trained values), the ids `new` (fitted on the new window)
-    adds come after them, in `new`'s order. What the weights were trained against stays
-    the previous one's: price edges, the context features' statistics and bins, the
-    overall price level; a new category's price level is the new window's."""
+def grow_vocabulary(previous: dict, new: dict, evict_after_days: float = 0.0) -> dict:
+    """The vocabulary of a warm-started run: the ids of `previous` keep their order (and,
+    through `table_rows`, their rows' trained values), the ids `new` (fitted on the new
+    window) adds come after them, in `new`'s order. What the weights were trained against
+    stays the previous one's: price edges, the context features' statistics and bins, the
+    overall price level; a new category's price level is the new window's.
+
+    evict_after_days > 0: an id of LAST_SEEN_KEYS that no example has held for that many
+    days before `new`'s newest example is dropped (it falls into the OOV buckets; its row
+    is freed, so tables stop growing with every id a shop ever had). An id without a
+    last-seen record (a vocabulary fitted before records existed) counts as seen at the
+    start of `new`'s examples. The result records last-seen times (the newer of the two)."""
+    if evict_after_days < 0:
+        raise ValueError(f"evict_after_days must be >= 0, got {evict_after_days}")
+    raw_previous, raw_new = previous, new
     previous, new = validate(previous), validate(new)
     out = dict(previous)
     if previous["wordpiece"] != new["wordpiece"] and new["wordpiece"][0] == PAD:
         known = set(previous["wordpiece"])
         out["wordpiece"] = previous["wordpiece"] + [t for t in new["wordpiece"]
                                                     if t not in known]
-    for key in ("item_id", "category", "brand", "user_id"):
+    seen_new = {key: _last_seen_of(raw_new, key) for key in LAST_SEEN_KEYS if key in new}
+    times = [t for seen in seen_new.values() for t in seen.values() if t >= 0]
+    newest, oldest = (max(times), min(times)) if times else (None, None)
+    cutoff = (newest - evict_after_days * SECONDS_PER_DAY
+              if evict_after_days > 0 and newest is not None else None)
+    last = {}
+    for key in LAST_SEEN_KEYS:
         if key not in previous:
             continue
+        seen_old = _last_seen_of(raw_previous, key)
+        when = {i: max(seen_old.get(i, oldest if oldest is not None else -1),
+                       seen_new.get(key, {}).get(i, -1)) for i in previous[key]}
+        kept = [i for i in previous[key] if cutoff is None or when[i] >= cutoff]
         known = set(previous[key])
-        out[key] = previous[key] + [v for v in new.get(key, []) if v not in known]
+        out[key] = kept + [v for v in new.get(key, []) if v not in known]
+        for i, t in seen_new.get(key, {}).items():
+            when[i] = max(when.get(i, -1), t)
+        last[key] = [int(when.get(i, -1)) for i in out[key]]
     if "item_titles" in previous:
         titles = dict(zip(new["item_id"], new.get("item_titles", [""] * len(new["item_id"]))))
         old = dict(zip(previous["item_id"], previous["item_titles"]))
@@ -341,7 +416,26 @@ def grow_vocabulary(previous: dict, new: dict) -> dict:
         out["item_titles"] = [old.get(i) or titles.get(i, "") for i in out["item_id"]]
     if "category_log_price" in previous:
         levels = dict(zip(new["category"], new.get("category_log_price", [])))
-        grown = out["category"][len(previous["category"]):]
-        out["category_log_price"] = previous["category_log_price"] + [
-            levels.get(c, previous.get("log_price_mean", 0.0)) for c in grown]
-    return validate(out)
+        old = dict(zip(previous["category"], previous["category_log_price"]))
+        out["category_log_price"] = [
+            old[c] if c in old else levels.get(c, previous.get("log_price_mean", 0.0))
+            for c in out["category"]]
+    out = validate(out)
+    if newest is not None:
+        out["last_seen"] = last
+    return out
+
+
+def table_rows(previous: dict, vocabulary: dict, weight_path: str, rows: int):
+    """For a warm start: the parent's row of each of the `rows` rows of the weight at
+    `weight_path` when it is an id table (-1: a new id's row, which keeps its fresh
+    values), None for any other weight. The rows before the ids (padding, OOV buckets)
+    map to themselves: an evicted id's examples fall there, as unknown ids did."""
+    parts = weight_path.split("/")
+    key = ID_TABLES.get(parts[-2]) if len(parts) >= 2 else None
+    if key is None or key not in vocabulary:
+        return None
+    offset = rows - len(vocabulary[key])
+    old = {v: i for i, v in enumerate(previous.get(key, []))}
+    return np.array(list(range(offset)) + [offset + old[v] if v in old else -1
+                                           for v in vocabulary[key]], np.int64)
