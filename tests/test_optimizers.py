@@ -226,3 +226,48 @@ def test_ema_momentum_outside_0_1_is_refused():
     for bad in (1.0, -0.1):
         with pytest.raises(ValueError, match="--ema_momentum"):
             config_lib.validate(config_lib.TrainConfig(ema_momentum=bad))
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_carried_moments_continue_the_bias_correction(lazy):
+    """`moment_steps` T: the first step's update is Adam's at step T + 1 from the carried
+    moments (numpy reference), for dense and sparse gradients; T = 0 is Keras' AdamW."""
+    from trainers.core.optimizers import ContinuedAdamW
+
+    ids, y = BATCHES[0]
+    model = _model()
+    before = _weights(model)
+    steps, lr, (b1, b2, eps) = 40, 0.05, (0.9, 0.999, 1e-7)
+    opt = (LazyAdamW if lazy else ContinuedAdamW)(learning_rate=lr, weight_decay=0.0,
+                                                  moment_steps=steps)
+    opt.build(model.trainable_variables)
+    rng = np.random.default_rng(0)
+    m0 = [rng.normal(size=v.shape) * 0.01 for v in model.trainable_variables]
+    v0 = [rng.uniform(1e-4, 1e-3, size=v.shape) for v in model.trainable_variables]
+    for slot, a in zip(opt._momentums, m0):
+        slot.assign(a)
+    for slot, a in zip(opt._velocities, v0):
+        slot.assign(a)
+    grads = [np.asarray(tf.convert_to_tensor(g)) for g in _step(model, opt, ids, y)]
+    t = steps + 1
+    alpha = lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+    for w0, w1, g, m, v, var in zip(before, _weights(model), grads, m0, v0,
+                                    model.trainable_variables):
+        m1, v1 = m + (g - m) * (1 - b1), v + (g * g - v) * (1 - b2)
+        expected = w0 - alpha * m1 / (np.sqrt(v1) + eps)
+        if lazy and var.shape[0] == ROWS:  # rows the batch did not look up stay
+            untouched = ~np.isin(np.arange(ROWS), ids.numpy())
+            expected[untouched] = w0[untouched]
+        np.testing.assert_allclose(w1, expected, rtol=1e-5, atol=1e-7)
+
+    # moment_steps 0: exactly Keras' AdamW.
+    a, b = _model(), _model()
+    plain = keras.optimizers.AdamW(learning_rate=lr, weight_decay=0.0)
+    ours = ContinuedAdamW(learning_rate=lr, weight_decay=0.0)
+    for batch in BATCHES:
+        _step(a, plain, *batch)
+        _step(b, ours, *batch)
+    for x, z in zip(_weights(a), _weights(b)):
+        np.testing.assert_array_equal(x, z)
+    with pytest.raises(ValueError, match="moment_steps must be >= 0"):
+        ContinuedAdamW(learning_rate=lr, moment_steps=-1)

@@ -128,6 +128,34 @@ def test_an_evicted_id_goes_to_oov_and_the_rows_follow_their_ids(trained):
         np.testing.assert_allclose(np.asarray(ours[name]), np.asarray(theirs[name]),
                                    atol=1e-5, err_msg=name)
 
+    # --warm_start_optimizer: the parent's moments, an id table's rows following their ids
+    # (the new item's at zero), every other slot whole; the step counter stays this run's.
+    import zoo
+    from trainers.core import loop, optimizers
+
+    optimizer = optimizers.adamw(1e-3, 0.0, moment_steps=7)
+    optimizer.build(loop.train_variables(child))
+    carried = multitask_task.carry_optimizer_state(optimizer, parent_config.model_dir,
+                                                   zoo.spec(parent_config.model), child)
+    reader = tf.train.load_checkpoint(multitask_task.parent_checkpoint(parent_config.model_dir))
+    # This optimizer holds a learning-rate variable the parent's (a schedule) does not.
+    shift = 1 + max(int(n.split("/")[2]) for n in reader.get_variable_to_shape_map()
+                    if n.startswith("optimizer/_variables/")) - len(optimizer.variables)
+    position = {id(v): k + shift for k, v in enumerate(optimizer.variables)}
+    stored = lambda slot: reader.get_tensor(multitask_task.OPTIMIZER_KEY.format(
+        position[id(slot)]))
+    assert carried == 2 * len(optimizer._trainable_variables)
+    assert int(optimizer.iterations.numpy()) == 0
+    for j, var in enumerate(optimizer._trainable_variables):
+        for slot in (optimizer._momentums[j], optimizer._velocities[j]):
+            mine, theirs = np.asarray(slot.numpy()), stored(slot)
+            if var.path.endswith("item_embedding/embeddings"):
+                np.testing.assert_array_equal(mine[lookup(child, ids)], theirs[lookup(parent, ids)])
+                assert not mine[lookup(child, ["brand-new-item"])].any()
+                assert np.abs(theirs[lookup(parent, [gone])]).sum() > 0  # dropped with it
+            else:
+                np.testing.assert_array_equal(mine, theirs)
+
 
 def test_warm_start_grows_the_tables_and_keeps_the_parents_values(trained, tmp_path, capsys):
     parent_config, _ = trained
@@ -171,7 +199,7 @@ def test_warm_start_grows_the_tables_and_keeps_the_parents_values(trained, tmp_p
     multitask.run(config_lib.TrainConfig(
         data_dir=data, tfds_dir=tfds_dir, label_config=LABEL_CFG, preset="tiny",
         model_dir=evicting, steps=1, batch_size=64, warm_start_from=parent_config.model_dir,
-        evict_after_days=2, verbose=True))
+        evict_after_days=2, warm_start_optimizer=True, verbose=True))
     from zoo.data import pipeline
 
     seen = child_vocab["last_seen"]  # the parent's times merged with the new window's
@@ -190,7 +218,13 @@ def test_warm_start_grows_the_tables_and_keeps_the_parents_values(trained, tmp_p
         assert len(evicted_vocab["last_seen"][key]) == len(evicted_vocab[key])
     gone = set(parent_vocab["item_id"]) - set(evicted_vocab["item_id"])
     assert gone  # the new window does not hold every item of the old one
-    assert f"{len(gone):,} evicted (unseen for 2 days)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"{len(gone):,} evicted (unseen for 2 days)" in out
+    # The optimizer's moments came along, formed over the parent's steps.
+    parent_steps = json.load(open(os.path.join(parent_config.model_dir, "metrics.json")))["step"]
+    spec = json.load(open(os.path.join(evicting, "run_spec.json")))
+    assert spec["parent"]["moment_steps"] == parent_steps > 0
+    assert f"(moments of {parent_steps:,} steps)" in out
 
 
 def test_warm_start_refuses_what_cannot_work(trained, tmp_path):
@@ -241,3 +275,11 @@ def test_known_rows_are_bit_equal_before_the_first_step(trained):
             new_w = new_w[:old.shape[0]]
         assert np.array_equal(new_w, old)
     assert sorted(grew) == [1, 1]  # the item and the brand table, one new row each
+
+
+def test_warm_start_options_need_a_warm_start():
+    for extra, match in ((dict(evict_after_days=3), "--evict_after_days needs --warm_start"),
+                         (dict(warm_start_optimizer=True), "--warm_start_optimizer needs"),
+                         (dict(evict_after_days=-1, warm_start_from="p"), "must be >= 0")):
+        with pytest.raises(ValueError, match=match):
+            config_lib.validate(config_lib.TrainConfig(**extra))

@@ -108,12 +108,14 @@ def check(options: Options, config: config_lib.TrainConfig) -> None:
     """Every check that needs no data, before anything is created."""
     from export.registry import _check_label, _check_name
 
-    # --evict_after_days applies to the warm-started days only.
+    # --evict_after_days and --warm_start_optimizer apply to the warm-started days only.
     config_lib.check_evict_after_days(config.evict_after_days)
-    if config.evict_after_days and "warm" not in (options.mode, *options.baselines):
-        raise ValueError("--evict_after_days: no arm is warm-started (--mode scratch, no "
-                         "warm baseline)")
-    config_lib.validate(dataclasses.replace(config, evict_after_days=0.0))
+    for flag in ("evict_after_days", "warm_start_optimizer"):
+        if getattr(config, flag) and "warm" not in (options.mode, *options.baselines):
+            raise ValueError(f"--{flag}: no arm is warm-started (--mode scratch, no warm "
+                             "baseline)")
+    config = dataclasses.replace(config, evict_after_days=0.0, warm_start_optimizer=False)
+    config_lib.validate(config)
     if options.days < 1:
         raise ValueError(f"--days must be >= 1, got {options.days}")
     if options.window_days < 1:
@@ -154,8 +156,7 @@ def check(options: Options, config: config_lib.TrainConfig) -> None:
     from trainers.core.multitask_task import MultitaskTask
 
     train_lib.check(MultitaskTask(), dataclasses.replace(config, train_start=options.start_day,
-                                                         export_base=None,
-                                                         evict_after_days=0.0))
+                                                         export_base=None))
     if zoo.spec(config.model).task == "retrieval" or zoo.spec(config.model).trainer != "keras":
         raise ValueError(f"--model {config.model}: the daily loop trains the multi-task "
                          "rankers (bert_mtl and its structures, dnn_mtl)")
@@ -270,6 +271,7 @@ def _train_and_judge(options, config, tables, day, start, window, arms, state,
                 config, data_dir=window, model_dir=model_dir, train_start=day_name(first),
                 warm_start_from=parent if warm else None,
                 evict_after_days=config.evict_after_days if warm else 0.0,
+                warm_start_optimizer=config.warm_start_optimizer and warm,
                 epochs=options.warm_epochs if warm else config.epochs,
                 learning_rate=options.warm_learning_rate if warm else config.learning_rate,
                 export_base=None)

@@ -88,6 +88,13 @@ class Task:
         `fit()` fits one, for a task that grows it from another."""
         return None
 
+    def moment_steps(self, config) -> int:
+        """Steps the optimizer's carried moments were formed over (0: a fresh optimizer)."""
+        return 0
+
+    def init_optimizer(self, run: Run, optimizer) -> None:
+        """Sets the built optimizer's state before training (a carried state), if any."""
+
     def build_network(self, run: Run):
         """Builds the zoo model (`run.model`) and returns the network the loop trains,
         its weights built, inside the strategy's scope."""

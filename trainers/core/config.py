@@ -109,6 +109,10 @@ class TrainConfig:
         "yesterday's): this run starts from its weights; the vocabularies grow (new ids get "
         "fresh rows, known ids keep theirs), the optimizer starts fresh, and the run spec "
         "records the parent.")
+    warm_start_optimizer: bool = _field(
+        False, "With --warm_start_from: carry the parent's optimizer state (AdamW's moments "
+        "and moving averages from its latest checkpoint, an id table's rows by id; Adam's "
+        "bias correction continues from the parent's steps) instead of starting it fresh.")
     evict_after_days: float = _field(
         0.0, "With --warm_start_from: ids (items, users, brands, categories) that no training "
         "example of this run or of its parents held in this many days before the newest "
@@ -351,6 +355,9 @@ def validate(config: TrainConfig) -> None:
     if config.train_start is not None:
         day_start(config.train_start, "--train_start")
     check_evict_after_days(config.evict_after_days)
+    if config.warm_start_optimizer and not config.warm_start_from:
+        raise ValueError("--warm_start_optimizer needs --warm_start_from (the run whose "
+                         "optimizer state it carries)")
     if config.evict_after_days and not config.warm_start_from:
         raise ValueError("--evict_after_days needs --warm_start_from (only a warm start has "
                          "ids to evict)")

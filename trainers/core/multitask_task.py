@@ -53,7 +53,9 @@ def check_warm_start(config, spec) -> dict:
             f"{ours[k]!r}" for k in differ) + "); its weights would not fit")
     record = rundir.read_json(os.path.join(parent, "metrics.json")) or {}
     return {"model_dir": os.path.abspath(parent), "data_dir": theirs.get("data_dir"),
-            "step": record.get("step")}
+            "step": record.get("step"),
+            **({"moment_steps": moment_steps_of(parent)} if config.warm_start_optimizer
+               else {})}
 
 
 def warm_start(model, parent_dir: str, spec=None) -> None:
@@ -71,26 +73,101 @@ def warm_start(model, parent_dir: str, spec=None) -> None:
     previous = getattr(parent, "vocabulary", None) or {}
     current = getattr(model, "vocabulary", None) or {}
     for mine, old in zip(ours, theirs):
-        value = np.asarray(old.numpy())
-        shape = tuple(mine.shape)
-        rows = (spec.rows(previous, current, mine.path, shape[0])
-                if spec is not None and shape else None)
-        if rows is not None and shape[1:] == value.shape[1:] and (
-                len(rows) == shape[0] and rows.max(initial=-1) < value.shape[0]):
-            table = np.array(mine.numpy())
-            known = rows >= 0
-            table[known] = value[rows[known]]
-            mine.assign(table)
-        elif shape == value.shape:
-            mine.assign(value)
-        elif (rows is None and len(value.shape) >= 1 and shape[1:] == value.shape[1:]
-              and shape[0] >= value.shape[0]):
-            grown = np.array(mine.numpy())
-            grown[:value.shape[0]] = value
-            mine.assign(grown)
-        else:
-            raise ValueError(f"--warm_start_from {parent_dir}: weight {old.path} is "
-                             f"{value.shape}, this model's {mine.path} {shape}")
+        rows = (spec.rows(previous, current, mine.path, mine.shape[0])
+                if spec is not None and len(mine.shape) else None)
+        _copy_into(mine, np.asarray(old.numpy()), rows,
+                   f"--warm_start_from {parent_dir}: weight {old.path}")
+
+
+def _copy_into(mine, value, rows, what: str) -> None:
+    """mine <- value: whole when the shapes agree; by `rows` (the source row of each of
+    mine's rows, -1: keep mine's) for an id table; as a prefix for a grown table of a
+    family without `table_rows`."""
+    import numpy as np
+
+    shape = tuple(mine.shape)
+    if rows is not None and shape[1:] == value.shape[1:] and (
+            len(rows) == shape[0] and rows.max(initial=-1) < value.shape[0]):
+        table = np.array(mine.numpy())
+        known = rows >= 0
+        table[known] = value[rows[known]]
+        mine.assign(table)
+    elif shape == value.shape:
+        mine.assign(value)
+    elif (rows is None and len(value.shape) >= 1 and shape[1:] == value.shape[1:]
+          and shape[0] >= value.shape[0]):
+        grown = np.array(mine.numpy())
+        grown[:value.shape[0]] = value
+        mine.assign(grown)
+    else:
+        raise ValueError(f"{what} is {value.shape}, this model's {mine.path} {shape}")
+
+
+OPTIMIZER_KEY = "optimizer/_variables/{}/.ATTRIBUTES/VARIABLE_VALUE"
+ITERATIONS_KEY = "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def parent_checkpoint(parent_dir: str) -> str:
+    import os
+    import tensorflow as tf
+
+    path = tf.train.latest_checkpoint(os.path.join(parent_dir, "checkpoints"))
+    if not path:
+        raise ValueError(f"--warm_start_optimizer: {parent_dir} holds no checkpoint "
+                         "(checkpoints/) to carry the optimizer state from")
+    return path
+
+
+def moment_steps_of(parent_dir: str) -> int:
+    """The steps the parent's optimizer moments were formed over: its own steps, plus its
+    parent's when it carried them too."""
+    import os
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(parent_checkpoint(parent_dir))
+    spec = rundir.read_json(os.path.join(parent_dir, rundir.RUN_SPEC)) or {}
+    return (int(reader.get_tensor(ITERATIONS_KEY))
+            + int((spec.get("parent") or {}).get("moment_steps", 0)))
+
+
+def carry_optimizer_state(optimizer, parent_dir: str, spec, model) -> int:
+    """Sets `optimizer` (built on the warm-started model's trainable variables) to the
+    parent's moments and moving averages from its latest checkpoint: an id table's slots
+    by id, as its weights (new ids' rows start at zero moments). Returns how many slot
+    variables it set. The step counter is not carried (see `ContinuedAdamW`)."""
+    import tensorflow as tf
+
+    parent, _ = rundir.load_trained(parent_dir)
+    previous = getattr(parent, "vocabulary", None) or {}
+    current = getattr(model, "vocabulary", None) or {}
+    reader = tf.train.load_checkpoint(parent_checkpoint(parent_dir))
+    stored = reader.get_variable_to_shape_map()
+    owner = {}
+    for j, var in enumerate(optimizer._trainable_variables):
+        for slots in ("_momentums", "_velocities", "_model_variables_moving_average"):
+            values = getattr(optimizer, slots, None)
+            if values:
+                owner[id(values[j])] = var
+    ours = optimizer.variables
+    # The slot variables come last, in the same order in both (same model, same trainable
+    # variables); what precedes them (the step counter, a constant learning rate) may not.
+    slots = [k for k, v in enumerate(ours) if id(v) in owner]
+    theirs = 1 + max((int(name.split("/")[2]) for name in stored
+                      if name.startswith("optimizer/_variables/")), default=-1)
+    shift = theirs - len(ours)
+    if slots != list(range(len(ours) - len(slots), len(ours))) or theirs < len(slots):
+        raise ValueError(f"--warm_start_optimizer: the parent's optimizer ({parent_dir}) "
+                         f"holds {theirs} variables, this run's {len(slots)} slots do not "
+                         "fit (another --ema_momentum, --lora_rank or --freeze_encoder?)")
+    carried = 0
+    for k in slots:
+        mine = ours[k]
+        var = owner[id(mine)]
+        rows = spec.rows(previous, current, var.path, mine.shape[0]) if len(mine.shape) else None
+        _copy_into(mine, reader.get_tensor(OPTIMIZER_KEY.format(k + shift)), rows,
+                   f"--warm_start_optimizer {parent_dir}: optimizer variable {k + shift}")
+        carried += 1
+    return carried
 
 
 def describe_growth(previous: dict, grown: dict, evict_after_days: float) -> str:
@@ -255,6 +332,19 @@ class MultitaskTask(base_task.Task):
     def build_network(self, run):
         run.model = build_model(run.config, run.vocabulary, run.sample)
         return run.model
+
+    def moment_steps(self, config) -> int:
+        return moment_steps_of(config.warm_start_from) if config.warm_start_optimizer else 0
+
+    def init_optimizer(self, run, optimizer) -> None:
+        config = run.config
+        if not config.warm_start_optimizer:
+            return
+        carried = carry_optimizer_state(optimizer, config.warm_start_from,
+                                        zoo_spec(config), run.model)
+        if config.verbose:
+            print(f"warm start: {carried} optimizer slot variables carried from "
+                  f"{config.warm_start_from} (moments of {self.moment_steps(config):,} steps)")
 
     def local_model(self, run):
         """The model to evaluate, save and export: under parameter_server a copy on this

@@ -19,7 +19,50 @@ import tensorflow as tf
 
 
 @keras.saving.register_keras_serializable(package="ecom_zoo")
-class LazyAdamW(keras.optimizers.AdamW):
+class ContinuedAdamW(keras.optimizers.AdamW):
+    """AdamW whose moments may continue another run's (`--warm_start_optimizer`).
+
+    Adam divides its moments by 1 - beta^t to undo their zero start. Moments carried from
+    a parent run were formed over the parent's t steps; counted from this run's step 0
+    again, that correction would inflate them (x10 for the first moment at step 1) and
+    the steps would be ~3x too small for hundreds of steps. `moment_steps` (the parent's
+    steps) is added to t in the correction only; the learning-rate schedule, checkpoints
+    and the loop still count this run's steps from 0. With moment_steps = 0 the update is
+    Keras' own.
+    """
+
+    def __init__(self, *args, moment_steps: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        if moment_steps < 0:
+            raise ValueError(f"moment_steps must be >= 0, got {moment_steps}")
+        self.moment_steps = int(moment_steps)
+
+    def _local_step(self, dtype):
+        return tf.cast(self.iterations + 1 + self.moment_steps, dtype)
+
+    def update_step(self, gradient, variable, learning_rate):
+        if not self.moment_steps:
+            return super().update_step(gradient, variable, learning_rate)
+        if self.amsgrad:
+            raise ValueError("moment_steps does not implement amsgrad")
+        dtype = variable.dtype
+        lr = tf.cast(learning_rate, dtype)
+        gradient = tf.cast(gradient, dtype)
+        step = self._local_step(dtype)
+        alpha = lr * tf.sqrt(1 - tf.pow(tf.cast(self.beta_2, dtype), step)) / (
+            1 - tf.pow(tf.cast(self.beta_1, dtype), step))
+        index = self._get_variable_index(variable)
+        m, v = self._momentums[index], self._velocities[index]
+        self.assign_add(m, (gradient - m) * (1 - self.beta_1))
+        self.assign_add(v, (tf.square(gradient) - v) * (1 - self.beta_2))
+        self.assign_sub(variable, m * alpha / (tf.sqrt(v) + self.epsilon))
+
+    def get_config(self):
+        return {**super().get_config(), "moment_steps": self.moment_steps}
+
+
+@keras.saving.register_keras_serializable(package="ecom_zoo")
+class LazyAdamW(ContinuedAdamW):
     """AdamW; a variable whose gradient is sparse has only its looked-up rows updated.
 
     A row's moments, weight decay and weight advance on the steps that look it up and
@@ -63,7 +106,7 @@ class LazyAdamW(keras.optimizers.AdamW):
         grad = tf.cast(tf.math.unsorted_segment_sum(
             gradient.values, position, tf.shape(rows)[0]), dtype)
         lr = tf.cast(learning_rate, dtype)
-        step = tf.cast(self.iterations + 1, dtype)
+        step = self._local_step(dtype)
         beta_1 = tf.cast(self.beta_1, dtype)
         beta_2 = tf.cast(self.beta_2, dtype)
         alpha = lr * tf.sqrt(1 - tf.pow(beta_2, step)) / (1 - tf.pow(beta_1, step))
@@ -104,10 +147,13 @@ def use_lazy(setting: str, model: keras.Model) -> bool:
 
 
 def adamw(learning_rate, weight_decay: float, lazy_tables: bool = False,
-          ema_momentum: float = 0.0):
+          ema_momentum: float = 0.0, moment_steps: int = 0):
     """The trainers' optimizer: Keras' AdamW, or LazyAdamW with `lazy_tables=True`; with
     `ema_momentum` > 0 it also keeps Keras' moving average of the weights
-    (`finalize_variable_values` swaps it in)."""
-    cls = LazyAdamW if lazy_tables else keras.optimizers.AdamW
+    (`finalize_variable_values` swaps it in); `moment_steps` > 0: moments carried from a
+    run of that many steps (`ContinuedAdamW`)."""
+    cls = (LazyAdamW if lazy_tables else ContinuedAdamW if moment_steps
+           else keras.optimizers.AdamW)
     ema = {"use_ema": True, "ema_momentum": float(ema_momentum)} if ema_momentum else {}
-    return cls(learning_rate=learning_rate, weight_decay=weight_decay, **ema)
+    steps = {"moment_steps": int(moment_steps)} if moment_steps else {}
+    return cls(learning_rate=learning_rate, weight_decay=weight_decay, **ema, **steps)

@@ -115,9 +115,11 @@ def run_experiment(task: base_task.Task, config,
         lazy = optimizers.use_lazy(config.lazy_table_updates, run.model)
         logging.info("optimizer: %s", "LazyAdamW" if lazy else "AdamW")
         optimizer = optimizers.adamw(learning_rate_schedule(config, run.steps),
-                                     config.weight_decay, lazy, config.ema_momentum)
+                                     config.weight_decay, lazy, config.ema_momentum,
+                                     task.moment_steps(config))
         # Build the optimizer slots now, so a restore can match every object.
         optimizer.build(loop.train_variables(run.network))
+        task.init_optimizer(run, optimizer)
     rundir.record_run(run.model_dir, run.write_dir, new_spec, run.vocabulary)
     if run.chief:
         config_lib.write_flagfile(run.model_dir, dataclasses.replace(
