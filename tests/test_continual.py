@@ -100,7 +100,9 @@ def test_daily_loop_gates_promotes_and_compares_on_the_same_rows(drifting, tmp_p
                                                                  monkeypatch):
     """Three days, warm-started, with the frozen baseline. The served version
     is made to look better on the second day: that day's version is exported but not
-    promoted, the label stays, and the third day warm-starts from the served model."""
+    promoted, the label stays, and the third day warm-starts from the served model. The
+    loop stops after two days and is resumed for the third (`--resume`): it goes on from
+    what the CSV and the registry hold."""
     real_evaluate = continual_lib.evaluate
     calls = []
 
@@ -113,10 +115,16 @@ def test_daily_loop_gates_promotes_and_compares_on_the_same_rows(drifting, tmp_p
         return metrics, out
 
     monkeypatch.setattr(continual_lib, "evaluate", evaluate)
-    options = _options(tmp_path)
     lines = []
+    continual_lib.run(_options(tmp_path, days=2), _config(drifting), progress=lines.append)
+    assert len(lines) == 2 and "NOT promoted: click/auc" in lines[1]
+    with pytest.raises(ValueError, match="already holds a model shop.*--resume"):
+        continual_lib.run(_options(tmp_path), _config(drifting))
+    with pytest.raises(ValueError, match="the arms"):
+        continual_lib.run(_options(tmp_path, resume=True, baselines=()), _config(drifting))
+    options = _options(tmp_path, resume=True)
     rows = continual_lib.run(options, _config(drifting), progress=lines.append)
-    assert len(lines) == 3 and "NOT promoted: click/auc" in lines[1]
+    assert lines[2] == f"resuming after 2 day(s) ({DAYS[1]}); 1 to go" and len(lines) == 4
 
     by = {(r["date"], r["arm"]): r for r in rows}
     assert len(by) == 6

@@ -57,6 +57,9 @@ def define_flags():
     flags.DEFINE_integer("lookback_days", 7, "Days before each window whose events give the "
                          "window's first days their histories and features (not trained on).")
     flags.DEFINE_bool("keep_windows", False, "Keep each day's window folder.")
+    flags.DEFINE_bool("resume", False, "Go on after the days OUTPUT_DIR/days.csv holds (an "
+                      "interrupted run, the same flags): from the version the label serves, "
+                      "the baselines from their models.")
 
 
 def options_from_flags():
@@ -76,7 +79,7 @@ def options_from_flags():
         mode=F.mode, baselines=tuple(F.baselines), warm_days=F.warm_days,
         warm_epochs=F.warm_epochs, warm_learning_rate=F.warm_learning_rate,
         gate=continual_lib.parse_gate(F.gate), keep_windows=F.keep_windows,
-        lookback_days=F.lookback_days)
+        lookback_days=F.lookback_days, resume=F.resume)
 
 
 def main(argv):

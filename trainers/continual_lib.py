@@ -52,7 +52,15 @@ CSV_COLUMNS = ("date", "arm", "trained", "parent", "steps", "train_seconds",
                "oracle_click/auc", "oracle_purchase/auc", "served_version",
                "served_click/auc", "served_purchase/auc", "served_price_range/accuracy",
                "served_demand/poisson_deviance", "version", "blessed", "promoted", "reason",
-               "max_psi", "oov_item_share", "drift_flags")
+               "max_psi", "oov_item_share", "drift_flags", "model_dir", "same_as")
+# How `read_rows` types the CSV's cells back (the rest stay strings; metrics go to
+# row["metrics"] and row["served"]).
+INT_COLUMNS = ("steps", "served_version", "version")
+BOOL_COLUMNS = ("trained", "blessed", "promoted")
+FLOAT_COLUMNS = ("train_seconds", "oracle_click/auc", "oracle_purchase/auc", "max_psi",
+                 "oov_item_share")
+METRIC_COLUMNS = ("click/auc", "purchase/auc", "price_range/accuracy",
+                  "demand/poisson_deviance")
 
 
 @dataclasses.dataclass
@@ -72,6 +80,7 @@ class Options:
     gate: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_GATE))
     keep_windows: bool = False      # keep each day's window folder (else deleted after use)
     lookback_days: int = 7          # context days before each window (histories, features)
+    resume: bool = False            # go on after the days OUTPUT_DIR/days.csv holds
 
 
 def parse_day(text: str, flag: str = "--start_day") -> int:
@@ -164,10 +173,10 @@ def check(options: Options, config: config_lib.TrainConfig) -> None:
             config.model).grow_vocabulary is None:
         raise ValueError(f"--model {config.model} cannot be warm-started (its vocabulary "
                          "cannot grow); use --mode scratch")
-    if os.path.isdir(os.path.join(options.export_base, options.name)):
+    if not options.resume and os.path.isdir(os.path.join(options.export_base, options.name)):
         raise ValueError(f"--name {options.name}: {options.export_base} already holds a "
                          f"model {options.name}; the loop starts a model line of its own "
-                         "(name another, or another --export_base)")
+                         "(name another, or another --export_base, or --resume it)")
 
 
 def run(options: Options, config: config_lib.TrainConfig, progress=print) -> list[dict]:
@@ -207,11 +216,92 @@ def run(options: Options, config: config_lib.TrainConfig, progress=print) -> lis
     # arm -> (its latest model_dir, the day that model was trained for: it has seen the
     # days before it), or None before the first day.
     state = {arm: None for arm in arms}
-    rows = []
-    for i in range(options.days):
+    rows, done = [], 0
+    if options.resume:
+        rows, state, done = resume_state(options, arms)
+        progress(f"resuming after {done} day(s) ({rows[-1]['date']}); "
+                 f"{max(options.days - done, 0)} to go")
+    for i in range(done, options.days):
         day = first + i * DAY
         rows += _one_day(options, config, tables, day, arms, state, oracle, progress)
         write_outputs(rows, options.output_dir)
+    return rows
+
+
+def resume_state(options: Options, arms: tuple) -> tuple[list, dict, int]:
+    """(rows, state per arm, days done) of an interrupted loop, from OUTPUT_DIR/days.csv
+    (written after each whole day) and the export registry: the loop's arm goes on from
+    the version its label serves, `frozen` from the first day's model, the others from
+    their newest. A day cut off half-way is redone (a version it exported stays there,
+    unpromoted)."""
+    from export import registry
+
+    path = os.path.join(options.output_dir, "days.csv")
+    if not os.path.exists(path):
+        raise ValueError(f"--resume: {path} does not exist; nothing to resume (leave "
+                         "--resume out to start)")
+    rows = read_rows(path)
+    dates = list(dict.fromkeys(r["date"] for r in rows))
+    first = parse_day(options.start_day)
+    if not dates or dates != [day_name(first + i * DAY) for i in range(len(dates))]:
+        raise ValueError(f"--resume: {path} holds the days {', '.join(dates[:3])}...; "
+                         f"expected consecutive days from --start_day {options.start_day}")
+    if sorted(set(r["arm"] for r in rows)) != sorted(arms):
+        raise ValueError(f"--resume: {path} holds the arms "
+                         f"{sorted(set(r['arm'] for r in rows))}, this run has {sorted(arms)}"
+                         " (--mode and --baselines must be the interrupted run's)")
+
+    def model_dir_of(row):
+        if row.get("model_dir"):
+            return row["model_dir"]
+        for arm in (row["arm"], options.mode):  # a CSV written before the column existed
+            folder = os.path.join(options.output_dir, "runs", arm, row["date"])
+            if os.path.isdir(folder):
+                return folder
+        raise ValueError(f"--resume: no model folder of {row['arm']} for {row['date']}")
+
+    state = {}
+    for arm in arms:
+        mine = [r for r in rows if r["arm"] == arm]
+        if arm == options.mode:
+            served = registry.labels(options.export_base, options.name).get(options.label)
+            row = next((r for r in mine if r.get("version") == served), None)
+            if row is None:
+                raise ValueError(f"--resume: {options.export_base}/{options.name} serves "
+                                 f"version {served} under {options.label!r}, which {path} "
+                                 "does not hold")
+            state[arm] = (registry.read_manifest(options.export_base, options.name,
+                                                 served)["model_dir"], parse_day(row["date"]))
+        else:
+            row = mine[0] if arm == "frozen" else mine[-1]
+            state[arm] = (model_dir_of(row), parse_day(row["date"]))
+    return rows, state, len(dates)
+
+
+def read_rows(path: str) -> list[dict]:
+    """days.csv back into the rows `write_outputs` wrote (typed, metrics nested)."""
+    import csv
+
+    rows = []
+    with open(path, newline="", encoding="utf-8") as f:
+        for cells in csv.DictReader(f):
+            row = {"metrics": {}}
+            for name, text in cells.items():
+                if text in ("", None):
+                    continue
+                if name in METRIC_COLUMNS:
+                    row["metrics"][name] = float(text)
+                elif name.startswith("served_") and name[len("served_"):] in METRIC_COLUMNS:
+                    row.setdefault("served", {})[name[len("served_"):]] = float(text)
+                elif name in INT_COLUMNS:
+                    row[name] = int(text)
+                elif name in BOOL_COLUMNS:
+                    row[name] = text == "True"
+                elif name in FLOAT_COLUMNS:
+                    row[name] = float(text)
+                else:
+                    row[name] = text
+            rows.append(row)
     return rows
 
 
@@ -287,6 +377,7 @@ def _train_and_judge(options, config, tables, day, start, window, arms, state,
                                registry, saved_model)
         elif arm != "frozen" or parent is None:
             state[arm] = (model_dir, day)
+        row["model_dir"] = model_dir
         if oracle is not None:
             row.update(_oracle_aucs(oracle, builder, config))
         rows.append(row)
