@@ -58,7 +58,7 @@ def _check_base(base: str) -> str:
     return base
 
 
-def _check_name(name: str) -> str:
+def check_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise RegistryError(f"invalid model name {name!r}: expected letters, digits, '_', '-', "
                             "'.' (no path separators, not starting with '.' or '-')")
@@ -79,7 +79,7 @@ def versions(base: str, name: str) -> list[int]:
     `saved_model.pb`. Anything else (in-progress `.tmp-*` exports, half-written version
     directories without `saved_model.pb`) is not a version and is ignored.
     """
-    _check_name(name)
+    check_name(name)
     model_dir = os.path.join(_check_base(base), name)
     if not os.path.isdir(model_dir):
         raise RegistryError(f"no model {name!r}: {model_dir} is not a directory "
@@ -198,7 +198,7 @@ def labels(base: str, name: str) -> dict[str, int]:
     return dict(sorted(entry.version_labels.items())) if entry is not None else {}
 
 
-def _check_label(label: str) -> str:
+def check_label(label: str) -> str:
     if not isinstance(label, str) or not _LABEL_RE.fullmatch(label):
         raise RegistryError(f"invalid label {label!r}: expected lowercase letters, digits, "
                             "'_' or '-' (e.g. stable, canary)")
@@ -266,7 +266,7 @@ def promote(base: str, name: str, version: int, label: str,
     if serving_base_path is not None and not serving_base_path.startswith("/"):
         raise RegistryError(f"--serving_base_path must be an absolute path as the server "
                             f"sees it (e.g. /models), got {serving_base_path!r}")
-    _check_label(label)
+    check_label(label)
     version = _as_version(version)
     check_loadable(version_dir(base, name, version))  # it must exist and be whole
     path = config_path(base)

@@ -14,6 +14,7 @@ import random
 import re
 import signal
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -99,11 +100,21 @@ def test_parameter_server_shards_the_tables_and_its_export_serves_like_one_devic
         shop, tmp_path):
     from export import client as client_lib, saved_model, serve
 
+    # Warm-started from a one-device run, evicting the ids unseen for 3 days and carrying
+    # the optimizer's moments, at a learning rate that leaves the weights where they were.
+    data, tfds_dir = shop
+    parent = tmp_path / "parent"
+    subprocess.run([sys.executable, "-m", "trainers.multitask", "--data_dir", data,
+                    "--tfds_dir", tfds_dir, "--model_dir", str(parent), *TINY, "--steps", "20",
+                    "--noverbose"], check=True, env=subprocess_env(), cwd=REPO, timeout=600,
+                   capture_output=True)
     model_dir, base = tmp_path / "ps", tmp_path / "exports"
     job = Job(shop, model_dir, 2, 2, "--steps", 30, "--steps_per_loop", 10,
               "--checkpoint_every", 10, "--ps_min_shard_bytes", 4096,
-              "--export_base", base, "--export_name", "shop")
+              "--export_base", base, "--export_name", "shop", "--warm_start_from", parent,
+              "--evict_after_days", 3, "--warm_start_optimizer", "--learning_rate", 1e-9)
     assert job.run() == 0, job.text[-6000:]
+    assert "evicted (unseen for 3 days)" in job.text and "optimizer slot variables" in job.text
     # The item table lives in two shards, one on each parameter server.
     m = re.search(r"item_embedding/embeddings: (\d+) rows on /job:ps/replica:0/task:0\S*, "
                   r"(\d+) rows on /job:ps/replica:0/task:1", job.text)
@@ -119,6 +130,16 @@ def test_parameter_server_shards_the_tables_and_its_export_serves_like_one_devic
     status.expect_partial().assert_existing_objects_matched()
     table = [w for w in model.weights if w.path.endswith("item_embedding/embeddings")][0]
     assert table.shape[0] == rows and float(tf.reduce_max(tf.abs(table))) > 0
+    # The sharded table was filled by id: every item the parent knows and the child kept
+    # has the parent's row (moved to its new index); the evicted ones are gone.
+    before, _ = rundir.load_trained(str(parent))
+    kept = [i for i in model.vocabulary["item_id"] if i in set(before.vocabulary["item_id"])]
+    assert len(kept) < len(before.vocabulary["item_id"])
+    theirs = [w for w in before.weights if w.path.endswith("item_embedding/embeddings")][0]
+    np.testing.assert_allclose(
+        tf.gather(table, model.preprocessor.item_lookup(tf.constant(kept))).numpy(),
+        tf.gather(theirs, before.preprocessor.item_lookup(tf.constant(kept))).numpy(),
+        atol=1e-5)
     serialized = [r.numpy() for r in tf.data.TFRecordDataset(
         str(model_dir / saved_model.SERVING_EXAMPLES_FILE))][:32]
     raw = saved_model.raw_features(serialized, 16)

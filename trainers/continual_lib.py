@@ -115,7 +115,7 @@ def parse_gate(text: str) -> dict:
 
 def check(options: Options, config: config_lib.TrainConfig) -> None:
     """Every check that needs no data, before anything is created."""
-    from export.registry import _check_label, _check_name
+    from export.registry import check_label, check_name
 
     # --evict_after_days and --warm_start_optimizer apply to the warm-started days only.
     config_lib.check_evict_after_days(config.evict_after_days)
@@ -151,8 +151,8 @@ def check(options: Options, config: config_lib.TrainConfig) -> None:
         raise ValueError("--steps: the loop sets each day's length from --epochs (from "
                          "scratch) and --warm_epochs (warm); leave --steps at 0")
     parse_day(options.start_day)
-    _check_name(options.name)
-    _check_label(options.label)
+    check_name(options.name)
+    check_label(options.label)
     for flag, path in (("--export_base", options.export_base),
                        ("--output_dir", options.output_dir)):
         config_lib.check_writable_dir(path, flag)
@@ -457,17 +457,14 @@ def write_window(tables, start: int, end: int, folder: str) -> str:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    ev = tables.events
-    rows = np.flatnonzero((ev["timestamp"] >= start) & (ev["timestamp"] < end))
-    if not len(rows):
+    ev = _window_tables(tables, start, end).events
+    if not len(ev["timestamp"]):
         raise ValueError(f"the log has no events between {day_name(start)} and "
                          f"{day_name(end - 1)}")
-    take = pa.array(rows)
     events = pa.table({
-        **{c: ev[c].take(take) for c in ("event_id", "user_id", "session_id")},
-        "timestamp": ev["timestamp"][rows], "event": ev["event"].take(take),
-        "query": ev["query"].take(take), "item_id": ev["item_id"].take(take),
-        "position": ev["position"][rows], "quantity": ev["quantity"][rows]})
+        **{c: ev[c] for c in ("event_id", "user_id", "session_id")},
+        "timestamp": ev["timestamp"], "event": ev["event"], "query": ev["query"],
+        "item_id": ev["item_id"], "position": ev["position"], "quantity": ev["quantity"]})
     items = pa.table({c: tables.items[c] for c in ("item_id", "title", "category", "brand",
                                                    "price")})
     parent = os.path.dirname(os.path.abspath(folder))
@@ -546,6 +543,7 @@ def _drift_report(builder, tables, start, day, lookback_days, config, model_dir,
 
 
 def _window_tables(tables, start, end):
+    """The tables with the events in [start, end) only."""
     ev = tables.events
     rows = np.flatnonzero((ev["timestamp"] >= start) & (ev["timestamp"] < end))
     import pyarrow as pa
@@ -574,8 +572,7 @@ def _progress_line(rows) -> str:
 
 def _flat(row: dict) -> dict:
     out = {k: v for k, v in row.items() if k in CSV_COLUMNS}
-    for metric in ("click/auc", "purchase/auc", "price_range/accuracy",
-                   "demand/poisson_deviance"):
+    for metric in METRIC_COLUMNS:
         out[metric] = row["metrics"].get(metric)
         if "served" in row:
             out[f"served_{metric}"] = row["served"].get(metric)

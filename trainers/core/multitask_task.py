@@ -35,9 +35,6 @@ def check_warm_start(config, spec) -> dict:
     if spec.grow_vocabulary is None:
         raise ValueError(f"--warm_start_from: model {config.model!r} cannot be warm-started "
                          "(its vocabulary cannot grow)")
-    if config.strategy == "parameter_server":
-        raise ValueError("--warm_start_from under --strategy parameter_server is not "
-                         "supported yet (its sharded tables would have to grow)")
     for name in (rundir.MODEL, rundir.TRAIN_CONFIG, "vocabulary.json"):
         if not os.path.exists(os.path.join(parent, name)):
             raise ValueError(f"--warm_start_from {parent}: no {name}; expected a finished "
@@ -234,9 +231,11 @@ def init_encoder(model, init_checkpoint: str) -> None:
                          f"{e}") from None
 
 
-def build_model(config, vocabulary: dict, sample: dict):
+def build_model(config, vocabulary: dict, sample: dict, load_weights: bool = True):
     """The zoo model with its weights built (by a call on `sample`), the pre-trained encoder
-    loaded and LoRA / freezing applied: the same construction in and out of a strategy."""
+    or the warm start's parent loaded (unless `load_weights` is False: a copy whose weights
+    are about to be overwritten) and LoRA / freezing applied: the same construction in and
+    out of a strategy."""
     import keras
     import zoo
 
@@ -248,9 +247,9 @@ def build_model(config, vocabulary: dict, sample: dict):
                     num_price_ranges=config.label_config.num_price_ranges,
                     **config.model_overrides)
     model(model.preprocessor(evaluation.raw_features(sample)))
-    if config.init_checkpoint:
+    if config.init_checkpoint and load_weights:
         init_encoder(model, config.init_checkpoint)
-    if config.warm_start_from:
+    if config.warm_start_from and load_weights:
         warm_start(model, config.warm_start_from, zoo.spec(config.model))
     adapt_for_fine_tuning(model, config)
     return model
@@ -353,7 +352,8 @@ class MultitaskTask(base_task.Task):
         if not run.parameter_server:
             return run.model
         if self._local is None:
-            self._local = build_model(run.config, run.vocabulary, run.sample)
+            self._local = build_model(run.config, run.vocabulary, run.sample,
+                                      load_weights=False)
         return gathered_copy(run.model, self._local)
 
     def _training_range(self, run) -> tuple:
