@@ -380,8 +380,8 @@ def grow_vocabulary(previous: dict, new: dict, evict_after_days: float = 0.0) ->
     evict_after_days > 0: an id of LAST_SEEN_KEYS that no example has held for that many
     days before `new`'s newest example is dropped (it falls into the OOV buckets; its row
     is freed, so tables stop growing with every id a shop ever had). An id without a
-    last-seen record (a vocabulary fitted before records existed) counts as seen at the
-    start of `new`'s examples. The result records last-seen times (the newer of the two)."""
+    last-seen record (a vocabulary fitted before records existed) counts as last seen at
+    the oldest time `new` records for any id. The result records last-seen times (the newer of the two)."""
     if evict_after_days < 0:
         raise ValueError(f"evict_after_days must be >= 0, got {evict_after_days}")
     raw_previous, raw_new = previous, new
