@@ -114,7 +114,12 @@ def test_parameter_server_shards_the_tables_and_its_export_serves_like_one_devic
               "--export_base", base, "--export_name", "shop", "--warm_start_from", parent,
               "--evict_after_days", 3, "--warm_start_optimizer", "--learning_rate", 1e-9)
     assert job.run() == 0, job.text[-6000:]
-    assert "evicted (unseen for 3 days)" in job.text and "optimizer slot variables" in job.text
+    assert "evicted (unseen for 3 days)" in job.text
+    # Adam's two slots for each variable the optimizer updates: a table sharded over the two
+    # parameter servers has a slot pair per shard, carried from the parent's one table.
+    carried = re.search(r"warm start: (\d+) optimizer slot variables carried", job.text)
+    sharded = re.search(r"sharded across the parameter servers \((\d+) tables", job.text)
+    assert carried and sharded, job.text[-6000:]
     # The item table lives in two shards, one on each parameter server.
     m = re.search(r"item_embedding/embeddings: (\d+) rows on /job:ps/replica:0/task:0\S*, "
                   r"(\d+) rows on /job:ps/replica:0/task:1", job.text)
@@ -133,6 +138,8 @@ def test_parameter_server_shards_the_tables_and_its_export_serves_like_one_devic
     # The sharded table was filled by id: every item the parent knows and the child kept
     # has the parent's row (moved to its new index); the evicted ones are gone.
     before, _ = rundir.load_trained(str(parent))
+    assert int(carried.group(1)) == 2 * (len(before.trainable_variables)
+                                         + int(sharded.group(1)))
     kept = [i for i in model.vocabulary["item_id"] if i in set(before.vocabulary["item_id"])]
     assert len(kept) < len(before.vocabulary["item_id"])
     theirs = [w for w in before.weights if w.path.endswith("item_embedding/embeddings")][0]

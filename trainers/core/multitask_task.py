@@ -127,44 +127,136 @@ def moment_steps_of(parent_dir: str) -> int:
             + int((spec.get("parent") or {}).get("moment_steps", 0)))
 
 
+# Per trainable variable, Keras' optimizers add their slots in this order: the moving
+# averages (--ema_momentum) as one block after the step counter, then Adam's moment and
+# velocity interleaved per variable.
+EMA_SLOTS = ("_model_variables_moving_average",)
+ADAM_SLOTS = ("_momentums", "_velocities")
+
+
+def _logical_variables(model) -> tuple[list, dict]:
+    """The model's trainable variables and, for each variable the optimizer updates (a
+    sharded table's shards included), (its model variable, first row)."""
+    import tensorflow as tf
+
+    logical, where = list(model.trainable_variables), {}
+    for v in logical:
+        inner = getattr(v, "value", v)
+        if isinstance(inner, tf.__internal__.distribute.ShardedVariable):
+            first = 0
+            for shard in inner.variables:
+                where[id(shard)] = (v, first)
+                first += int(shard.shape[0])
+        else:
+            where[id(v)] = (v, 0)
+            where[id(inner)] = (v, 0)
+    return logical, where
+
+
+def _parent_slots(shape_of, last: int, logical: list, shapes: dict, kinds: tuple,
+                  what: str) -> tuple[dict, int]:
+    """Reads one block of the parent's slot variables backwards from index `last`:
+    {(kind, path): [checkpoint index per piece, in row order]} and the index before the
+    block. A table the parent held sharded has several pieces whose rows add up."""
+    out, k = {}, last
+    for v in reversed(logical):
+        full = tuple(shapes[v.path])
+        pieces, rows = [], 0
+        while True:
+            group = list(range(k - len(kinds) + 1, k + 1))
+            seen = [shape_of(g) for g in group]
+            if group[0] < 0 or len(set(seen)) != 1 or seen[0][1:] != full[1:] or (
+                    len(seen[0]) != len(full)):
+                raise ValueError(f"{what}: its slot variables {group} are {seen}, expected "
+                                 f"pieces of {v.path} {full}")
+            pieces.insert(0, group)
+            k -= len(kinds)
+            rows += seen[0][0] if full else 0
+            if not full or rows == full[0]:
+                break
+            if rows > full[0]:
+                raise ValueError(f"{what}: its slots of {v.path} hold {rows} rows, the "
+                                 f"variable {full[0]}")
+        for i, kind in enumerate(kinds):
+            out[(kind, v.path)] = [g[i] for g in pieces]
+    return out, k
+
+
 def carry_optimizer_state(optimizer, parent_dir: str, spec, model) -> int:
     """Sets `optimizer` (built on the warm-started model's trainable variables) to the
     parent's moments and moving averages from its latest checkpoint: an id table's slots
-    by id, as its weights (new ids' rows start at zero moments). Returns how many slot
+    by id, as its weights (new ids' rows start at zero moments). Either side may hold the
+    tables sharded across parameter servers (a slot per shard): slots are matched per
+    model variable, gathered whole and cut to this run's shards. Returns how many slot
     variables it set. The step counter is not carried (see `ContinuedAdamW`)."""
+    import numpy as np
     import tensorflow as tf
 
+    what = f"--warm_start_optimizer: the parent's optimizer ({parent_dir})"
     parent, _ = rundir.load_trained(parent_dir)
     previous = getattr(parent, "vocabulary", None) or {}
     current = getattr(model, "vocabulary", None) or {}
+    shapes = {v.path: tuple(v.shape) for v in parent.trainable_variables}
+    logical, where = _logical_variables(model)
+    if sorted(shapes) != sorted(v.path for v in logical):
+        raise ValueError(f"{what} trained other variables than this run's (another "
+                         "--lora_rank or --freeze_encoder?)")
     reader = tf.train.load_checkpoint(parent_checkpoint(parent_dir))
     stored = reader.get_variable_to_shape_map()
-    owner = {}
-    for j, var in enumerate(optimizer._trainable_variables):
-        for slots in ("_momentums", "_velocities", "_model_variables_moving_average"):
-            values = getattr(optimizer, slots, None)
-            if values:
-                owner[id(values[j])] = var
-    ours = optimizer.variables
-    # The slot variables come last, in the same order in both (same model, same trainable
-    # variables); what precedes them (the step counter, a constant learning rate) may not.
-    slots = [k for k, v in enumerate(ours) if id(v) in owner]
+    shape_of = lambda k: tuple(stored.get(OPTIMIZER_KEY.format(k), (-1,)))
     theirs = 1 + max((int(name.split("/")[2]) for name in stored
                       if name.startswith("optimizer/_variables/")), default=-1)
-    shift = theirs - len(ours)
-    if slots != list(range(len(ours) - len(slots), len(ours))) or theirs < len(slots):
-        raise ValueError(f"--warm_start_optimizer: the parent's optimizer ({parent_dir}) "
-                         f"holds {theirs} variables, this run's {len(slots)} slots do not "
-                         "fit (another --ema_momentum, --lora_rank or --freeze_encoder?)")
+    blocks = [kinds for kinds in (EMA_SLOTS, ADAM_SLOTS) if getattr(optimizer, kinds[0], None)]
+    index, k = {}, theirs - 1
+    for kinds in reversed(blocks):
+        found, k = _parent_slots(shape_of, k, logical, shapes, kinds,
+                                 what + " (another --ema_momentum?)")
+        index.update(found)
+    whole = {}  # (kind, path) -> the parent's slot, gathered and moved to this run's rows
+
+    def gathered(kind, var):
+        if (kind, var.path) not in whole:
+            value = [reader.get_tensor(OPTIMIZER_KEY.format(i)) for i in index[kind, var.path]]
+            value = np.concatenate(value) if len(value) > 1 else value[0]
+            mine = np.zeros(tuple(var.shape), value.dtype)
+            rows = (spec.rows(previous, current, var.path, mine.shape[0])
+                    if len(mine.shape) else None)
+            target = _Array(mine)
+            _copy_into(target, value, rows, f"{what}: its {kind[1:]} of {var.path}")
+            whole[kind, var.path] = target.value
+        return whole[kind, var.path]
+
     carried = 0
-    for k in slots:
-        mine = ours[k]
-        var = owner[id(mine)]
-        rows = spec.rows(previous, current, var.path, mine.shape[0]) if len(mine.shape) else None
-        _copy_into(mine, reader.get_tensor(OPTIMIZER_KEY.format(k + shift)), rows,
-                   f"--warm_start_optimizer {parent_dir}: optimizer variable {k + shift}")
-        carried += 1
+    for kinds in blocks:
+        for kind in kinds:
+            for j, slot in enumerate(getattr(optimizer, kind)):
+                if slot is None:
+                    continue
+                trained = optimizer._trainable_variables[j]
+                found = where.get(id(trained)) or where.get(id(getattr(trained, "value", None)))
+                if found is None:
+                    raise ValueError(f"{what}: this run's optimizer updates a variable the "
+                                     "model does not train")
+                var, first = found
+                value = gathered(kind, var)
+                if len(slot.shape):
+                    value = value[first:first + int(slot.shape[0])]
+                slot.assign(value)
+                carried += 1
     return carried
+
+
+class _Array:
+    """A numpy array with the two methods `_copy_into` uses on a variable."""
+
+    def __init__(self, value):
+        self.value, self.shape, self.path = value, value.shape, "slot"
+
+    def numpy(self):
+        return self.value
+
+    def assign(self, value):
+        self.value = value
 
 
 def describe_growth(previous: dict, grown: dict, evict_after_days: float) -> str:
