@@ -97,17 +97,14 @@ def _assert_same_weights(a, b):
 
 # --- parameter servers -------------------------------------------------------------------
 def test_parameter_server_shards_the_tables_and_its_export_serves_like_one_device(
-        shop, tmp_path):
+        shop, tmp_path, uninterrupted):
     from export import client as client_lib, saved_model, serve
 
-    # Warm-started from a one-device run, evicting the ids unseen for 3 days and carrying
-    # the optimizer's moments, at a learning rate that leaves the weights where they were.
-    data, tfds_dir = shop
-    parent = tmp_path / "parent"
-    subprocess.run([sys.executable, "-m", "trainers.multitask", "--data_dir", data,
-                    "--tfds_dir", tfds_dir, "--model_dir", str(parent), *TINY, "--steps", "20",
-                    "--noverbose"], check=True, env=subprocess_env(), cwd=REPO, timeout=600,
-                   capture_output=True)
+    # Warm-started from the multi-worker mirrored run below (its variables and optimizer
+    # slots are one device's: mirrored, not sharded), evicting the ids unseen for 3 days and
+    # carrying the optimizer's moments, at a learning rate that leaves the weights where
+    # they were.
+    parent = os.path.dirname(os.path.dirname(uninterrupted))
     model_dir, base = tmp_path / "ps", tmp_path / "exports"
     job = Job(shop, model_dir, 2, 2, "--steps", 30, "--steps_per_loop", 10,
               "--checkpoint_every", 10, "--ps_min_shard_bytes", 4096,
@@ -137,7 +134,7 @@ def test_parameter_server_shards_the_tables_and_its_export_serves_like_one_devic
     assert table.shape[0] == rows and float(tf.reduce_max(tf.abs(table))) > 0
     # The sharded table was filled by id: every item the parent knows and the child kept
     # has the parent's row (moved to its new index); the evicted ones are gone.
-    before, _ = rundir.load_trained(str(parent))
+    before, _ = rundir.load_trained(parent)
     assert int(carried.group(1)) == 2 * (len(before.trainable_variables)
                                          + int(sharded.group(1)))
     kept = [i for i in model.vocabulary["item_id"] if i in set(before.vocabulary["item_id"])]
