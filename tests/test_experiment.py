@@ -58,3 +58,28 @@ def test_experiment_labels_fraction_reaches_every_run(shop, tmp_path):
                 != by_run[(0.5, name)]["metrics"]["click/logloss"])
     with open(tmp_path / "exp" / "results.csv") as f:
         assert len(list(csv.DictReader(f))) == 2 * (2 + 1)
+
+
+def test_a_labels_fraction_trains_fraction_epochs_over_its_labels(shop, tmp_path):
+    """Below 100 % of the labels a row makes `fraction_epochs` passes over what it keeps:
+    at half the labels and two passes, as many steps as one pass over all of them."""
+    import dataclasses
+
+    import pytest
+
+    from trainers import experiment
+    base = dataclasses.replace(_base(shop), steps=0, epochs=1.0, batch_size=256)
+    config = experiment.ExperimentConfig(
+        base=base, output_dir=str(tmp_path / "exp"), fractions=(1.0, 0.5), runs=("bert_mtl",),
+        fraction_epochs=2.0)
+    assert experiment.row_epochs(config, 1.0) == 1.0
+    assert experiment.row_epochs(config, 0.5) == 2.0
+    fixed = dataclasses.replace(config, base=_base(shop))  # --steps fixes every row
+    assert experiment.row_epochs(fixed, 0.5) == fixed.base.epochs
+    with pytest.raises(ValueError, match="--fraction_epochs must be > 0"):
+        experiment.run(dataclasses.replace(config, fraction_epochs=0.0))
+    assert not (tmp_path / "exp").exists()
+
+    rows = {r["fraction"]: r["steps"] for r in experiment.run(config)}
+    assert rows[1.0] > 20
+    assert abs(rows[0.5] - rows[1.0]) <= 0.1 * rows[1.0], rows
