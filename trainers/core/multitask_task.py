@@ -77,27 +77,31 @@ def warm_start(model, parent_dir: str, spec=None) -> None:
 
 
 def _copy_into(mine, value, rows, what: str) -> None:
-    """mine <- value: whole when the shapes agree; by `rows` (the source row of each of
-    mine's rows, -1: keep mine's) for an id table; as a prefix for a grown table of a
-    family without `table_rows`."""
+    """mine (a variable) <- value, as `_moved` places it."""
+    mine.assign(_moved(mine.numpy(), value, rows, what, mine.path))
+
+
+def _moved(current, value, rows, what: str, path: str):
+    """`value` placed where `current` (an array) would take it: whole when the shapes agree;
+    by `rows` (the source row of each of current's rows, -1: keep current's) for an id
+    table; as a prefix for a grown table of a family without `table_rows`."""
     import numpy as np
 
-    shape = tuple(mine.shape)
+    shape = tuple(current.shape)
     if rows is not None and shape[1:] == value.shape[1:] and (
             len(rows) == shape[0] and rows.max(initial=-1) < value.shape[0]):
-        table = np.array(mine.numpy())
+        table = np.array(current)
         known = rows >= 0
         table[known] = value[rows[known]]
-        mine.assign(table)
-    elif shape == value.shape:
-        mine.assign(value)
-    elif (rows is None and len(value.shape) >= 1 and shape[1:] == value.shape[1:]
-          and shape[0] >= value.shape[0]):
-        grown = np.array(mine.numpy())
+        return table
+    if shape == value.shape:
+        return value
+    if (rows is None and len(value.shape) >= 1 and shape[1:] == value.shape[1:]
+            and shape[0] >= value.shape[0]):
+        grown = np.array(current)
         grown[:value.shape[0]] = value
-        mine.assign(grown)
-    else:
-        raise ValueError(f"{what} is {value.shape}, this model's {mine.path} {shape}")
+        return grown
+    raise ValueError(f"{what} is {value.shape}, this model's {path} {shape}")
 
 
 OPTIMIZER_KEY = "optimizer/_variables/{}/.ATTRIBUTES/VARIABLE_VALUE"
@@ -221,9 +225,8 @@ def carry_optimizer_state(optimizer, parent_dir: str, spec, model) -> int:
             mine = np.zeros(tuple(var.shape), value.dtype)
             rows = (spec.rows(previous, current, var.path, mine.shape[0])
                     if len(mine.shape) else None)
-            target = _Array(mine)
-            _copy_into(target, value, rows, f"{what}: its {kind[1:]} of {var.path}")
-            whole[kind, var.path] = target.value
+            whole[kind, var.path] = _moved(mine, value, rows,
+                                           f"{what}: its {kind[1:]} of {var.path}", var.path)
         return whole[kind, var.path]
 
     carried = 0
@@ -244,19 +247,6 @@ def carry_optimizer_state(optimizer, parent_dir: str, spec, model) -> int:
                 slot.assign(value)
                 carried += 1
     return carried
-
-
-class _Array:
-    """A numpy array with the two methods `_copy_into` uses on a variable."""
-
-    def __init__(self, value):
-        self.value, self.shape, self.path = value, value.shape, "slot"
-
-    def numpy(self):
-        return self.value
-
-    def assign(self, value):
-        self.value = value
 
 
 def describe_growth(previous: dict, grown: dict, evict_after_days: float) -> str:
