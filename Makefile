@@ -29,7 +29,7 @@ demo: $(STAMP)
 	$(PY) -m trainers.analyze --model_dir runs/bert_mtl_small --output_dir runs/report
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 clean-cache:
 	rm -rf $${ECOM_ZOO_CACHE:-$$HOME/.cache/ecom_zoo}

@@ -60,6 +60,31 @@ def test_fit_vocabulary_is_json_and_frequency_ordered():
     assert len(edges) == 3 and all(a < b for a, b in zip(edges, edges[1:]))
 
 
+def test_wordpiece_vocabulary_is_learnt_once_per_texts_and_size(monkeypatch):
+    """The same texts and size again: the learnt vocabulary, not another call to the
+    learner; other texts or another size: learnt anew."""
+    import keras_hub
+    from zoo.models.ranker import vocabulary
+
+    calls = []
+    learner = keras_hub.tokenizers.compute_word_piece_vocabulary
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs["vocabulary_size"])
+        return learner(*args, **kwargs)
+
+    monkeypatch.setattr(keras_hub.tokenizers, "compute_word_piece_vocabulary", counted)
+    monkeypatch.setattr(vocabulary, "_WORDPIECE_MEMO", {})
+    texts = np.array(["red shoes", "blue phone case", ""] * 30, dtype=object)
+    first = vocabulary.wordpiece_vocabulary(texts, 64)
+    first.append("changed by the caller")  # a copy: the memo is not touched
+    again = vocabulary.wordpiece_vocabulary(texts.astype(bytes), 64)
+    assert len(calls) == 1 and again == first[:-1]
+    assert vocabulary.wordpiece_vocabulary(texts, 80) == again  # few words: same tokens
+    other = vocabulary.wordpiece_vocabulary(np.array(["green hat"] * 30, dtype=object), 64)
+    assert calls == [64, 80, 64] and "green" in other and "green" not in again
+
+
 def test_outputs_shapes_and_ranges(model, batch):
     features, _ = batch
     out = {k: _np(v) for k, v in model(model.preprocessor(features)).items()}

@@ -29,6 +29,8 @@ model also carries it inside its `.keras` file, in the preprocessor's config):
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from zoo.models.strings import most_frequent  # noqa: F401  (the family's API)
@@ -93,6 +95,13 @@ def quantile_edges(prices, num_buckets: int) -> list[float]:
     return [float(x) for x in edges] or [float(prices[0])]
 
 
+# Vocabularies learnt in this process, by a digest of their texts and settings: the
+# experiment's rows and a daily loop's arms fit the same training texts again and again
+# (2-3 s each on the small shop, more on a real one). A few entries: texts are large.
+_WORDPIECE_MEMO: dict = {}
+_WORDPIECE_MEMO_SIZE = 4
+
+
 def wordpiece_vocabulary(texts, vocabulary_size: int, max_texts: int | None = None,
                          seed: int = 0) -> list[str]:
     """A lowercase WordPiece vocabulary (keras_hub) from the non-empty `texts`."""
@@ -102,6 +111,10 @@ def wordpiece_vocabulary(texts, vocabulary_size: int, max_texts: int | None = No
         texts = np.random.default_rng(seed).choice(texts, size=max_texts, replace=False)
     if texts.size == 0:
         return _fallback_wordpiece()
+    digest = hashlib.sha256(np.ascontiguousarray(texts).view(np.uint8)).hexdigest()
+    key = (digest, texts.dtype.str, texts.size, int(vocabulary_size))
+    if key in _WORDPIECE_MEMO:
+        return list(_WORDPIECE_MEMO[key])
     import keras_hub
     import tensorflow as tf
 
@@ -109,7 +122,11 @@ def wordpiece_vocabulary(texts, vocabulary_size: int, max_texts: int | None = No
     vocab = keras_hub.tokenizers.compute_word_piece_vocabulary(
         ds, vocabulary_size=vocabulary_size, lowercase=True, strip_accents=True,
         reserved_tokens=list(RESERVED_TOKENS))
-    return [str(t) for t in vocab]
+    vocab = [str(t) for t in vocab]
+    while len(_WORDPIECE_MEMO) >= _WORDPIECE_MEMO_SIZE:
+        _WORDPIECE_MEMO.pop(next(iter(_WORDPIECE_MEMO)))
+    _WORDPIECE_MEMO[key] = tuple(vocab)
+    return vocab
 
 
 def _fallback_wordpiece() -> list[str]:
