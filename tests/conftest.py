@@ -4,12 +4,6 @@ import sys
 # Tests import the hand-written fixtures as a plain module.
 sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# `make test` runs two workers on two cores, and the cluster tests start 4-5 TensorFlow
-# processes beside them: a thread pool per process as wide as the machine oversubscribes
-# it. One thread each (inherited by the subprocesses) cut the CPU of the experiment and
-# loop tests run side by side by 11 % (BUILD_NOTES, "Suite time"). Set before TF loads.
-os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
-os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
 
 import pytest  # noqa: E402
