@@ -79,6 +79,10 @@ def test_a_labels_fraction_trains_fraction_epochs_over_its_labels(shop, tmp_path
     assert experiment.row_epochs(fixed, 0.5) == fixed.base.epochs
     with pytest.raises(ValueError, match="--fraction_epochs must be > 0"):
         experiment.run(dataclasses.replace(config, fraction_epochs=0.0))
+    with pytest.raises(ValueError, match="--pretext must be one of"):
+        experiment.run(dataclasses.replace(config, pretext="next_click"))
+    with pytest.raises(ValueError, match="--pretrain_learning_rate must be > 0"):
+        experiment.run(dataclasses.replace(config, pretrain_learning_rate=0.0))
     assert not (tmp_path / "exp").exists()
 
     # One pass over every training example (what the 100 % row trains) against the

@@ -339,3 +339,77 @@ def test_the_pre_trained_encoder_initialises_the_retriever(pretrained, shop, tmp
     with pytest.raises(ValueError, match="trainers.pretrain run"):
         multitask.run(bad)
     assert not os.path.exists(bad.model_dir)
+
+
+def test_next_session_candidates_put_a_clicked_item_first_and_no_clicked_item_after(shop):
+    from zoo.data import contract, requests as requests_lib
+
+    data, _ = shop
+    tables = contract.read_contract(data)
+    ts = np.asarray(tables.events["timestamp"])
+    cut = contract.split_time(ts, LABEL_CFG.eval_fraction)
+    before = requests_lib.events_before(tables, cut)
+    assert np.asarray(before.events["timestamp"]).max() < cut
+    assert len(before.events["event_id"]) == int((ts < cut).sum())
+    reqs = requests_lib.session_requests(before, int(ts.min()), cut)
+    kept, cand = requests_lib.next_session_candidates(before, reqs, int(ts.min()), cut, 7, 3)
+    assert 0 < len(kept) < len(reqs)  # sessions without a click have no positive
+    assert len(kept) == sum(len(c) > 0 for c in reqs.clicked)
+    assert cand.shape == (len(kept), 8)
+    category = np.asarray(tables.items["category"].to_numpy(zero_copy_only=False), str)
+    same = 0
+    for clicked, row in zip(kept.clicked, cand):
+        assert row[0] in clicked
+        assert not np.isin(row[1:], clicked).any()
+        same += int((category[row[1:4]] == category[row[0]]).sum())
+    assert same >= 0.9 * 3 * len(kept)  # the first half: the clicked item's category
+    again = requests_lib.next_session_candidates(before, reqs, int(ts.min()), cut, 7, 3)[1]
+    np.testing.assert_array_equal(cand, again)  # one seed, one draw
+
+
+def test_next_session_loss_is_the_groups_softmax_cross_entropy():
+    import tensorflow as tf
+    from zoo.models.bert_mtl import pretrainer as pretrainer_lib
+
+    logits = np.array([[2.0, 0.5, -1.0], [0.0, 3.0, 1.0]], np.float32)
+    targets = np.array([1, 0, 0, 0, 0, 1], np.float32)
+    net = pretrainer_lib.NextSessionPretrainer.__new__(pretrainer_lib.NextSessionPretrainer)
+    net.num_candidates = 3
+    got = net.per_example_losses({"next_session": tf.constant(targets)},
+                                 {"next_session": tf.constant(logits)})["next_session"]
+    want = [np.log(np.exp(r).sum()) - r[k] for r, k in zip(logits, (0, 2))]
+    np.testing.assert_allclose(got.numpy(), np.repeat(want, 3), rtol=1e-5)
+    acc = pretrainer_lib.group_accuracy(targets.reshape(2, 3), logits)
+    assert acc == {"next_session/accuracy": 0.5, "next_session/mrr": 0.75}
+
+
+def test_next_session_pretext_trains_an_encoder_that_fine_tuning_loads(shop, tmp_path):
+    from trainers import pretrain
+    from zoo.models.testing import random_raw_batch, split_labels
+    import zoo
+
+    data, tfds_dir = shop
+    config = config_lib.TrainConfig(
+        data_dir=data, tfds_dir=tfds_dir, label_config=LABEL_CFG, preset="tiny",
+        model_dir=str(tmp_path / "ns"), steps=80, batch_size=64, learning_rate=3e-3,
+        warmup_steps=10, steps_per_loop=20, checkpoint_every=1000, verbose=False)
+    with pytest.raises(ValueError, match="multiple of the 16 candidates"):
+        pretrain.run(dataclasses.replace(config, batch_size=60), "next_session", 15)
+    assert not os.path.exists(config.model_dir)  # refused before anything was written
+    with pytest.raises(ValueError, match="--pretext must be one of"):
+        pretrain.run(config, "next_click", 7)
+    result = pretrain.run(config, "next_session", 7)
+    assert result["step"] == 80
+    first, last = result["loss_curve"][0], result["loss_curve"][-1]
+    assert last["next_session"] < first["next_session"] - 0.1, (first, last)
+    # Chance is 1/8: 80 steps of a tiny model already pick the clicked item 1.5x as often.
+    assert result["metrics"]["next_session/accuracy"] > 1.5 / 8, result["metrics"]
+    assert 0.0 < result["metrics"]["next_session/mrr"] <= 1.0
+    with open(os.path.join(config.model_dir, "vocabulary.json")) as f:
+        vocab = json.load(f)
+    raw, _ = split_labels(random_raw_batch(batch_size=4, history_length=16, seed=1))
+    model = zoo.get("bert_mtl", "tiny", vocabulary=vocab)
+    model(model.preprocessor(raw))
+    before = _weights(model.backbone)
+    multitask_task.init_encoder(model, config.model_dir)
+    assert any(not np.array_equal(v, before[k]) for k, v in _weights(model.backbone).items())

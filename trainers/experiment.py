@@ -64,6 +64,11 @@ class ExperimentConfig:
     runs: tuple = DEFAULT_RUNS
     pretrain_epochs: float = 1.0
     pretrain_steps: int = 0
+    # Pre-training's peak learning rate: `trainers.pretrain`'s default, not the rows'.
+    pretrain_learning_rate: float = 1e-3
+    # The pre-trained rows' pretext (`trainers.pretrain --pretext`) and its negatives.
+    pretext: str = "masked"
+    pretext_negatives: int = 15
     lora_rank: int = 8
     # Passes over the labelled impressions at a labels fraction < 1 (unless --steps). One
     # pass at 10 % is 60 steps of 256 on the default shop: the warmup and the cosine decay
@@ -92,7 +97,7 @@ def pretrain_dir(config: ExperimentConfig) -> str:
 def run(config: ExperimentConfig) -> list[dict]:
     """Trains and evaluates every (fraction, run); returns the result rows."""
     from trainers.core import train_lib
-    from trainers.core.pretrain_task import DEFAULT_TASK_WEIGHTS, PretrainTask
+    from trainers.core.pretrain_task import DEFAULT_TASK_WEIGHTS, make_task
 
     unknown = sorted(set(config.runs) - set(RUNS))
     if unknown:
@@ -102,13 +107,18 @@ def run(config: ExperimentConfig) -> list[dict]:
             raise ValueError(f"--labels_fraction values must be in (0, 1], got {f}")
     if not (config.fraction_epochs > 0 and math.isfinite(config.fraction_epochs)):
         raise ValueError(f"--fraction_epochs must be > 0, got {config.fraction_epochs}")
+    if not (config.pretrain_learning_rate > 0 and math.isfinite(config.pretrain_learning_rate)):
+        raise ValueError(f"--pretrain_learning_rate must be > 0, got "
+                         f"{config.pretrain_learning_rate}")
+    pretraining = make_task(config.pretext, config.pretext_negatives)  # checked up front
     base = config.base
     if any(RUNS[r][3] for r in config.runs):
         pt = dataclasses.replace(
             base, model="bert_mtl", model_dir=pretrain_dir(config),
             epochs=config.pretrain_epochs, steps=config.pretrain_steps,
+            learning_rate=config.pretrain_learning_rate,
             task_weights=DEFAULT_TASK_WEIGHTS, export_base=None)
-        train_lib.run_experiment(PretrainTask(), pt)
+        train_lib.run_experiment(pretraining, pt)
 
     rows = []
     for fraction in config.fractions:
@@ -253,6 +263,12 @@ def define_flags():
                        "Pre-training passes over the training split.")
     flags.DEFINE_integer("pretrain_steps", defaults.pretrain_steps,
                          "Pre-training steps (> 0 overrides epochs).")
+    flags.DEFINE_float("pretrain_learning_rate", defaults.pretrain_learning_rate,
+                       "Pre-training's peak learning rate (--learning_rate is the rows').")
+    flags.DEFINE_string("pretext", defaults.pretext, "Pre-training task of the pre-trained "
+                        "rows: masked or next_session (python -m trainers.pretrain --help).")
+    flags.DEFINE_integer("pretext_negatives", defaults.pretext_negatives,
+                         "--pretext next_session: negatives per session.")
     flags.DEFINE_float("fraction_epochs", defaults.fraction_epochs,
                        "Passes over the labelled impressions of a labels fraction < 1 "
                        "(--epochs is the 100 % rows'; --steps fixes every row's length).")
@@ -270,8 +286,10 @@ def main(argv):
             base=base, output_dir=FLAGS.output_dir,
             fractions=tuple(float(f) for f in FLAGS.labels_fractions), runs=tuple(FLAGS.runs),
             pretrain_epochs=FLAGS.pretrain_epochs, pretrain_steps=FLAGS.pretrain_steps,
+            pretrain_learning_rate=FLAGS.pretrain_learning_rate,
             lora_rank=FLAGS.lora_rank or ExperimentConfig.lora_rank,
-            fraction_epochs=FLAGS.fraction_epochs)
+            fraction_epochs=FLAGS.fraction_epochs, pretext=FLAGS.pretext,
+            pretext_negatives=FLAGS.pretext_negatives)
         run(config)
     except (contract.ContractError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

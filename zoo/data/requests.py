@@ -87,6 +87,17 @@ def session_requests(tables: contract.Tables, start: int, end: int | None = None
                     purchased=items_of("purchase"))
 
 
+def events_before(tables: contract.Tables, end: int) -> contract.Tables:
+    """The log cut at `end`: its events with a timestamp before it (the items table whole),
+    so that nothing after a split's end reaches what is drawn from it."""
+    ev = tables.events
+    keep = np.asarray(ev["timestamp"]) < end
+    mask = pa.array(keep)
+    events = {name: values.filter(mask) if isinstance(values, (pa.Array, pa.ChunkedArray))
+              else np.asarray(values)[keep] for name, values in ev.items()}
+    return dataclasses.replace(tables, events=events)
+
+
 def _with_rows(tables: contract.Tables, requests: Requests, request_index: np.ndarray,
                items: np.ndarray) -> tuple[contract.Tables, np.ndarray]:
     """The log with one request row per (request, item) pair appended; their row numbers."""
@@ -148,3 +159,68 @@ def catalogue(tables: contract.Tables) -> dict:
     return {"item_id": _text(items["item_id"]), "item_category": _text(items["category"]),
             "item_brand": _text(items["brand"]), "item_title": _text(items["title"]),
             "item_price": np.asarray(items["price"], np.float32)}
+
+
+def next_session_candidates(tables: contract.Tables, requests: Requests, start: int,
+                            end: int, num_negatives: int, seed: int
+                            ) -> tuple[Requests, np.ndarray]:
+    """The self-supervised ranking task of `trainers.pretrain --pretext next_session`:
+    (the requests whose session clicked an item, candidates [R, 1 + num_negatives]).
+
+    Column 0 is one item the session clicked (drawn at random among its clicks); the
+    others are items it did not click, half of the same category as that item (the
+    shop's result lists hold one category's items: negatives a category alone cannot
+    tell apart) and half drawn by how often the shop showed each item in [start, end)
+    (an exposure-shaped catalogue sample, not the session's own impressions: which of
+    those went unclicked is the click label, which pre-training must not read)."""
+    if num_negatives < 1:
+        raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
+    rng = np.random.default_rng(seed)
+    keep = np.flatnonzero([len(c) > 0 for c in requests.clicked])
+    requests = requests.take(keep)
+    num_requests = len(requests)
+    num_items = len(tables.items["price"])
+    if num_requests == 0:
+        return requests, np.zeros((0, 1 + num_negatives), np.int64)
+    positive = np.array([c[rng.integers(len(c))] for c in requests.clicked], np.int64)
+    _, category = np.unique(np.asarray(_text(tables.items["category"]), str),
+                            return_inverse=True)
+    by_category = np.argsort(category, kind="stable")
+    bounds = np.searchsorted(category[by_category], np.arange(category.max() + 2))
+    lo, size = bounds[category[positive]], np.diff(bounds)[category[positive]]
+    half = num_negatives // 2
+    ev = tables.events
+    ts = np.asarray(ev["timestamp"], np.int64)
+    shown = (ev["event_type"] == EVENT_INDEX["impression"]) & (ts >= start) & (ts < end)
+    exposure = np.bincount(ev["item_code"][shown], minlength=num_items) + 1.0
+    exposure /= exposure.sum()
+    same_column = np.arange(num_negatives) < half
+
+    def draw(rows, columns, uniform=False):
+        """Items for cells (rows, columns) of the negatives, each by its column's rule."""
+        out = rng.choice(num_items, size=len(rows), p=exposure)
+        near = same_column[columns]
+        if uniform:
+            out[near] = rng.integers(0, num_items, size=int(near.sum()))
+        else:
+            out[near] = by_category[lo[rows[near]] + (
+                rng.random(int(near.sum())) * size[rows[near]]).astype(np.int64)]
+        return out
+
+    rows, columns = np.divmod(np.arange(num_requests * num_negatives), num_negatives)
+    negatives = draw(rows, columns).reshape(num_requests, num_negatives)
+    # A drawn item the session clicked is no negative: drawn again by the same rule (a
+    # category the session clicked through is left for a uniform draw after 20 tries).
+    clicked = np.concatenate([i * num_items + np.asarray(c, np.int64)
+                              for i, c in enumerate(requests.clicked)])
+    for attempt in range(100):
+        bad = np.isin(np.arange(num_requests)[:, None] * num_items + negatives, clicked)
+        if not bad.any():
+            break
+        rows, columns = np.nonzero(bad)
+        negatives[rows, columns] = draw(rows, columns, uniform=attempt >= 20)
+    else:
+        raise ValueError("next_session_candidates: the catalogue is too small for "
+                         f"{num_negatives} negatives that the sessions did not click")
+    candidates = np.concatenate([positive[:, None], negatives], axis=1)
+    return requests, candidates

@@ -23,6 +23,10 @@ Three prediction tasks over the same input sequence the multi-task model sees:
 
 The backbone's weights are then written on their own (`save_encoder`) and loaded into a
 fresh multi-task model (`load_encoder`), whose heads start from scratch.
+
+`NextSessionPretrainer` is the other pretext (`trainers.pretrain --pretext next_session`):
+the whole multi-task ranker, candidate visible, picks a session's clicked item among
+catalogue items by its click score; its encoder is kept the same way.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import math
 
 import keras
 import keras_hub
+import numpy as np
 import tensorflow as tf
 
 from zoo.models.ranker import vocabulary as vocab_lib
@@ -241,3 +246,67 @@ def load_encoder(backbone, path: str) -> None:
     load)."""
     status = tf.train.Checkpoint(backbone=backbone).read(path)
     status.assert_existing_objects_matched()
+
+
+# Click probabilities are clipped this far from 0 and 1 before their logit is taken.
+_LOGIT_EPSILON = 1e-6
+
+
+@keras.saving.register_keras_serializable(package="ecom_zoo")
+class NextSessionPretrainer(keras.Model):
+    """The multi-task ranker trained to pick, among a session's candidates, the item the
+    session clicked (`trainers.pretrain --pretext next_session`): a sampled softmax over
+    the click logits of each group of `num_candidates` consecutive rows.
+
+    Unlike the masked tasks the candidate is visible, with every context feature of the
+    (session, item) pair (`zoo.data.requests.candidate_features`), so the path the
+    multi-task heads read (candidate token, dense features, their projection) is trained
+    too; the negatives are catalogue items, never the session's unclicked impressions.
+    Only the backbone is kept (`save_encoder`): the towers are fitted to a sampled-softmax
+    task whose base rate is not the click rate.
+
+    Inputs: the ranker's preprocessed inputs for B = groups x num_candidates rows.
+    Targets: {"next_session": [B] 1 = the group's clicked item, 0 = a negative}.
+    """
+
+    def __init__(self, ranker, num_candidates, **kwargs):
+        super().__init__(**kwargs)
+        self.ranker = ranker
+        self.num_candidates = int(num_candidates)
+
+    def call(self, inputs, training=None):
+        p = keras.ops.clip(self.ranker(inputs, training=training)["click"], _LOGIT_EPSILON,
+                           1.0 - _LOGIT_EPSILON)
+        logits = keras.ops.log(p) - keras.ops.log1p(-p)
+        return {"next_session": keras.ops.reshape(logits, [-1, self.num_candidates])}
+
+    def per_example_losses(self, targets: dict, outputs: dict) -> dict:
+        """{"next_session": [B]}: each row carries its group's cross-entropy over the
+        group's rows, so the loop's mean over rows is the mean over groups."""
+        logits = tf.cast(outputs["next_session"], tf.float32)
+        positive = tf.reshape(tf.cast(targets["next_session"], tf.float32),
+                              [-1, self.num_candidates])
+        ce = tf.nn.softmax_cross_entropy_with_logits(
+            positive / tf.maximum(tf.reduce_sum(positive, 1, keepdims=True), 1.0), logits)
+        return {"next_session": tf.repeat(ce, self.num_candidates)}
+
+    def get_config(self):
+        return {"ranker": keras.saving.serialize_keras_object(self.ranker),
+                "num_candidates": self.num_candidates, "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["ranker"] = keras.saving.deserialize_keras_object(config["ranker"])
+        return cls(**config)
+
+
+def group_accuracy(targets: np.ndarray, logits: np.ndarray) -> dict:
+    """Top-1 accuracy and mean reciprocal rank of the clicked item within its group
+    (targets [G, C] 1 = clicked, logits [G, C]; ties count against it)."""
+    targets = np.asarray(targets, np.float64)
+    logits = np.asarray(logits, np.float64)
+    score = (logits * targets).sum(1) / np.maximum(targets.sum(1), 1.0)
+    rank = 1 + (logits >= score[:, None]).sum(1) - targets.sum(1).astype(np.int64)
+    return {"next_session/accuracy": float(np.mean(rank == 1)),
+            "next_session/mrr": float(np.mean(1.0 / rank))}
