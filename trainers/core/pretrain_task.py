@@ -71,22 +71,29 @@ class PretrainTask(base_task.Task):
                 "label_config": dataclasses.asdict(config.label_config), "task": "pretrain"}
 
     def build_network(self, run):
-        import keras
-        import zoo
         from zoo.models.bert_mtl import pretrainer as pretrainer_lib
 
-        config = run.config
-        # Seeded right before the build (as the multi-task task): preparation and
-        # vocabulary fitting, which a resumed run skips, must not move the initial weights.
-        keras.utils.set_random_seed(config.seed)
-        run.model = zoo.get(config.model, config.preset, vocabulary=run.vocabulary,
-                            num_price_ranges=config.label_config.num_price_ranges,
-                            **config.model_overrides)
+        run.model = self._zoo_model(run)
         self._masker = pretrainer_lib.make_masker(run.model.preprocessor, run.model_config)
         net = pretrainer_lib.BertMtlPretrainer(run.model.backbone, self._masker.num_events,
                                                self._masker.num_tokens, name="pretrainer")
         net(self._masker(run.model.preprocessor(evaluation.raw_features(run.sample)))[0])
         return net
+
+    @staticmethod
+    def _zoo_model(run):
+        """The family's model, built from the run's vocabulary and seed (what pre-training
+        trains and whose backbone it keeps)."""
+        import keras
+        import zoo
+
+        config = run.config
+        # Seeded right before the build (as the multi-task task): preparation and
+        # vocabulary fitting, which a resumed run skips, must not move the initial weights.
+        keras.utils.set_random_seed(config.seed)
+        return zoo.get(config.model, config.preset, vocabulary=run.vocabulary,
+                       num_price_ranges=config.label_config.num_price_ranges,
+                       **config.model_overrides)
 
     def _masked(self, run):
         from zoo.models.bert_mtl import pretrainer as pretrainer_lib
@@ -289,16 +296,10 @@ class NextSessionPretrainTask(PretrainTask):
         return len(self._drawn(run, "train")[1]) * self.num_candidates
 
     def build_network(self, run):
-        import keras
         import tensorflow as tf
-        import zoo
         from zoo.models.bert_mtl import pretrainer as pretrainer_lib
 
-        config = run.config
-        keras.utils.set_random_seed(config.seed)
-        run.model = zoo.get(config.model, config.preset, vocabulary=run.vocabulary,
-                            num_price_ranges=config.label_config.num_price_ranges,
-                            **config.model_overrides)
+        run.model = self._zoo_model(run)
         run.model(run.model.preprocessor(evaluation.raw_features(run.sample)))
         net = pretrainer_lib.NextSessionPretrainer(run.model, self.num_candidates,
                                                    name="next_session_pretrainer")
