@@ -385,8 +385,6 @@ def test_next_session_loss_is_the_groups_softmax_cross_entropy():
 
 def test_next_session_pretext_trains_an_encoder_that_fine_tuning_loads(shop, tmp_path):
     from trainers import pretrain
-    from zoo.models.testing import random_raw_batch, split_labels
-    import zoo
 
     data, tfds_dir = shop
     config = config_lib.TrainConfig(
@@ -405,11 +403,52 @@ def test_next_session_pretext_trains_an_encoder_that_fine_tuning_loads(shop, tmp
     # Chance is 1/8: 80 steps of a tiny model already pick the clicked item 1.5x as often.
     assert result["metrics"]["next_session/accuracy"] > 1.5 / 8, result["metrics"]
     assert 0.0 < result["metrics"]["next_session/mrr"] <= 1.0
-    with open(os.path.join(config.model_dir, "vocabulary.json")) as f:
+    _assert_fine_tuning_loads_the_encoder(config.model_dir)
+
+
+def test_joint_pretext_trains_both_pretexts_on_one_encoder(shop, tmp_path):
+    from trainers import pretrain
+
+    data, tfds_dir = shop
+    config = config_lib.TrainConfig(
+        data_dir=data, tfds_dir=tfds_dir, label_config=LABEL_CFG, preset="tiny",
+        model_dir=str(tmp_path / "joint"), steps=60, batch_size=64, learning_rate=3e-3,
+        warmup_steps=10, steps_per_loop=20, checkpoint_every=1000, verbose=False,
+        task_weights=pretrain_task.DEFAULT_TASK_WEIGHTS)
+    with pytest.raises(ValueError, match="unknown task 'retrieval'"):
+        pretrain.run(dataclasses.replace(config, task_weights="retrieval=1"), "joint", 7)
+    assert not os.path.exists(config.model_dir)
+    # next_session alone has one loss: the masked tasks' weights are refused by name.
+    with pytest.raises(ValueError, match="unknown task 'item'"):
+        pretrain.run(dataclasses.replace(config, task_weights="item=2"), "next_session", 7)
+    result = pretrain.run(config, "joint", 7)
+    assert result["step"] == 60
+    first, last = result["loss_curve"][0], result["loss_curve"][-1]
+    for task in ("item", "category", "next_item", "next_session"):
+        assert last[task] < first[task] - 0.05, (task, first, last)
+    # The default weighs the masked tasks at 0.2: the total is that weighted sum.
+    weights = config_lib.parse_task_weights(pretrain_task.JOINT_TASK_WEIGHTS,
+                                            pretrain_task.make_task("joint").loss_names)
+    assert weights["item"] == 0.2 and weights["next_session"] == 1.0
+    np.testing.assert_allclose(last["loss"], sum(w * last[t] for t, w in weights.items()),
+                               rtol=1e-4)
+    metrics = result["metrics"]
+    assert metrics["next_session/accuracy"] > 1.5 / 8, metrics
+    assert 0.0 <= metrics["item/masked_accuracy"] <= 1.0 and "next_item/accuracy" in metrics
+    # The encoder it leaves is the one both pretexts trained: fine-tuning loads it.
+    _assert_fine_tuning_loads_the_encoder(config.model_dir)
+
+
+def _assert_fine_tuning_loads_the_encoder(model_dir):
+    """A fresh tiny model on the run's vocabulary takes the encoder, and it changes it."""
+    from zoo.models.testing import random_raw_batch, split_labels
+    import zoo
+
+    with open(os.path.join(model_dir, "vocabulary.json")) as f:
         vocab = json.load(f)
     raw, _ = split_labels(random_raw_batch(batch_size=4, history_length=16, seed=1))
     model = zoo.get("bert_mtl", "tiny", vocabulary=vocab)
     model(model.preprocessor(raw))
     before = _weights(model.backbone)
-    multitask_task.init_encoder(model, config.model_dir)
+    multitask_task.init_encoder(model, model_dir)
     assert any(not np.array_equal(v, before[k]) for k, v in _weights(model.backbone).items())

@@ -35,8 +35,9 @@ def define_flags():
         "pretext", "masked", "What the encoder learns: 'masked' (masked events and query "
         "tokens, the next event at the hidden candidate; --task_weights weighs them) or "
         "'next_session' (which of a session's candidates it clicked, among catalogue items "
-        "it did not, every context feature of each candidate visible).")
-    flags.DEFINE_integer("pretext_negatives", 15, "--pretext next_session: catalogue items "
+        "it did not, every context feature of each candidate visible) or 'joint' (both "
+        "at every step; --task_weights weighs the masked tasks and next_session).")
+    flags.DEFINE_integer("pretext_negatives", 15, "--pretext next_session or joint: catalogue items "
                          "per session beside the clicked one (--batch_size must be a "
                          "multiple of this + 1).")
 

@@ -1,4 +1,4 @@
-"""Self-supervised pre-training of a family's encoder on the logs, two pretexts:
+"""Self-supervised pre-training of a family's encoder on the logs, three pretexts:
 
   masked        (`PretrainTask`) masked behaviour modelling (BERT4Rec: mask history
                 events, predict their item and category), masked WordPiece modelling of the
@@ -134,11 +134,18 @@ class PretrainTask(base_task.Task):
 
     def evaluate(self, run, result):
         """Top-1 accuracy on (a part of) the eval split, with a fixed masking seed."""
+        result["metrics"] = self._masked_metrics(run, run.network)
+        if run.config.verbose:
+            print("top-1 accuracy on the eval split: " + ", ".join(
+                f"{k} {v:.4f}" for k, v in result["metrics"].items()))
+
+    def _masked_metrics(self, run, net) -> dict:
+        """The masked tasks' top-1 accuracies of `net` (a `BertMtlPretrainer`)."""
         import tensorflow as tf
         from zoo.data import pipeline
         from zoo.models.bert_mtl import pretrainer as pretrainer_lib
 
-        config, net = run.config, run.network
+        config = run.config
         split = "eval" if run.has_eval else "train"
         tf.random.set_seed(config.seed)
         eval_ds = pipeline.make_dataset(pipeline.split_files(run.builder, split),
@@ -151,12 +158,8 @@ class PretrainTask(base_task.Task):
             acc = pretrainer_lib.masked_accuracy(batch[1], forward(batch[0]))
             sums = {k: sums.get(k, 0.0) + v for k, v in acc.items()}
             batches += 1
-        result["metrics"] = {
-            f"{k}/{'accuracy' if k.startswith('next_') else 'masked_accuracy'}":
+        return {f"{k}/{'accuracy' if k.startswith('next_') else 'masked_accuracy'}":
                 v / max(batches, 1) for k, v in sums.items()}
-        if config.verbose:
-            print("top-1 accuracy on the eval split: " + ", ".join(
-                f"{k} {v:.4f}" for k, v in result["metrics"].items()))
 
     def save(self, run, result):
         from zoo.models.bert_mtl import pretrainer as pretrainer_lib
@@ -167,7 +170,7 @@ class PretrainTask(base_task.Task):
             "total_steps": run.steps, "model_config": run.model_config})
 
 
-PRETEXTS = ("masked", "next_session")
+PRETEXTS = ("masked", "next_session", "joint")
 # Sessions per call of the candidates' feature builder (each call re-reads the whole log).
 SESSIONS_PER_CHUNK = 2000
 # Eval-split sessions the next-session accuracy is measured on.
@@ -203,7 +206,15 @@ class NextSessionPretrainTask(PretrainTask):
         return ("next_session",)
 
     def task_weights(self, config) -> dict:
-        return {"next_session": 1.0}
+        """One loss: the default weights (`trainers.pretrain`'s masked tasks, or the
+        multi-task trainer's) mean nothing here; anything else must name only this
+        pretext's task."""
+        from trainers.core.config import DEFAULT_TASK_WEIGHTS as TRAINER_DEFAULT
+        from trainers.core.config import parse_task_weights
+
+        if config.task_weights in (DEFAULT_TASK_WEIGHTS, TRAINER_DEFAULT, ""):
+            return {name: 1.0 for name in self.loss_names}
+        return parse_task_weights(config.task_weights, self.loss_names)
 
     def check(self, config, model_config, spec) -> None:
         super().check(config, model_config, spec)
@@ -355,6 +366,9 @@ class NextSessionPretrainTask(PretrainTask):
     def evaluate(self, run, result):
         """Top-1 accuracy and MRR of the clicked item among its session's candidates, on
         (at most EVAL_SESSIONS) sessions of the eval split."""
+        result["metrics"] = self._session_metrics(run, run.network)
+
+    def _session_metrics(self, run, net) -> dict:
         import numpy as np
         import tensorflow as tf
         from zoo.models.bert_mtl import pretrainer as pretrainer_lib
@@ -362,20 +376,85 @@ class NextSessionPretrainTask(PretrainTask):
         split = "eval" if run.has_eval else "train"
         if not len(self._drawn(run, split)[1]):
             print(f"next-session task: no session of the {split} split clicked; not measured")
-            result["metrics"] = {}
-            return
+            return {}
         x, y = self.groups(run, split)
-        forward = tf.function(lambda a: run.network(a, training=False)["next_session"],
+        forward = tf.function(lambda a: net(a, training=False)["next_session"],
                               autograph=False, reduce_retracing=True)
         step = self.num_candidates * max(1, run.config.eval_batch_size // self.num_candidates)
         logits = [forward({k: tf.constant(v[s:s + step]) for k, v in x.items()}).numpy()
                   for s in range(0, len(y["next_session"]), step)]
-        result["metrics"] = pretrainer_lib.group_accuracy(
+        metrics = pretrainer_lib.group_accuracy(
             y["next_session"].reshape(-1, self.num_candidates), np.concatenate(logits))
         if run.config.verbose:
             print(f"next-session task on {len(y['next_session']) // self.num_candidates:,} "
-                  f"{split} sessions: " + ", ".join(
-                      f"{k} {v:.4f}" for k, v in result["metrics"].items()))
+                  f"{split} sessions: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        return metrics
+
+
+# The joint pretext's default weights: the masked tasks at a fifth of the next-session
+# task's (measured against 1:1 in BUILD_NOTES, "Both pretexts at once").
+JOINT_TASK_WEIGHTS = ("item=0.2,category=0.2,query=0.2,next_item=0.2,next_category=0.2,"
+                      "next_session=1")
+
+
+class JointPretrainTask(NextSessionPretrainTask):
+    """Both pretexts at every step (`JointPretrainer`): a batch of masked training
+    impressions and a batch of sessions' candidates, the losses summed (`--task_weights`
+    weighs the six tasks: the masked ones and `next_session`; JOINT_TASK_WEIGHTS by
+    default). The masked tasks keep what
+    they teach the history and query paths (the price-range head leans on them), the
+    next-session task trains the candidate's path they hide. A pass is one over the
+    sessions' candidate rows, as for `next_session`; the impressions repeat as needed.
+    Leaves what `PretrainTask` leaves."""
+
+    name = "pretrain_joint"
+
+    @property
+    def loss_names(self):
+        from zoo.models.bert_mtl.pretrainer import TASKS
+
+        return TASKS + ("next_session",)
+
+    def task_weights(self, config) -> dict:
+        """The six tasks' weights; the entry points' defaults (`trainers.pretrain`'s
+        masked weights, the multi-task trainer's) mean JOINT_TASK_WEIGHTS."""
+        from trainers.core.config import DEFAULT_TASK_WEIGHTS as TRAINER_DEFAULT
+        from trainers.core.config import parse_task_weights
+
+        text = config.task_weights
+        if text in (DEFAULT_TASK_WEIGHTS, TRAINER_DEFAULT, ""):
+            text = JOINT_TASK_WEIGHTS
+        return parse_task_weights(text, self.loss_names)
+
+    def build_network(self, run):
+        from zoo.models.bert_mtl import pretrainer as pretrainer_lib
+
+        session = super().build_network(run)  # the ranker, its unused towers frozen
+        self._masker = pretrainer_lib.make_masker(run.model.preprocessor, run.model_config)
+        masked = pretrainer_lib.BertMtlPretrainer(run.model.backbone, self._masker.num_events,
+                                                  self._masker.num_tokens, name="pretrainer")
+        masked(self._masker(run.model.preprocessor(evaluation.raw_features(run.sample)))[0])
+        return pretrainer_lib.JointPretrainer(masked, session, name="joint_pretrainer")
+
+    def train_dataset(self, run, ctx):
+        import tensorflow as tf
+
+        masked = PretrainTask.train_dataset(self, run, ctx)
+        session = super().train_dataset(run, ctx)
+        return tf.data.Dataset.zip(masked, session).map(
+            lambda m, s: ({"masked": m[0], "session": s[0]}, {**m[1], **s[1]}))
+
+    def _network_words(self, run) -> str:
+        return (f"({run.model.backbone.count_params():,} parameters) on the masked and the "
+                f"next-session tasks ({run.num_train // self.num_candidates:,} sessions x "
+                f"{self.num_candidates} candidate rows a pass, as many masked impressions)")
+
+    def evaluate(self, run, result):
+        result["metrics"] = {**self._masked_metrics(run, run.network.masked),
+                             **self._session_metrics(run, run.network.session)}
+        if run.config.verbose:
+            print("pre-training tasks on the eval split: " + ", ".join(
+                f"{k} {v:.4f}" for k, v in result["metrics"].items()))
 
 
 def make_task(pretext: str = "masked", negatives: int = 15) -> PretrainTask:
@@ -384,4 +463,6 @@ def make_task(pretext: str = "masked", negatives: int = 15) -> PretrainTask:
         raise ValueError(f"--pretext must be one of {PRETEXTS}, got {pretext!r}")
     if pretext == "next_session":
         return NextSessionPretrainTask(negatives)
+    if pretext == "joint":
+        return JointPretrainTask(negatives)
     return PretrainTask()

@@ -310,3 +310,43 @@ def group_accuracy(targets: np.ndarray, logits: np.ndarray) -> dict:
     rank = 1 + (logits >= score[:, None]).sum(1) - targets.sum(1).astype(np.int64)
     return {"next_session/accuracy": float(np.mean(rank == 1)),
             "next_session/mrr": float(np.mean(1.0 / rank))}
+
+
+@keras.saving.register_keras_serializable(package="ecom_zoo")
+class JointPretrainer(keras.Model):
+    """Both pretexts on one shared backbone, every step (`trainers.pretrain --pretext
+    joint`): the masked tasks on a batch of training impressions (`BertMtlPretrainer`) and
+    the next-session task on a batch of sessions' candidates (`NextSessionPretrainer`).
+    The masked tasks train what a next-session ranker never asks of the encoder (the
+    history's items and prices, the query's words), the next-session task the candidate's
+    path that the masked tasks hide.
+
+    Inputs: {"masked": the masked pretrainer's inputs, "session": the ranker's
+    preprocessed inputs}, both of B rows. Outputs and targets: the union of the two
+    pretexts' (task names do not collide).
+    """
+
+    def __init__(self, masked, session, **kwargs):
+        super().__init__(**kwargs)
+        self.masked = masked
+        self.session = session
+
+    def call(self, inputs, training=None):
+        return {**self.masked(inputs["masked"], training=training),
+                **self.session(inputs["session"], training=training)}
+
+    def per_example_losses(self, targets: dict, outputs: dict) -> dict:
+        return {**self.masked.per_example_losses(targets, outputs),
+                **self.session.per_example_losses(targets, outputs)}
+
+    def get_config(self):
+        return {"masked": keras.saving.serialize_keras_object(self.masked),
+                "session": keras.saving.serialize_keras_object(self.session),
+                "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("masked", "session"):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
