@@ -4,6 +4,12 @@ import sys
 # Tests import the hand-written fixtures as a plain module.
 sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# One thread per TensorFlow op, in the workers and the trainers and servers they start
+# (inherited): the tiny models gain little from splitting an op, and two workers with
+# their subprocesses share two cores, so every op pool beyond one thread competes with
+# the other processes (the figures: BUILD_NOTES, "Suite time"). The ops of a step still
+# run side by side (the inter-op pool is left as it is: collectives and servers need it).
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 
 
 import pytest  # noqa: E402
