@@ -42,8 +42,22 @@ class PretrainTask(base_task.Task):
                          "next_item, next_category); a task left out weighs 1, =0 turns it "
                          "off.")
 
+    # What --task_weights means when left at an entry point's default (`trainers.pretrain`
+    # defines the flag before the pretext is known; `TrainConfig`'s is the multi-task
+    # trainer's).
+    default_task_weights = DEFAULT_TASK_WEIGHTS
+
     def __init__(self):
         self._masker = None
+
+    def task_weights(self, config) -> dict:
+        from trainers.core.config import DEFAULT_TASK_WEIGHTS as TRAINER_DEFAULT
+        from trainers.core.config import parse_task_weights
+
+        text = config.task_weights
+        if text in (DEFAULT_TASK_WEIGHTS, TRAINER_DEFAULT, ""):
+            text = self.default_task_weights
+        return parse_task_weights(text, self.loss_names)
 
     @property
     def loss_names(self):
@@ -71,9 +85,14 @@ class PretrainTask(base_task.Task):
                 "label_config": dataclasses.asdict(config.label_config), "task": "pretrain"}
 
     def build_network(self, run):
+        run.model = self._zoo_model(run)
+        return self._masked_pretrainer(run)
+
+    def _masked_pretrainer(self, run):
+        """The masked tasks' heads on `run.model`'s backbone, built on the sample batch
+        (and the masker the datasets use)."""
         from zoo.models.bert_mtl import pretrainer as pretrainer_lib
 
-        run.model = self._zoo_model(run)
         self._masker = pretrainer_lib.make_masker(run.model.preprocessor, run.model_config)
         net = pretrainer_lib.BertMtlPretrainer(run.model.backbone, self._masker.num_events,
                                                self._masker.num_tokens, name="pretrainer")
@@ -191,6 +210,7 @@ class NextSessionPretrainTask(PretrainTask):
     of sessions, which would want them written as examples first."""
 
     name = "pretrain_next_session"
+    default_task_weights = "next_session=1"  # one loss: other names are refused
 
     def __init__(self, num_negatives: int = 15):
         super().__init__()
@@ -204,17 +224,6 @@ class NextSessionPretrainTask(PretrainTask):
     @property
     def loss_names(self):
         return ("next_session",)
-
-    def task_weights(self, config) -> dict:
-        """One loss: the default weights (`trainers.pretrain`'s masked tasks, or the
-        multi-task trainer's) mean nothing here; anything else must name only this
-        pretext's task."""
-        from trainers.core.config import DEFAULT_TASK_WEIGHTS as TRAINER_DEFAULT
-        from trainers.core.config import parse_task_weights
-
-        if config.task_weights in (DEFAULT_TASK_WEIGHTS, TRAINER_DEFAULT, ""):
-            return {name: 1.0 for name in self.loss_names}
-        return parse_task_weights(config.task_weights, self.loss_names)
 
     def check(self, config, model_config, spec) -> None:
         super().check(config, model_config, spec)
@@ -401,13 +410,13 @@ class JointPretrainTask(NextSessionPretrainTask):
     """Both pretexts at every step (`JointPretrainer`): a batch of masked training
     impressions and a batch of sessions' candidates, the losses summed (`--task_weights`
     weighs the six tasks: the masked ones and `next_session`; JOINT_TASK_WEIGHTS by
-    default). The masked tasks keep what
-    they teach the history and query paths (the price-range head leans on them), the
+    default). The masked tasks keep what they teach the history and query paths (the price-range head leans on them), the
     next-session task trains the candidate's path they hide. A pass is one over the
     sessions' candidate rows, as for `next_session`; the impressions repeat as needed.
     Leaves what `PretrainTask` leaves."""
 
     name = "pretrain_joint"
+    default_task_weights = JOINT_TASK_WEIGHTS
 
     @property
     def loss_names(self):
@@ -415,26 +424,12 @@ class JointPretrainTask(NextSessionPretrainTask):
 
         return TASKS + ("next_session",)
 
-    def task_weights(self, config) -> dict:
-        """The six tasks' weights; the entry points' defaults (`trainers.pretrain`'s
-        masked weights, the multi-task trainer's) mean JOINT_TASK_WEIGHTS."""
-        from trainers.core.config import DEFAULT_TASK_WEIGHTS as TRAINER_DEFAULT
-        from trainers.core.config import parse_task_weights
-
-        text = config.task_weights
-        if text in (DEFAULT_TASK_WEIGHTS, TRAINER_DEFAULT, ""):
-            text = JOINT_TASK_WEIGHTS
-        return parse_task_weights(text, self.loss_names)
-
     def build_network(self, run):
         from zoo.models.bert_mtl import pretrainer as pretrainer_lib
 
         session = super().build_network(run)  # the ranker, its unused towers frozen
-        self._masker = pretrainer_lib.make_masker(run.model.preprocessor, run.model_config)
-        masked = pretrainer_lib.BertMtlPretrainer(run.model.backbone, self._masker.num_events,
-                                                  self._masker.num_tokens, name="pretrainer")
-        masked(self._masker(run.model.preprocessor(evaluation.raw_features(run.sample)))[0])
-        return pretrainer_lib.JointPretrainer(masked, session, name="joint_pretrainer")
+        return pretrainer_lib.JointPretrainer(self._masked_pretrainer(run), session,
+                                              name="joint_pretrainer")
 
     def train_dataset(self, run, ctx):
         import tensorflow as tf
