@@ -208,6 +208,102 @@ def _read_table(path: str, required, optional) -> pa.Table:
     return table
 
 
+# Table display path -> (the file of the batch being validated, the batch's first row in it).
+_BATCHES: dict[str, tuple[str, int]] = {}
+
+
+def event_batches(folder: str, batch_rows: int = 1_000_000):
+    """The events table of `folder` as raw Arrow tables of at most `batch_rows` rows, in
+    file (and part) order, for reading a log larger than memory: one batch is held at a
+    time. Yields (events display path, file display path, first row of the batch in its
+    file, table). `validate_events(table, ...)` inside `batch_errors(...)` names the file
+    and row of a bad value as reading the whole table would."""
+    events_path = _find_table(folder, "events")
+    wanted = list(EVENTS_REQUIRED) + list(EVENTS_OPTIONAL)
+    fs, _ = filesystem(folder)
+    if events_path.endswith("/"):
+        _, base = filesystem(events_path.rstrip("/"))
+        files = [f.path for f in table_files(folder, "events")]
+        shown = [_display(events_path, f) for f in files]
+        extras = [_partition_values(f[len(base) + 1:]) for f in files]
+    else:
+        files = [filesystem(events_path)[1]]
+        shown, extras = [events_path], [{}]
+    for path, name, extra in zip(files, shown, extras):
+        for offset, table in _file_batches(fs, path, name, wanted, extra, batch_rows):
+            yield events_path, name, offset, table
+
+
+def _file_batches(fs, path, shown, wanted, extra, batch_rows):
+    required = EVENTS_REQUIRED
+    if path.endswith(".parquet"):
+        with fs.open_input_file(path) as f:
+            part = pq.ParquetFile(f)
+            names = part.schema_arrow.names
+            _check_columns(shown, list(names) + list(extra), required)
+            batches = part.iter_batches(batch_size=batch_rows,
+                                        columns=[c for c in wanted if c in names])
+            offset = 0
+            for batch in batches:
+                table = _with_partition_columns(pa.Table.from_batches([batch]), wanted, extra)
+                yield offset, table
+                offset += batch.num_rows
+        return
+    with fs.open_input_stream(path) as f:
+        head = f.read(1 << 16)
+    header = head.split(b"\n", 1)[0].decode("utf-8-sig", "replace").rstrip("\r")
+    header = [h.strip().strip('"') for h in header.split(",")]
+    _check_columns(shown, header + list(extra), required)
+    columns = [c for c in wanted if c in header]
+    with fs.open_input_stream(path) as f:
+        try:
+            reader = pacsv.open_csv(
+                f, read_options=pacsv.ReadOptions(block_size=1 << 24),
+                convert_options=pacsv.ConvertOptions(
+                    include_columns=columns, column_types={c: pa.string() for c in columns},
+                    strings_can_be_null=False))
+            offset, pending = 0, []
+            for batch in reader:
+                pending.append(batch)
+                if sum(b.num_rows for b in pending) >= batch_rows:
+                    table = _with_partition_columns(pa.Table.from_batches(pending), wanted,
+                                                    extra)
+                    pending = []
+                    yield offset, table
+                    offset += table.num_rows
+            if pending:
+                yield offset, _with_partition_columns(pa.Table.from_batches(pending), wanted,
+                                                      extra)
+        except pa.ArrowInvalid as e:  # ragged rows, bad UTF-8, unbalanced quotes
+            raise ContractError(f"{shown}: not a readable CSV table: {e}") from None
+
+
+def _with_partition_columns(table: pa.Table, wanted, extra: dict) -> pa.Table:
+    for key, value in extra.items():
+        if key in wanted and key not in table.column_names:
+            table = table.append_column(key, pa.array([value] * table.num_rows, pa.string()))
+    return table
+
+
+class batch_errors:
+    """While validating one batch: its rows are named as rows of `file_shown` from `offset`."""
+
+    def __init__(self, events_path: str, file_shown: str, offset: int):
+        self.key, self.value = events_path, (file_shown, offset)
+
+    def __enter__(self):
+        _BATCHES[self.key] = self.value
+
+    def __exit__(self, *exc):
+        _BATCHES.pop(self.key, None)
+
+
+def describe_row(events_path: str, file_shown: str, row: int) -> str:
+    """"part F, row R" / "line N": a row of a file, as the contract's errors name it."""
+    inner = _file_line(file_shown, row)
+    return inner if file_shown == events_path else f"part {file_shown}, {inner}"
+
+
 def _check_columns(path, present, required):
     missing = [c for c in required if c not in present]
     if missing:
@@ -217,11 +313,20 @@ def _check_columns(path, present, required):
 
 def _line(path: str, row: int) -> str:
     # CSV line numbers count the header as line 1; Parquet has rows, not lines. A folder
-    # table's row is its part's (named) and the row in that part.
+    # table's row is its part's (named) and the row in that part; a batch's row is its
+    # file's row past the batch's first.
+    if path in _BATCHES:
+        shown, offset = _BATCHES[path]
+        inner = _file_line(shown, row + offset)
+        return inner if shown == path else f"part {shown}, {inner}"
     if path in _PARTS:
         files, starts = _PARTS[path]
         i = int(np.searchsorted(starts, row, side="right")) - 1
         return f"part {files[i]}, {_line(files[i], row - int(starts[i]))}"
+    return _file_line(path, row)
+
+
+def _file_line(path: str, row: int) -> str:
     return f"line {row + 2}" if path.endswith(".csv") else f"row {row}"
 
 

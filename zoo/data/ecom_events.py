@@ -22,6 +22,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from zoo.data import contract, examples as examples_lib, labels as labels_lib, serialize
+from zoo.data import streaming as streaming_lib
 
 
 # Bump when the example-building code changes what it writes: cached examples are re-made.
@@ -48,17 +49,36 @@ def _fingerprint(contract_dir: str, config: labels_lib.LabelConfig) -> str:
     return h.hexdigest()[:16]
 
 
+STREAMING_MODES = ("auto", "on", "off")
+
+
 class EcomEventsConfig(tfds.core.BuilderConfig):
+    """streaming: "on" prepares by user buckets (`zoo.data.streaming`: memory bounded by a
+    bucket of `bucket_events` events), "off" in memory, "auto" by buckets from
+    `streaming.AUTO_MIN_EVENTS` events. The two give the same examples, in another order,
+    so the prepared folders are kept apart."""
+
     def __init__(self, *, contract_dir: str, label_config: labels_lib.LabelConfig,
-                 chunk_size: int = 100_000):
+                 chunk_size: int = 100_000, streaming: str = "auto",
+                 bucket_events: int = streaming_lib.DEFAULT_BUCKET_EVENTS):
+        if streaming not in STREAMING_MODES:
+            raise ValueError(f"--streaming must be one of {STREAMING_MODES}, got {streaming!r}")
+        if bucket_events < 1:
+            raise ValueError(f"--bucket_events must be >= 1, got {bucket_events!r}")
         contract_dir = _absolute(contract.local_path(contract_dir))
+        if streaming == "auto":
+            streaming = ("on" if streaming_lib.estimate_events(contract_dir)
+                         >= streaming_lib.AUTO_MIN_EVENTS else "off")
+        fingerprint = _fingerprint(contract_dir, label_config)
         super().__init__(
-            name="c" + _fingerprint(contract_dir, label_config),
+            name=("c" if streaming == "off" else "s") + fingerprint,
             description=f"Impressions of {contract_dir}",
         )
         self.contract_dir = contract_dir
         self.label_config = label_config
         self.chunk_size = chunk_size
+        self.streaming = streaming == "on"
+        self.bucket_events = bucket_events
 
 
 class EcomEvents(tfds.core.GeneratorBasedBuilder):
@@ -98,43 +118,76 @@ class EcomEvents(tfds.core.GeneratorBasedBuilder):
         them unchanged.
         """
         cfg = self.builder_config
+        if cfg.streaming:
+            log = streaming_lib.BucketedLog(
+                cfg.contract_dir, cfg.label_config, cfg.bucket_events,
+                work_dir=os.path.dirname(os.fspath(self.data_path)),
+                log=lambda msg: logging.info("ecom_events: %s", msg))
+            try:
+                meta = {"eval_start_timestamp": int(log.shared.cut),
+                        "price_edges": log.shared.edges, "num_events": log.shared.num_events,
+                        "events_path": log.events_path}
+                infos = self._write_splits(
+                    ((split, chunk) for source in log.sources()
+                     for split in ("train", "eval")
+                     for chunk in source.chunks(split, cfg.chunk_size, text=False)),
+                    serialize.CodedSerializer(log), meta)
+            finally:
+                log.cleanup()
+            return infos
         tables = contract.read_contract(cfg.contract_dir)
         source = examples_lib.ExampleSource(tables, cfg.label_config)
+        meta = {"eval_start_timestamp": int(source.prep.cut), "price_edges": source.prep.edges,
+                "num_events": tables.num_events, "events_path": tables.events_path}
+        chunks = ((split, chunk) for split in ("train", "eval")
+                  for chunk in source.chunks(split, cfg.chunk_size, text=False))
+        return self._write_splits(chunks, serialize.CodedSerializer(tables), meta)
+
+    def _write_splits(self, chunks, serializer, meta: dict):
+        """Writes (split, coded chunk) pairs as they come, a shard per chunk, two shards in
+        flight (TF's encoders release the GIL, so both cores work while memory stays at a
+        few chunks whatever the log's size); shards are named once their count is known."""
+        cfg = self.builder_config
         self.info.metadata.update({
             "contract_dir": cfg.contract_dir,
             "label_config": dataclasses.asdict(cfg.label_config),
-            "price_edges": [float(e) for e in source.prep.edges],
-            "eval_start_timestamp": int(source.prep.cut),
-            "num_events": tables.num_events,
+            "price_edges": [float(e) for e in meta["price_edges"]],
+            "eval_start_timestamp": meta["eval_start_timestamp"],
+            "num_events": meta["num_events"],
         })
-        if source.num_examples("train") == 0:
+        shards = {"train": [], "eval": []}  # split -> [(temporary path, future)]
+        folder = os.fspath(self.data_path)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+            pending = collections.deque()
+            for split, coded in chunks:
+                if not len(coded["hist_length"]):
+                    continue
+                path = os.path.join(folder, f".{split}-{len(shards[split]):06d}.tmp")
+                future = pool.submit(_write_shard, path, coded, serializer)
+                shards[split].append((path, future))
+                pending.append(future)
+                if len(pending) >= 2:
+                    pending.popleft().result()
+            for future in pending:
+                future.result()
+        if not shards["train"]:
             raise contract.ContractError(
-                f"{tables.events_path}: no impression falls in the training period (before "
-                f"{np.datetime64(int(source.prep.cut), 's')} UTC); expected impressions "
-                "before the last eval_fraction of days")
-        serializer = serialize.CodedSerializer(tables)
+                f"{meta['events_path']}: no impression falls in the training period (before "
+                f"{np.datetime64(int(meta['eval_start_timestamp']), 's')} UTC); expected "
+                "impressions before the last eval_fraction of days")
         infos = []
         # TFDS cannot hold an empty split: a log with no eval days gets no eval split.
-        for split in ("train", "eval"):
-            total = source.num_examples(split)
-            if total == 0:
+        for split, written in shards.items():
+            if not written:
                 continue
             template = self._get_filename_template(split_name=split)
-            paths = template.sharded_filepaths(-(-total // cfg.chunk_size))
-            chunks = source.chunks(split, cfg.chunk_size, text=False)
-            # Two shards in flight: TF's encoders release the GIL, so both cores work
-            # while memory stays at a few chunks whatever the log's size.
-            with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-                pending, results = collections.deque(), []
-                for path, coded in zip(paths, chunks):
-                    pending.append(pool.submit(_write_shard, os.fspath(path), coded, serializer))
-                    if len(pending) >= 2:
-                        results.append(pending.popleft().result())
-                results.extend(f.result() for f in pending)
-            lengths = [n for n, _ in results]
-            num_bytes = sum(b for _, b in results)
-            infos.append(tfds.core.SplitInfo(name=split, shard_lengths=lengths,
-                                             num_bytes=num_bytes, filename_template=template))
+            paths = template.sharded_filepaths(len(written))
+            results = [future.result() for _, future in written]
+            for (tmp, _), final in zip(written, paths):
+                os.replace(tmp, os.fspath(final))
+            infos.append(tfds.core.SplitInfo(
+                name=split, shard_lengths=[n for n, _ in results],
+                num_bytes=sum(b for _, b in results), filename_template=template))
         return infos
 
 
@@ -150,7 +203,8 @@ def _write_shard(path: str, coded: dict, serializer) -> tuple[int, int]:
 def prepare(contract_dir: str, data_dir: str,
             label_config: labels_lib.LabelConfig | None = None,
             chunk_size: int = 100_000, wait: bool = False,
-            timeout_s: float = 3600.0) -> EcomEvents:
+            timeout_s: float = 3600.0, streaming: str = "auto",
+            bucket_events: int = streaming_lib.DEFAULT_BUCKET_EVENTS) -> EcomEvents:
     """Builds (or reuses, if inputs and config are unchanged) the examples; returns the builder.
 
     wait=True only waits for another process (a cluster's chief) to finish preparing: two
@@ -159,7 +213,8 @@ def prepare(contract_dir: str, data_dir: str,
     label_config = label_config or labels_lib.LabelConfig()
     data_dir = os.path.abspath(data_dir)
     config = EcomEventsConfig(contract_dir=contract_dir, label_config=label_config,
-                              chunk_size=chunk_size)
+                              chunk_size=chunk_size, streaming=streaming,
+                              bucket_events=bucket_events)
     if wait:
         deadline = time.time() + timeout_s
         while True:

@@ -59,14 +59,29 @@ def _take(arr: pa.Array, idx: np.ndarray) -> np.ndarray:
 class ExampleSource:
     """Labels and history index of one log, computed once; chunks gathered per split."""
 
-    def __init__(self, tables: contract.Tables, config: labels_lib.LabelConfig | None = None):
+    def __init__(self, tables: contract.Tables, config: labels_lib.LabelConfig | None = None,
+                 shared=None):
+        """shared: for a part of a log that holds whole users (`zoo.data.streaming`), the
+        whole log's cut, price edges, end and shop counts, and `cross_columns(tables,
+        impressions)`: the item-level labels, statistics and features computed over every
+        user's events (`log_features.CROSS_USER`, "stat:" / "label:" columns)."""
         self.config = config or labels_lib.LabelConfig()
         self.tables = tables
-        self.prep = labels_lib.Prepared(tables, self.config)
-        self.labels = labels_lib.compute_labels(tables, self.config, prepared=self.prep)
+        self.prep = labels_lib.Prepared(tables, self.config, shared)
+        cross = (shared.cross_columns(tables, self.prep.impressions) if shared is not None
+                 else None)
+        self.labels = labels_lib.compute_labels(
+            tables, self.config, prepared=self.prep,
+            demand=None if cross is None else (cross["label:demand"],
+                                               cross["label:demand_mask"]))
         self.history = labels_lib.HistoryIndex(self.prep)
-        self.item_stats = labels_lib.item_trailing_stats(self.prep, self.labels["row"])
-        built = log_features.build(tables, impressions=self.labels["row"])
+        if cross is None:
+            self.item_stats = labels_lib.item_trailing_stats(self.prep, self.labels["row"])
+        else:
+            self.item_stats = {name: cross["stat:" + name].astype(np.float32)
+                               for name in ("item_clicks_7d", "item_purchases_7d")}
+        built = log_features.build(tables, impressions=self.labels["row"],
+                                   shop=None if shared is None else shared.shop, cross=cross)
         self.context = {name: np.nan_to_num(built[name], nan=MISSING).astype(np.float32)
                         for name in CONTEXT_FEATURES}
 

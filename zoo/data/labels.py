@@ -73,9 +73,14 @@ PRICE_LABEL_SEED = 20261205
 
 
 class Prepared:
-    """A validated log put in total order, with the lookups every label needs."""
+    """A validated log put in total order, with the lookups every label needs.
 
-    def __init__(self, tables: contract.Tables, config: LabelConfig):
+    `shared`: what a part of a log cannot see in its own events (`zoo.data.streaming`
+    prepares a log by user buckets): the train/eval cut, the price edges and the last
+    timestamp of the whole log. Absent, they come from `tables`.
+    """
+
+    def __init__(self, tables: contract.Tables, config: LabelConfig, shared=None):
         ev = tables.events
         self.tables = tables
         self.config = config
@@ -91,12 +96,25 @@ class Prepared:
         self.user = _codes(ev["user_id"])
         self.session = _codes(ev["user_id"], ev["session_id"])
         self.item = ev["item_code"]  # row in the items table; -1 on search rows
-        self.cut = contract.split_time(self.ts, config.eval_fraction)
-        self.edges = contract.training_price_edges(tables, self.cut, config.num_price_ranges)
+        self.quantity = ev["quantity"]
+        if shared is not None:
+            self.cut, self.edges, self.log_end = shared.cut, shared.edges, shared.log_end
+        else:
+            self.cut = contract.split_time(self.ts, config.eval_fraction)
+            self.edges = contract.training_price_edges(tables, self.cut,
+                                                       config.num_price_ranges)
+            self.log_end = int(self.ts.max()) if n else 0
         self.item_bucket = contract.price_bucket(tables.items["price"], self.edges)
         self.impressions = np.flatnonzero(self.kind == EVENT_INDEX["impression"])
         # Impressions in total order, so chunks of examples come out time-sorted.
         self.impressions = self.impressions[np.argsort(rank[self.impressions], kind="stable")]
+
+    def price_draws(self, rows: np.ndarray) -> np.ndarray:
+        """The price-label draw of each event row: the row's number in one fixed stream,
+        by its row in the whole log (a part of a log carries its rows' draws, `price_draw`)."""
+        if "price_draw" in self.tables.events:
+            return self.tables.events["price_draw"][rows]
+        return np.random.default_rng(PRICE_LABEL_SEED).random(len(self.rank))[rows]
 
 
 def _later_same_key(prep: Prepared, imp: np.ndarray, event: str) -> np.ndarray:
@@ -155,7 +173,7 @@ def _price_label_mask(prep: Prepared, imp: np.ndarray, nxt: np.ndarray) -> np.nd
         return mask
     group = np.where((nxt >= 0) & (prep.ts[imp] < prep.cut), nxt, -1)
     # A draw per impression row, fixed by the log (not by the order of this call).
-    draw = np.random.default_rng(PRICE_LABEL_SEED).random(len(prep.rank))[imp]
+    draw = prep.price_draws(imp)
     order = np.lexsort((draw, group))
     g = group[order]
     start = np.r_[True, g[1:] != g[:-1]] if len(g) else np.zeros(0, bool)
@@ -167,12 +185,14 @@ def _price_label_mask(prep: Prepared, imp: np.ndarray, nxt: np.ndarray) -> np.nd
     return mask
 
 
-def _item_window_sums(prep: Prepared, imp: np.ndarray, event: str, start: int, end,
+def _item_window_sums(prep, imp: np.ndarray, event: str, start: int, end,
                       weights: np.ndarray | None = None, past: bool = False) -> np.ndarray:
     """Sum of `weights` (default 1) over `event` rows of the impressed item in a window.
 
     Future windows are (t + start, t + end]; past windows (`past=True`) are
-    [t + start, t + end) so that they end strictly before the impression.
+    [t + start, t + end) so that they end strictly before the impression. `prep`: a
+    `Prepared`, or any log with its `ts`, `kind`, `item` (and `quantity`, `cut`, `log_end`,
+    `config` for demand): the item-level labels need only the items' events.
     """
     rows = np.flatnonzero(prep.kind == EVENT_INDEX[event])
     if len(rows) == 0:
@@ -192,7 +212,7 @@ def _item_window_sums(prep: Prepared, imp: np.ndarray, event: str, start: int, e
     return (cum[hi] - cum[lo]).astype(np.float32)
 
 
-def _future_item_demand(prep: Prepared, imp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def future_item_demand(prep, imp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(quantity of the impressed item bought by anyone in (t, t + D days], mask).
 
     The window of a training impression stops before the train/eval cut (no training label
@@ -202,14 +222,13 @@ def _future_item_demand(prep: Prepared, imp: np.ndarray) -> tuple[np.ndarray, np
     horizon = int(round(prep.config.demand_horizon_days * SECONDS_PER_DAY))
     t = prep.ts[imp]
     is_train = t < prep.cut
-    boundary = np.where(is_train, prep.cut - 1, prep.ts.max() if len(prep.ts) else 0)
+    boundary = np.where(is_train, prep.cut - 1, prep.log_end)
     end = np.minimum(horizon, boundary - t)
-    demand = _item_window_sums(prep, imp, "purchase", 0, end,
-                               weights=prep.tables.events["quantity"])
+    demand = _item_window_sums(prep, imp, "purchase", 0, end, weights=prep.quantity)
     return demand, (t + horizon <= boundary).astype(np.float32)
 
 
-def item_trailing_stats(prep: Prepared, imp: np.ndarray) -> dict:
+def item_trailing_stats(prep, imp: np.ndarray) -> dict:
     """The impressed item's clicks and purchased quantity by anyone in [t - 7 days, t).
 
     Item-level features a shop's feature store has at serving time; the demand head needs
@@ -219,20 +238,23 @@ def item_trailing_stats(prep: Prepared, imp: np.ndarray) -> dict:
     return {
         "item_clicks_7d": _item_window_sums(prep, imp, "click", -week, 0, past=True),
         "item_purchases_7d": _item_window_sums(
-            prep, imp, "purchase", -week, 0, weights=prep.tables.events["quantity"], past=True),
+            prep, imp, "purchase", -week, 0, weights=prep.quantity, past=True),
     }
 
 
 def compute_labels(tables: contract.Tables, config: LabelConfig | None = None,
-                   prepared: Prepared | None = None) -> dict:
-    """The four labels (and the price-range mask) for every impression, in time order."""
+                   prepared: Prepared | None = None, demand: tuple | None = None) -> dict:
+    """The four labels (and the price-range mask) for every impression, in time order.
+
+    demand: (demand, demand_mask) of the impressions when computed elsewhere (the item's
+    purchases by every user, which a user bucket of `zoo.data.streaming` does not hold)."""
     config = config or LabelConfig()
     prep = prepared or Prepared(tables, config)
     imp = prep.impressions
     nxt = _next_purchase(prep, imp)
     bucket = np.where(nxt >= 0, prep.item_bucket[prep.item[np.maximum(nxt, 0)]],
                       -1).astype(np.int64)
-    demand, demand_mask = _future_item_demand(prep, imp)
+    demand, demand_mask = demand if demand is not None else future_item_demand(prep, imp)
     return {
         "row": imp,
         "event_id": tables.events["event_id"].take(imp).to_numpy(zero_copy_only=False),

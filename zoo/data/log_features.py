@@ -151,9 +151,129 @@ def _token_coverage(queries: pa.Array, titles: pa.Array) -> tuple[np.ndarray, np
     return q_tokens, _ratio(found, q_tokens)
 
 
-def build(tables: contract.Tables, impressions: np.ndarray | None = None) -> dict:
+# The features that count other users' events: the impressed item's (by anyone) and the
+# (query, category)'s; everything else is the user's own, or the row's.
+ITEM_LEVEL = ("item_impressions_1d", "item_clicks_1d", "item_impressions_7d",
+              "item_clicks_7d", "item_purchases_7d", "item_ctr", "item_cvr")
+QUERY_CATEGORY = ("query_category_impressions", "query_category_ctr")
+CROSS_USER = ITEM_LEVEL + QUERY_CATEGORY
+
+
+class ShopCounts:
+    """How many impressions, clicks and purchases the whole shop logged strictly before a
+    time: the prior of the smoothed rates. Kept as counts per distinct second, so that a
+    log read in parts merges them exactly and holds no more than one value per second."""
+
+    KINDS = ("impression", "click", "purchase")
+
+    def __init__(self, per_second: dict):
+        self.seconds, self.cum = {}, {}
+        for name in self.KINDS:
+            secs, counts = per_second.get(name, (np.zeros(0, np.int64), np.zeros(0, np.int64)))
+            self.seconds[name] = np.asarray(secs, np.int64)
+            self.cum[name] = np.r_[0.0, np.cumsum(counts, dtype=np.float64)]
+
+    @staticmethod
+    def count(ts: np.ndarray, kind: np.ndarray) -> dict:
+        """{event: (distinct seconds, events in each)} of one part of a log."""
+        return {name: np.unique(ts[kind == EVENT_INDEX[name]], return_counts=True)
+                for name in ShopCounts.KINDS}
+
+    @staticmethod
+    def merge(parts: list) -> dict:
+        """The per-second counts of several parts' `count`s, as one."""
+        out = {}
+        for name in ShopCounts.KINDS:
+            secs = np.concatenate([p[name][0] for p in parts]).astype(np.int64)
+            counts = np.concatenate([p[name][1] for p in parts]).astype(np.int64)
+            uniq, inverse = np.unique(secs, return_inverse=True)
+            out[name] = (uniq, np.bincount(inverse, weights=counts,
+                                           minlength=len(uniq)).astype(np.int64))
+        return out
+
+    @classmethod
+    def from_log(cls, ts: np.ndarray, kind: np.ndarray) -> "ShopCounts":
+        return cls(cls.count(np.asarray(ts, np.int64), kind))
+
+    def before(self, event: str, t: np.ndarray) -> np.ndarray:
+        return self.cum[event][np.searchsorted(self.seconds[event], t, side="left")]
+
+    def click_rate(self, t):
+        return np.nan_to_num(_ratio(self.before("click", t), self.before("impression", t)),
+                             nan=0.0)
+
+    def purchase_rate(self, t):
+        return np.nan_to_num(_ratio(self.before("purchase", t), self.before("click", t)),
+                             nan=0.0)
+
+
+class _ItemLog:
+    def __init__(self, ts, kind, item):
+        self.ts, self.kind, self.item = ts, kind, item
+
+
+def _frame(*times) -> tuple[int, int]:
+    """(t0, span) of `Before` keys over these times, with room for 8 days of look-back."""
+    lo = min((int(np.min(x)) for x in times if len(x)), default=0)
+    hi = max((int(np.max(x)) for x in times if len(x)), default=0)
+    t0 = lo - 8 * SECONDS_PER_DAY
+    return t0, hi - t0 + 2
+
+
+def item_features(log, imp: np.ndarray, shop: ShopCounts) -> dict:
+    """ITEM_LEVEL of the impression rows `imp` of `log` (`ts`, `kind`, `item` arrays): the
+    item's impressions, clicks and purchases by anyone before each impression. `log` needs
+    only every event of the impressed items (`zoo.data.streaming` passes a bucket of items)."""
+    ts, kind, item = log.ts.astype(np.int64), log.kind, log.item
+    t0, span = _frame(ts)
+    t, it = ts[imp], item[imp]
+
+    def before(event):
+        r = np.flatnonzero(kind == EVENT_INDEX[event])
+        return Before(item[r], ts[r], t0, span)
+
+    f = {}
+    day, week = SECONDS_PER_DAY, 7 * SECONDS_PER_DAY
+    item_imps, item_clicks, item_buys = before("impression"), before("click"), before("purchase")
+    f["item_impressions_1d"] = item_imps.total(it, t, day)
+    f["item_clicks_1d"] = item_clicks.total(it, t, day)
+    f["item_impressions_7d"] = item_imps.total(it, t, week)
+    f["item_clicks_7d"] = item_clicks.total(it, t, week)
+    f["item_purchases_7d"] = item_buys.total(it, t, week)
+    all_imps, all_clicks = item_imps.total(it, t), item_clicks.total(it, t)
+    # The prior of the smoothed rates: the shop's rates so far.
+    f["item_ctr"] = ((all_clicks + CTR_PRIOR_STRENGTH * shop.click_rate(t))
+                     / (all_imps + CTR_PRIOR_STRENGTH))
+    f["item_cvr"] = ((item_buys.total(it, t) + CTR_PRIOR_STRENGTH * shop.purchase_rate(t))
+                     / (all_clicks + CTR_PRIOR_STRENGTH))
+    return f
+
+
+def query_category_features(keys, times, clicked_at, at_keys, at_times,
+                            shop: ShopCounts) -> dict:
+    """QUERY_CATEGORY at (at_keys, at_times): the (query, category)'s impressions so far and
+    those whose click has happened by then. keys / times / clicked_at: every impression
+    with one of those keys (integer keys; `clicked_at` NaN where never clicked)."""
+    times = np.asarray(times, np.int64)
+    done = np.isfinite(clicked_at)
+    t0, span = _frame(times, np.asarray(clicked_at[done], np.int64), at_times)
+    impressions = Before(keys, times, t0, span).total(at_keys, at_times)
+    clicked = Before(keys[done], clicked_at[done].astype(np.int64), t0, span)
+    return {"query_category_impressions": impressions,
+            "query_category_ctr": ((clicked.total(at_keys, at_times)
+                                    + CTR_PRIOR_STRENGTH * shop.click_rate(at_times))
+                                   / (impressions + CTR_PRIOR_STRENGTH))}
+
+
+def build(tables: contract.Tables, impressions: np.ndarray | None = None,
+          shop: "ShopCounts | None" = None, cross: dict | None = None) -> dict:
     """{"row": impression rows, "event_id": their ids, "timestamp", **features} for every
-    impression of the log (or the given event rows), each feature a float64 array."""
+    impression of the log (or the given event rows), each feature a float64 array.
+
+    A part of a log that holds whole users (`zoo.data.streaming`) passes what its own
+    events cannot give: `shop`, the whole log's counts, and `cross`, the CROSS_USER
+    features of `impressions` computed over every user's events of their items and
+    (query, category)s."""
     ev, items = tables.events, tables.items
     ts = ev["timestamp"].astype(np.int64)
     kind = ev["event_type"]
@@ -180,6 +300,7 @@ def build(tables: contract.Tables, impressions: np.ndarray | None = None) -> dic
         return Before(keys_all[r], ts[r], t0, span,
                       None if values is None else values[r])
 
+    shop = shop if shop is not None else ShopCounts.from_log(ts, kind)
     out = {"row": imp, "event_id": ev["event_id"].take(pa.array(imp)).to_numpy(
         zero_copy_only=False), "timestamp": t}
     f = {}
@@ -229,43 +350,20 @@ def build(tables: contract.Tables, impressions: np.ndarray | None = None) -> dic
     f["user_brand_clicks"] = before(user_brand, ["click"]).total(ub, t)
     f["user_brand_purchases"] = before(user_brand, ["purchase"]).total(ub, t)
 
-    # The item, by anyone.
-    it = item[imp]
-    day, week = SECONDS_PER_DAY, 7 * SECONDS_PER_DAY
-    item_imps, item_clicks = before(item, ["impression"]), before(item, ["click"])
-    f["item_impressions_1d"] = item_imps.total(it, t, day)
-    f["item_clicks_1d"] = item_clicks.total(it, t, day)
-    f["item_impressions_7d"] = item_imps.total(it, t, week)
-    f["item_clicks_7d"] = item_clicks.total(it, t, week)
-    f["item_purchases_7d"] = before(item, ["purchase"]).total(it, t, week)
-    all_imps, all_clicks = item_imps.total(it, t), item_clicks.total(it, t)
-    # The prior of the smoothed rates: the shop's click rate so far.
-    everyone = np.zeros(len(kind), np.int64)
-    zero = np.zeros(len(imp), np.int64)
-    rate = _ratio(before(everyone, ["click"]).total(zero, t),
-                  before(everyone, ["impression"]).total(zero, t))
-    rate = np.nan_to_num(rate, nan=0.0)
-    f["item_ctr"] = (all_clicks + CTR_PRIOR_STRENGTH * rate) / (all_imps + CTR_PRIOR_STRENGTH)
-
-    purchase_rate = np.nan_to_num(_ratio(before(everyone, ["purchase"]).total(zero, t),
-                                         before(everyone, ["click"]).total(zero, t)), nan=0.0)
-    f["item_cvr"] = ((before(item, ["purchase"]).total(it, t) + CTR_PRIOR_STRENGTH
-                      * purchase_rate) / (all_clicks + CTR_PRIOR_STRENGTH))
+    # What crosses users: the item's and the (query, category)'s statistics, by anyone.
+    if cross is None:
+        f.update(item_features(_ItemLog(ts, kind, item), imp, shop))
+        query_code = _codes(ev["query"])
+        qc = query_code * n_cat + category
+        all_imp = rows("impression")
+        clicked_at = _click_time(ts, kind, session, item, all_imp)
+        f.update(query_category_features(qc[all_imp], ts[all_imp], clicked_at, qc[imp], t,
+                                         shop))
+    else:
+        f.update({name: np.asarray(cross[name], np.float64) for name in CROSS_USER})
     f["session_carts"] = before(session, ["cart"]).total(s_imp, t)
     f["hour_of_day"] = ((t % SECONDS_PER_DAY) // 3600).astype(np.float64)
     f["day_of_week"] = ((t // SECONDS_PER_DAY + 3) % 7).astype(np.float64)  # 0 = Monday
-
-    # (query, category): impressions so far, and those whose click has happened by now.
-    query_code = _codes(ev["query"])
-    qc = query_code * n_cat + category
-    all_imp = rows("impression")
-    f["query_category_impressions"] = Before(qc[all_imp], ts[all_imp], t0, span).total(
-        qc[imp], t)
-    clicked_at = _click_time(ts, kind, session, item, all_imp)
-    done = np.isfinite(clicked_at)
-    clicked = Before(qc[all_imp][done], clicked_at[done].astype(np.int64), t0, span)
-    f["query_category_ctr"] = ((clicked.total(qc[imp], t) + CTR_PRIOR_STRENGTH * rate)
-                               / (f["query_category_impressions"] + CTR_PRIOR_STRENGTH))
 
     # The candidate's price against what the user paid for / clicked on so far.
     purchases = before(user, ["purchase"], price)

@@ -14,6 +14,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from zoo.data import contract, ecom_events, labels as labels_lib
+from zoo.data import streaming as streaming_lib
 
 
 def cache_root() -> str:
@@ -35,10 +36,13 @@ def resolve_contract_dir(data_dir: str | None) -> str:
 
 def prepare(data_dir: str | None = None, tfds_dir: str | None = None,
             label_config: labels_lib.LabelConfig | None = None,
-            wait_for_chief: bool = False) -> ecom_events.EcomEvents:
+            wait_for_chief: bool = False, streaming: str = "auto",
+            bucket_events: int = streaming_lib.DEFAULT_BUCKET_EVENTS,
+            ) -> ecom_events.EcomEvents:
     """Validated, labelled examples of `data_dir` (or the default) as a prepared TFDS builder.
 
     wait_for_chief: in a cluster, non-chief workers wait for the chief's preparation.
+    streaming / bucket_events: see `ecom_events.EcomEventsConfig`.
     """
     if wait_for_chief and not data_dir:
         from zoo.data import simulate
@@ -48,7 +52,8 @@ def prepare(data_dir: str | None = None, tfds_dir: str | None = None,
     else:
         contract_dir = resolve_contract_dir(data_dir)
     return ecom_events.prepare(contract_dir, tfds_dir or default_tfds_dir(), label_config,
-                               wait=wait_for_chief)
+                               wait=wait_for_chief, streaming=streaming,
+                               bucket_events=bucket_events)
 
 
 def describe(builder) -> str:
@@ -104,11 +109,14 @@ def main(argv):
     start = time.time()
     try:
         config = label_config_from_flags()
+        if FLAGS.bucket_events < 1:
+            raise ValueError(f"--bucket_events must be >= 1, got {FLAGS.bucket_events}")
     except ValueError as e:  # a flag out of range: before anything is read or written
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        builder = prepare(FLAGS.data_dir, FLAGS.tfds_dir, config)
+        builder = prepare(FLAGS.data_dir, FLAGS.tfds_dir, config, streaming=FLAGS.streaming,
+                          bucket_events=FLAGS.bucket_events)
     except contract.ContractError as e:
         logging.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
@@ -118,6 +126,18 @@ def main(argv):
     return 0
 
 
+def define_streaming_flags():
+    flags.DEFINE_enum("streaming", "auto", list(ecom_events.STREAMING_MODES),
+                      "on: prepare by user buckets, memory bounded by a bucket (a log larger "
+                      "than memory); off: in memory; auto: by buckets from "
+                      f"{streaming_lib.AUTO_MIN_EVENTS:,} events. Same examples, another "
+                      "order (bucket by bucket, time order within one).")
+    flags.DEFINE_integer("bucket_events", streaming_lib.DEFAULT_BUCKET_EVENTS,
+                         "Events per user bucket when streaming (~0.65 GiB of memory per "
+                         "million).")
+
+
 if __name__ == "__main__":
     define_data_flags()
+    define_streaming_flags()
     app.run(main)
