@@ -167,3 +167,23 @@ def test_hash64_is_fnv1a_of_the_utf8_bytes():
 
     words = ["", "u1", "ünïcode", "a" * 70]
     assert streaming.hash64(pa.array(words)).tolist() == [fnv(w.encode()) for w in words]
+
+
+def test_one_user_a_bucket_on_the_hand_written_log(tmp_path):
+    """The hand-written log (labels checked by hand in test_labels.py) plus a user with no
+    impression, a bucket per user: the same examples, exactly."""
+    events = fixtures.EVENTS + [("e99", "u3", "s9", fixtures.T0 + 60, "search", "tent", "",
+                                 "", "")]
+    fixtures.write_csv(str(tmp_path / "log"), events=events)
+    whole = examples.ExampleSource(contract.read_contract(str(tmp_path / "log")), CONFIG)
+    log = streaming.BucketedLog(str(tmp_path / "log"), CONFIG, bucket_events=1, batch_rows=5)
+    try:
+        bucket = streaming.hash64(pa.array(["u1", "u2", "u3"])) % np.uint64(log.num_buckets)
+        assert len(set(bucket.tolist())) == 3  # u3's bucket holds no impression
+        for split in ("train", "eval"):
+            want, got = _columns([whole], split), _columns(log.sources(), split)
+            assert set(got) == set(want) and len(want["event_id"]) > 0
+            for name, values in want.items():
+                np.testing.assert_array_equal(got[name], values, err_msg=name)
+    finally:
+        log.cleanup()

@@ -128,26 +128,41 @@ def _ratio(a, b):
         return np.where(b > 0, a / np.where(b > 0, b, 1), np.nan)
 
 
-def _token_coverage(queries: pa.Array, titles: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(number of query tokens, share of them found in the title), lower-cased."""
+def _token_coverage(queries: pa.Array, item: np.ndarray,
+                    titles: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(number of query tokens, share of them found in the title), lower-cased, of each
+    impression (its query, its item's row of `titles`). Text is split once per distinct
+    query and title, and each distinct (query, item) pair checked once: impressions repeat
+    both many times over."""
     def tokens(texts):
         split = pc.utf8_split_whitespace(pc.utf8_lower(pc.fill_null(texts, "")))
         row = pc.list_parent_indices(split).to_numpy(zero_copy_only=False)
         flat = pc.list_flatten(split)
         keep = pc.not_equal(flat, "").to_numpy(zero_copy_only=False)
-        return row[keep], flat.filter(pa.array(keep))
+        return row[keep].astype(np.int64), flat.filter(pa.array(keep))
 
-    n = len(queries)
-    q_row, q_flat = tokens(queries)
-    t_row, t_flat = tokens(titles)
+    encoded = pc.dictionary_encode(pc.fill_null(queries, ""))
+    q_code = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    distinct_items, i_code = np.unique(item, return_inverse=True)
+    q_row, q_flat = tokens(encoded.dictionary)
+    t_row, t_flat = tokens(titles.take(pa.array(distinct_items)))
     vocab = pc.unique(pa.chunked_array([q_flat, t_flat], type=pa.string()))
-    q_code = pc.index_in(q_flat, value_set=vocab).to_numpy(zero_copy_only=False)
-    t_code = pc.index_in(t_flat, value_set=vocab).to_numpy(zero_copy_only=False)
+    q_tok = pc.index_in(q_flat, value_set=vocab).to_numpy(zero_copy_only=False)
+    t_tok = pc.index_in(t_flat, value_set=vocab).to_numpy(zero_copy_only=False)
     width = np.int64(len(vocab) + 1)
-    in_title = np.isin(q_row.astype(np.int64) * width + q_code,
-                       t_row.astype(np.int64) * width + t_code)
-    q_tokens = np.bincount(q_row, minlength=n).astype(np.float64)
-    found = np.bincount(q_row, weights=in_title, minlength=n)
+    per_query = np.bincount(q_row, minlength=len(encoded.dictionary))
+    first_token = np.cumsum(per_query) - per_query  # q_row is sorted
+    # Each distinct (query, item) pair, expanded to its query's tokens.
+    num_items = np.int64(max(len(distinct_items), 1))
+    pairs, pair_of = np.unique(q_code * num_items + i_code, return_inverse=True)
+    p_query, p_item = pairs // num_items, pairs % num_items
+    reps = per_query[p_query]
+    p_index = np.repeat(np.arange(len(pairs)), reps)
+    step = np.arange(int(reps.sum()), dtype=np.int64)
+    token = q_tok[np.repeat(first_token[p_query] - (np.cumsum(reps) - reps), reps) + step]
+    in_title = np.isin(p_item[p_index] * width + token, t_row * width + t_tok)
+    found = np.bincount(p_index, weights=in_title, minlength=len(pairs))[pair_of]
+    q_tokens = per_query[q_code].astype(np.float64)
     return q_tokens, _ratio(found, q_tokens)
 
 
@@ -309,7 +324,7 @@ def build(tables: contract.Tables, impressions: np.ndarray | None = None,
     f["log_price"] = np.log(price[imp])
     f["category"] = category[imp].astype(np.float64)
     queries = ev["query"].take(pa.array(imp))
-    q_tokens, coverage = _token_coverage(queries, items["title"].take(pa.array(safe_item[imp])))
+    q_tokens, coverage = _token_coverage(queries, safe_item[imp], items["title"])
     f["has_query"] = (q_tokens > 0).astype(np.float64)
     f["query_tokens"] = q_tokens
     f["title_coverage"] = coverage

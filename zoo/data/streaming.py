@@ -27,11 +27,13 @@ example carries its event id and timestamp.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import glob
 import os
 import shutil
 import tempfile
+import threading
 from typing import Iterator
 
 import numpy as np
@@ -109,18 +111,19 @@ class SharedLog:
         parts = [dict(np.load(p)) for p in sorted(glob.glob(
             os.path.join(self.cross_dir, f"u{bucket}", "*.npz")))]
         out = {}
-        for kind in ("i", "q"):
-            got = [p for p in parts if p["kind"] == kind]
+        for kind, names in (("i", log_features.ITEM_LEVEL + _ITEM_STATS),
+                            ("q", log_features.QUERY_CATEGORY)):
+            got = [p for p in parts if str(p["kind"]) == kind]
             row = np.concatenate([p["row"] for p in got]) if got else np.zeros(0, np.int64)
             order = np.argsort(row)
-            at = np.searchsorted(row[order], rows)
-            if len(rows) and (len(row) == 0 or not np.array_equal(
-                    row[order][np.minimum(at, len(row) - 1)], rows)):
-                raise RuntimeError(f"bucket {bucket}: item-level columns missing for some "
-                                   "impressions (a bucket file was lost)")
-            for name in got[0] if got else ():
-                if name not in ("row", "kind"):
-                    out[name] = np.concatenate([p[name] for p in got])[order][at]
+            at = np.minimum(np.searchsorted(row[order], rows), max(len(row) - 1, 0))
+            if len(rows) and (len(row) == 0 or not np.array_equal(row[order][at], rows)):
+                raise RuntimeError(f"user bucket {bucket}: item-level columns missing for "
+                                   "some impressions (a bucket file was lost)")
+            for name in names:
+                values = (np.concatenate([p[name] for p in got]) if got
+                          else np.zeros(0, np.float64))
+                out[name] = values[order][at] if len(rows) else values[:0]
         return out
 
 
@@ -140,6 +143,7 @@ class _Writers:
 
     def __init__(self, folder: str, num_buckets: int):
         self.folder, self.num_buckets, self.open = folder, num_buckets, {}
+        self.lock = threading.Lock()
         os.makedirs(folder, exist_ok=True)
 
     def write(self, table: pa.Table, bucket: np.ndarray):
@@ -147,13 +151,16 @@ class _Writers:
         sorted_b = bucket[order]
         table = table.take(pa.array(order))
         bounds = np.searchsorted(sorted_b, np.arange(self.num_buckets + 1))
-        for b in range(self.num_buckets):
-            lo, hi = int(bounds[b]), int(bounds[b + 1])
-            if hi > lo:
-                part = table.slice(lo, hi - lo)
-                if b not in self.open:
-                    self.open[b] = pq.ParquetWriter(self.path(b), part.schema)
-                self.open[b].write_table(part)
+        with self.lock:  # passes 2 and 3 write from two threads
+            for b in range(self.num_buckets):
+                lo, hi = int(bounds[b]), int(bounds[b + 1])
+                if hi > lo:
+                    part = table.slice(lo, hi - lo)
+                    if b not in self.open:
+                        # Uncompressed: the files live minutes; time matters, not bytes.
+                        self.open[b] = pq.ParquetWriter(self.path(b), part.schema,
+                                                        compression="none")
+                    self.open[b].write_table(part)
 
     def path(self, b: int) -> str:
         return os.path.join(self.folder, f"b{b:05d}.parquet")
@@ -200,6 +207,10 @@ class BucketedLog:
         t_min, t_max, total, shop = None, None, 0, []
         self.files: list[tuple[str, str, int]] = []  # (events path, file, first row in log)
         items_name = os.path.basename(self.items_path.rstrip("/"))
+        # The bucket files are written on a second thread while the next batch is read and
+        # validated (Arrow's readers and writers release the GIL): two batches in memory.
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        writing = None
         for events_path, shown, offset, table in contract.event_batches(
                 self.contract_dir, self.batch_rows):
             if offset == 0:
@@ -217,27 +228,15 @@ class BucketedLog:
             shop.append(log_features.ShopCounts.count(ts, kind))
             if len(shop) >= 16:
                 shop = [log_features.ShopCounts.merge(shop)]
-            user_hash = hash64(ev["user_id"])
-            ubucket = (user_hash % np.uint64(k)).astype(np.int32)
-            cols = {name: ev[name] for name in _USER_TEXT}
-            cols.update({name: ev[name] for name in _USER_NUMBERS})
-            cols["row"], cols["price_draw"] = row, draws.random(n)
-            users.write(pa.table(cols), ubucket)
-            # The item buckets: impressions, clicks and purchases (what item-level
-            # statistics count), with the session (for clicks) and the (query, category).
-            keep = np.flatnonzero(np.isin(kind, [EVENT_INDEX[e] for e in
-                                                 ("impression", "click", "purchase")]))
-            session = (user_hash * _MIX) ^ hash64(ev["session_id"])
-            qc = hash64(ev["query"]) * _MIX + category[np.maximum(item, 0)]
-            items.write(pa.table({
-                "timestamp": ts[keep], "event_type": kind[keep], "item_code": item[keep],
-                "quantity": ev["quantity"][keep], "row": row[keep],
-                "session": session[keep].view(np.int64), "qc": qc[keep].view(np.int64),
-                "ubucket": ubucket[keep]}), (item[keep] % k).astype(np.int32))
-            ids.write(pa.table({"event_id": ev["event_id"], "row": row}),
-                      (hash64(ev["event_id"]) % np.uint64(k)).astype(np.int32))
+            if writing is not None:
+                writing.result()
+            writing = pool.submit(self._route, ev, row, draws.random(n), category,
+                                  users, items, ids)
             total += n
             self.log(f"read {total:,} events")
+        if writing is not None:
+            writing.result()
+        pool.shutdown()
         for w in (users, items, ids):
             w.close()
         if total == 0:
@@ -252,6 +251,30 @@ class BucketedLog:
         self.shared = SharedLog(cut=cut, edges=edges, log_end=t_max,
                                 shop=log_features.ShopCounts(log_features.ShopCounts.merge(shop)),
                                 num_events=total, cross_dir=os.path.join(self.work, "cross"))
+
+    def _route(self, ev, row, draw, category, users, items, ids):
+        """Writes one validated batch to the user, item and id buckets."""
+        k = self.num_buckets
+        ts, kind, item = ev["timestamp"], ev["event_type"], ev["item_code"]
+        user_hash = hash64(ev["user_id"])
+        ubucket = (user_hash % np.uint64(k)).astype(np.int32)
+        cols = {name: ev[name] for name in _USER_TEXT}
+        cols.update({name: ev[name] for name in _USER_NUMBERS})
+        cols["row"], cols["price_draw"] = row, draw
+        users.write(pa.table(cols), ubucket)
+        # The item buckets: impressions, clicks and purchases (what item-level statistics
+        # count), with the session (for clicks) and the (query, category).
+        keep = np.flatnonzero(np.isin(kind, [EVENT_INDEX[e] for e in
+                                             ("impression", "click", "purchase")]))
+        session = (user_hash * _MIX) ^ hash64(ev["session_id"])
+        qc = hash64(ev["query"]) * _MIX + category[np.maximum(item, 0)]
+        items.write(pa.table({
+            "timestamp": ts[keep], "event_type": kind[keep], "item_code": item[keep],
+            "quantity": ev["quantity"][keep], "row": row[keep],
+            "session": session[keep].view(np.int64), "qc": qc[keep].view(np.int64),
+            "ubucket": ubucket[keep]}), (item[keep] % k).astype(np.int32))
+        ids.write(pa.table({"event_id": ev["event_id"], "row": row}),
+                  (hash64(ev["event_id"]) % np.uint64(k)).astype(np.int32))
 
     def _check_unique_ids(self, ids: _Writers):
         for b in range(self.num_buckets):
@@ -291,45 +314,49 @@ class BucketedLog:
 
     def _item_pass(self):
         qc_writers = _Writers(os.path.join(self.work, "query_category"), self.num_buckets)
-        for b in range(self.num_buckets):
-            table = self.item_buckets.read(b)
-            if table is None:
-                continue
-            log = _ItemBucketLog(table, self.shared, self.config)
-            imp = np.flatnonzero(log.kind == EVENT_INDEX["impression"])
-            cols = {"row": log.row[imp]}
-            cols.update(log_features.item_features(log, imp, self.shared.shop))
-            stats = labels_lib.item_trailing_stats(log, imp)
-            demand, mask = labels_lib.future_item_demand(log, imp)
-            cols.update({"stat:item_clicks_7d": stats["item_clicks_7d"],
-                         "stat:item_purchases_7d": stats["item_purchases_7d"],
-                         "label:demand": demand, "label:demand_mask": mask})
-            self._save("i", b, log.ubucket[imp], cols)
-            _, session = np.unique(log.session, return_inverse=True)
-            clicked_at = log_features._click_time(log.ts, log.kind, session.astype(np.int64),
-                                                  log.item, imp)
-            qc = log.qc[imp]
-            qc_writers.write(pa.table({"qc": qc, "timestamp": log.ts[imp],
-                                       "clicked_at": clicked_at, "row": log.row[imp],
-                                       "ubucket": log.ubucket[imp]}),
-                             (qc.view(np.uint64) % np.uint64(self.num_buckets)).astype(np.int32))
-            self.log(f"item bucket {b + 1}/{self.num_buckets}")
+        _each_bucket(self.num_buckets, lambda b: self._item_bucket(b, qc_writers))
         qc_writers.close()
         self.qc_buckets = qc_writers
         shutil.rmtree(self.item_buckets.folder)
 
+    def _item_bucket(self, b: int, qc_writers: _Writers):
+        table = self.item_buckets.read(b)
+        if table is None:
+            return
+        log = _ItemBucketLog(table, self.shared, self.config)
+        imp = np.flatnonzero(log.kind == EVENT_INDEX["impression"])
+        cols = {"row": log.row[imp]}
+        cols.update(log_features.item_features(log, imp, self.shared.shop))
+        stats = labels_lib.item_trailing_stats(log, imp)
+        demand, mask = labels_lib.future_item_demand(log, imp)
+        cols.update({"stat:item_clicks_7d": stats["item_clicks_7d"],
+                     "stat:item_purchases_7d": stats["item_purchases_7d"],
+                     "label:demand": demand, "label:demand_mask": mask})
+        self._save("i", b, log.ubucket[imp], cols)
+        _, session = np.unique(log.session, return_inverse=True)
+        clicked_at = log_features._click_time(log.ts, log.kind, session.astype(np.int64),
+                                              log.item, imp)
+        qc = log.qc[imp]
+        qc_writers.write(pa.table({"qc": qc, "timestamp": log.ts[imp],
+                                   "clicked_at": clicked_at, "row": log.row[imp],
+                                   "ubucket": log.ubucket[imp]}),
+                         (qc.view(np.uint64) % np.uint64(self.num_buckets)).astype(np.int32))
+        self.log(f"item bucket {b + 1}/{self.num_buckets}")
+
     def _query_category_pass(self):
-        for b in range(self.num_buckets):
-            table = self.qc_buckets.read(b)
-            if table is None:
-                continue
-            _, keys = np.unique(table.column("qc").to_numpy(), return_inverse=True)
-            ts = table.column("timestamp").to_numpy()
-            cols = {"row": table.column("row").to_numpy()}
-            cols.update(log_features.query_category_features(
-                keys, ts, table.column("clicked_at").to_numpy(), keys, ts, self.shared.shop))
-            self._save("q", b, table.column("ubucket").to_numpy(), cols)
+        _each_bucket(self.num_buckets, self._query_category_bucket)
         shutil.rmtree(self.qc_buckets.folder)
+
+    def _query_category_bucket(self, b: int):
+        table = self.qc_buckets.read(b)
+        if table is None:
+            return
+        _, keys = np.unique(table.column("qc").to_numpy(), return_inverse=True)
+        ts = table.column("timestamp").to_numpy()
+        cols = {"row": table.column("row").to_numpy()}
+        cols.update(log_features.query_category_features(
+            keys, ts, table.column("clicked_at").to_numpy(), keys, ts, self.shared.shop))
+        self._save("q", b, table.column("ubucket").to_numpy(), cols)
 
     # -- pass 4 -----------------------------------------------------------------------
     def sources(self) -> Iterator[examples_lib.ExampleSource]:
@@ -348,6 +375,14 @@ class BucketedLog:
 
     def cleanup(self):
         shutil.rmtree(self.work, ignore_errors=True)
+
+
+def _each_bucket(num_buckets: int, work):
+    """work(b) for every bucket on two threads (numpy's sorts and searches and Arrow's
+    reads release the GIL): the passes over buckets are independent."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        for future in [pool.submit(work, b) for b in range(num_buckets)]:
+            future.result()
 
 
 @dataclasses.dataclass
