@@ -369,14 +369,22 @@ def test_drift_changes_the_shop_over_time_and_the_oracle_stays_exact(tmp_path):
 def test_the_default_shop_is_unchanged_by_the_options_added_since(tmp_path):
     """A digest of a small default shop's tables (events, items, oracle), recorded with the
     code before `drift` existed (commit ae1e917): an option that is off must not move a
-    single draw of the default world."""
+    single draw of the default world. The oracle's probabilities go through numpy's exp and
+    log, whose SIMD kernels differ in the last bit between CPUs (AVX-512 or not), so its
+    floats are digested at 10 significant digits; the draws themselves are exact. (This
+    digest was taken on 2026-12-08 from the world whose exact digest is ae1e917's: equal
+    with numpy's AVX-512 kernels off, `NPY_DISABLE_CPU_FEATURES=X86_V4`, and the same with
+    them on and with AVX2 off.)"""
     import hashlib
 
     simulate.simulate(str(tmp_path / "shop"), num_users=120, num_items=200, num_brands=10,
                       days=4, seed=11, oracle_replays=2, demand_replays=1)
     digest = hashlib.sha256()
     for name in ("events", "items", "oracle"):
-        table = pq.read_table(str(tmp_path / "shop" / f"{name}.parquet"))
-        digest.update(json.dumps(table.to_pydict(), sort_keys=True, default=str).encode())
+        table = pq.read_table(str(tmp_path / "shop" / f"{name}.parquet")).to_pydict()
+        if name == "oracle":
+            table = {k: [float(f"{v:.10g}") if isinstance(v, float) else v for v in col]
+                     for k, col in table.items()}
+        digest.update(json.dumps(table, sort_keys=True, default=str).encode())
     assert digest.hexdigest() == (
-        "6367ef1ea013de38cc358534f22ab61b5f4d17ae109c10c0b0e183d6659e7abd")
+        "1d7e319742286dc9881016eaec284f3bf5f28fb05c83ffd97cdee5425f008d45")
