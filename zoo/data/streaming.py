@@ -174,7 +174,9 @@ class _Writers:
 
 
 class BucketedLog:
-    """A contract folder prepared by user buckets; `chunks()` gives the examples."""
+    """A contract folder split into user buckets, with what crosses users computed;
+    `sources()` gives an ExampleSource per bucket. `cleanup()` removes the bucket files (done
+    here on failure)."""
 
     def __init__(self, contract_dir: str, config: labels_lib.LabelConfig | None = None,
                  bucket_events: int = DEFAULT_BUCKET_EVENTS, work_dir: str | None = None,
@@ -204,13 +206,33 @@ class BucketedLog:
         category = labels_lib._codes(self.items["category"]).astype(np.uint64)
         draws = np.random.default_rng(labels_lib.PRICE_LABEL_SEED)
         first_seen = np.full(len(self.items["price"]), np.iinfo(np.int64).max, np.int64)
-        t_min, t_max, total, shop = None, None, 0, []
         self.files: list[tuple[str, str, int]] = []  # (events path, file, first row in log)
-        items_name = os.path.basename(self.items_path.rstrip("/"))
         # The bucket files are written on a second thread while the next batch is read and
         # validated (Arrow's readers and writers release the GIL): two batches in memory.
-        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-        writing = None
+        try:
+            with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+                total, shop, t_min, t_max = self._read_batches(
+                    pool, users, items, ids, category, draws, first_seen)
+        finally:  # the pool has finished its last write, whether or not a batch failed
+            for w in (users, items, ids):
+                w.close()
+        if total == 0:
+            raise contract.ContractError(f"{self.contract_dir}: no events; expected at least one")
+        self.users, self.item_buckets = users, items
+        self._check_unique_ids(ids)
+        cut = contract.split_time(np.array([t_min, t_max]), self.config.eval_fraction)
+        seen = np.flatnonzero(first_seen < cut)
+        if not len(seen):
+            seen = np.arange(len(self.items["price"]))
+        edges = contract.price_edges(self.items["price"][seen], self.config.num_price_ranges)
+        self.shared = SharedLog(cut=cut, edges=edges, log_end=t_max,
+                                shop=log_features.ShopCounts(log_features.ShopCounts.merge(shop)),
+                                num_events=total, cross_dir=os.path.join(self.work, "cross"))
+
+    def _read_batches(self, pool, users, items, ids, category, draws, first_seen):
+        """Reads, validates and routes every batch; (events, shop counts, first, last time)."""
+        items_name = os.path.basename(self.items_path.rstrip("/"))
+        t_min, t_max, total, shop, writing = None, None, 0, [], None
         for events_path, shown, offset, table in contract.event_batches(
                 self.contract_dir, self.batch_rows):
             if offset == 0:
@@ -236,21 +258,7 @@ class BucketedLog:
             self.log(f"read {total:,} events")
         if writing is not None:
             writing.result()
-        pool.shutdown()
-        for w in (users, items, ids):
-            w.close()
-        if total == 0:
-            raise contract.ContractError(f"{self.contract_dir}: no events; expected at least one")
-        self.users, self.item_buckets = users, items
-        self._check_unique_ids(ids)
-        cut = contract.split_time(np.array([t_min, t_max]), self.config.eval_fraction)
-        seen = np.flatnonzero(first_seen < cut)
-        if not len(seen):
-            seen = np.arange(len(self.items["price"]))
-        edges = contract.price_edges(self.items["price"][seen], self.config.num_price_ranges)
-        self.shared = SharedLog(cut=cut, edges=edges, log_end=t_max,
-                                shop=log_features.ShopCounts(log_features.ShopCounts.merge(shop)),
-                                num_events=total, cross_dir=os.path.join(self.work, "cross"))
+        return total, shop, t_min, t_max
 
     def _route(self, ev, row, draw, category, users, items, ids):
         """Writes one validated batch to the user, item and id buckets."""
