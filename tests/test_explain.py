@@ -11,6 +11,11 @@ from zoo.models.testing import random_raw_batch, split_labels
 
 @pytest.fixture(scope="module")
 def tiny():
+    # A fixed initialisation: with some random ones a row's output sits within 1e-5 of the
+    # baseline's, where completeness (a relative error) means nothing.
+    import keras
+
+    keras.utils.set_random_seed(0)  # smallest |output - baseline| 3e-4
     vocab, model = tiny_model()
     features, _ = split_labels(random_raw_batch(batch_size=12, history_length=50, seed=5))
     return vocab, model, features
